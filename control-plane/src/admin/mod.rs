@@ -1,0 +1,122 @@
+//! The admin API (HTTP, JSON or YAML), the only way to change configuration:
+//! the UI and `nioctl` are clients of it.
+//!
+//! ```text
+//! GET                      /healthz                      (no auth)
+//! GET                      /metrics                      (no auth, Prometheus)
+//! GET                      /api/v1/revision
+//! GET                      /api/v1/dataplanes
+//! GET, POST                /apis/nio.dev/v1/{plural}
+//! GET, PUT, PATCH, DELETE  /apis/nio.dev/v1/{plural}/{name}
+//! ```
+//!
+//! Everything but health and metrics needs `Authorization: Bearer <admin
+//! token>`. Errors are `{"error", "code", "details": [{field, message}]}`:
+//! 400 unreadable body, 401 no or wrong token, 404 unknown, 409 conflict
+//! (exists, stale resourceVersion, in use), 422 invalid resource.
+
+mod error;
+mod resources;
+
+pub use error::ApiError;
+
+use crate::fleet::Fleet;
+use crate::store::Store;
+use crate::tokens::{bearer, Token};
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub store: Arc<Store>,
+    pub fleet: Arc<Fleet>,
+    pub admin_token: Token,
+}
+
+pub fn router(state: AdminState) -> Router {
+    let authed = Router::new()
+        .route("/api/v1/revision", get(revision))
+        .route("/api/v1/dataplanes", get(dataplanes))
+        .route(
+            "/apis/nio.dev/v1/{plural}",
+            get(resources::list).post(resources::create),
+        )
+        .route(
+            "/apis/nio.dev/v1/{plural}/{name}",
+            get(resources::get)
+                .put(resources::replace)
+                .patch(resources::patch)
+                .delete(resources::delete),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics))
+        .merge(authed)
+        .fallback(|| async {
+            ApiError::not_found("no such endpoint; resources live under /apis/nio.dev/v1/{plural}")
+        })
+        .with_state(state)
+}
+
+async fn authenticate(State(state): State<AdminState>, req: Request, next: Next) -> Response {
+    let presented = bearer(
+        req.headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+    );
+    match presented {
+        Some(t) if state.admin_token.matches(t) => next.run(req).await,
+        _ => {
+            tracing::warn!(method = %req.method(), path = %req.uri().path(), "admin call refused: missing or wrong token");
+            ApiError::unauthorized().into_response()
+        }
+    }
+}
+
+async fn revision(State(state): State<AdminState>) -> Json<serde_json::Value> {
+    Json(json!({"revision": state.store.current().revision}))
+}
+
+async fn dataplanes(State(state): State<AdminState>) -> Json<serde_json::Value> {
+    let revision = state.store.current().revision;
+    Json(json!({"revision": revision, "items": state.fleet.list()}))
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let current = state.store.current();
+    let planes = state.fleet.list();
+    let connected = planes.iter().filter(|p| p.connected).count();
+    let current_ones = planes
+        .iter()
+        .filter(|p| p.connected && p.applied_revision == current.revision)
+        .count();
+    let body = format!(
+        "# HELP nio_config_revision Current configuration revision.\n\
+         # TYPE nio_config_revision gauge\n\
+         nio_config_revision {}\n\
+         # HELP nio_config_resources Resources in the current configuration.\n\
+         # TYPE nio_config_resources gauge\n\
+         nio_config_resources {}\n\
+         # HELP nio_dataplanes_connected Data planes with an open sync stream.\n\
+         # TYPE nio_dataplanes_connected gauge\n\
+         nio_dataplanes_connected {connected}\n\
+         # HELP nio_dataplanes_current Connected data planes that applied the current revision.\n\
+         # TYPE nio_dataplanes_current gauge\n\
+         nio_dataplanes_current {current_ones}\n",
+        current.revision,
+        current.config.len(),
+    );
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        body,
+    )
+}

@@ -1,0 +1,271 @@
+//! `/apis/nio.dev/v1/{plural}[/{name}]`: CRUD on resources, JSON or YAML.
+
+use super::{AdminState, ApiError};
+use crate::store::{Outcome, Written};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use nio_proto::model::{AnyResource, Kind};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+fn kind_of(plural: &str) -> Result<Kind, ApiError> {
+    Kind::parse(plural).ok_or_else(|| {
+        let known: Vec<_> = Kind::ALL.iter().map(|k| k.plural()).collect();
+        ApiError::not_found(format!(
+            "unknown resource type \"{plural}\"; expected one of {}",
+            known.join(", ")
+        ))
+    })
+}
+
+fn is_yaml(value: Option<&HeaderValue>) -> bool {
+    value
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("yaml"))
+}
+
+/// Reads a JSON or YAML body (by `Content-Type`; without one, JSON then YAML).
+fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "the request body is empty; send the resource as JSON or YAML",
+        ));
+    }
+    let content_type = headers.get(header::CONTENT_TYPE);
+    let yaml = || {
+        serde_yaml::from_slice::<Value>(body)
+            .map_err(|e| ApiError::bad_request(format!("the body is not valid YAML: {e}")))
+    };
+    if is_yaml(content_type) {
+        return yaml();
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => Ok(v),
+        Err(_) if content_type.is_none() => yaml(),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "the body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+/// `If-Match: "42"` (or `42`).
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .map(|s| s.trim().trim_start_matches("W/").trim_matches('"'))
+        .and_then(|s| s.parse().ok())
+        .map(Some)
+        .ok_or_else(|| ApiError::bad_request("If-Match must be a resourceVersion, like \"42\""))
+}
+
+/// Answers in YAML when the client accepts it, JSON otherwise.
+fn respond(headers: &HeaderMap, status: StatusCode, body: &Value, revision: u64) -> Response {
+    let (content_type, bytes) = if is_yaml(headers.get(header::ACCEPT)) {
+        (
+            "application/yaml",
+            serde_yaml::to_string(body).unwrap_or_default().into_bytes(),
+        )
+    } else {
+        (
+            "application/json",
+            serde_json::to_vec_pretty(body).unwrap_or_default(),
+        )
+    };
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (
+                header::HeaderName::from_static("x-nio-revision"),
+                revision.to_string(),
+            ),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+fn written(headers: &HeaderMap, w: &Written) -> Response {
+    tracing::info!(
+        kind = %w.resource.kind(),
+        name = %w.resource.name(),
+        outcome = ?w.outcome,
+        revision = w.revision,
+        "admin write"
+    );
+    let status = match w.outcome {
+        Outcome::Created => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    };
+    respond(headers, status, &w.resource.to_value(), w.revision)
+}
+
+fn decode_for(kind: Kind, value: Value) -> Result<AnyResource, ApiError> {
+    let resource = AnyResource::from_value(value).map_err(crate::store::WriteError::from)?;
+    if resource.kind() != kind {
+        return Err(ApiError::bad_request(format!(
+            "the body is a {} but the URL is for {}; send it to /apis/nio.dev/v1/{}",
+            resource.kind(),
+            kind.plural(),
+            resource.kind().plural()
+        )));
+    }
+    Ok(resource)
+}
+
+/// `labelSelector=team=shop,tier!=edge,canary` (equality, inequality, presence).
+fn matches_selector(selector: &str, labels: &BTreeMap<String, String>) -> bool {
+    selector
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .all(|term| {
+            if let Some((k, v)) = term.split_once("!=") {
+                labels.get(k.trim()).map(String::as_str) != Some(v.trim())
+            } else if let Some((k, v)) = term.split_once('=') {
+                let v = v.trim_start_matches('=');
+                labels.get(k.trim()).map(String::as_str) == Some(v.trim())
+            } else if let Some(k) = term.strip_prefix('!') {
+                !labels.contains_key(k)
+            } else {
+                labels.contains_key(term)
+            }
+        })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListQuery {
+    label_selector: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AdminState>,
+    Path(plural): Path<String>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let kind = kind_of(&plural)?;
+    let current = state.store.current();
+    let items: Vec<Value> = current
+        .config
+        .of_kind(kind)
+        .filter(|r| {
+            q.label_selector
+                .as_deref()
+                .is_none_or(|s| matches_selector(s, &r.metadata().labels))
+        })
+        .map(AnyResource::to_value)
+        .collect();
+    let body = json!({
+        "apiVersion": nio_proto::API_VERSION,
+        "kind": format!("{}List", kind),
+        "metadata": {"resourceVersion": current.revision.to_string()},
+        "items": items,
+    });
+    Ok(respond(&headers, StatusCode::OK, &body, current.revision))
+}
+
+pub async fn get(
+    State(state): State<AdminState>,
+    Path((plural, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let kind = kind_of(&plural)?;
+    let current = state.store.current();
+    let resource = current
+        .config
+        .get(kind, &name)
+        .ok_or_else(|| ApiError::not_found(format!("{kind} \"{name}\" not found")))?;
+    Ok(respond(
+        &headers,
+        StatusCode::OK,
+        &resource.to_value(),
+        current.revision,
+    ))
+}
+
+pub async fn create(
+    State(state): State<AdminState>,
+    Path(plural): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let kind = kind_of(&plural)?;
+    let resource = decode_for(kind, parse_body(&headers, &body)?)?;
+    let w = state.store.create(resource).await?;
+    Ok(written(&headers, &w))
+}
+
+pub async fn replace(
+    State(state): State<AdminState>,
+    Path((plural, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let kind = kind_of(&plural)?;
+    let resource = decode_for(kind, parse_body(&headers, &body)?)?;
+    if resource.name() != name {
+        return Err(ApiError::bad_request(format!(
+            "metadata.name \"{}\" does not match the URL's name \"{name}\"",
+            resource.name()
+        )));
+    }
+    let w = state.store.replace(resource, if_match(&headers)?).await?;
+    Ok(written(&headers, &w))
+}
+
+pub async fn patch(
+    State(state): State<AdminState>,
+    Path((plural, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let kind = kind_of(&plural)?;
+    let patch = parse_body(&headers, &body)?;
+    if !patch.is_object() {
+        return Err(ApiError::bad_request(
+            "a PATCH body is a JSON merge patch (RFC 7396): an object with the fields to change",
+        ));
+    }
+    let w = state
+        .store
+        .patch(kind, &name, &patch, if_match(&headers)?)
+        .await?;
+    Ok(written(&headers, &w))
+}
+
+pub async fn delete(
+    State(state): State<AdminState>,
+    Path((plural, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let kind = kind_of(&plural)?;
+    let w = state.store.delete(kind, &name, if_match(&headers)?).await?;
+    Ok(written(&headers, &w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches_selector;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn label_selectors() {
+        let labels: BTreeMap<String, String> = [("team".to_string(), "shop".to_string())]
+            .into_iter()
+            .collect();
+        assert!(matches_selector("team=shop", &labels));
+        assert!(matches_selector("team==shop", &labels));
+        assert!(matches_selector("team", &labels));
+        assert!(matches_selector("team!=ops,!tier", &labels));
+        assert!(!matches_selector("team=ops", &labels));
+        assert!(!matches_selector("tier", &labels));
+    }
+}

@@ -1,0 +1,20 @@
+//! # nio-control-plane
+//!
+//! Owns Nio's configuration and distributes it to the fleet.
+//!
+//! - [`store`]: resources in sled, the revision counter, durable writes.
+//! - [`admin`]: the authenticated admin API (HTTP, JSON/YAML).
+//! - [`sync`]: the `ConfigSync` gRPC service that pushes snapshots to data
+//!   planes and takes their ACK/NACKs.
+//! - [`fleet`]: what is known of each data plane, for the admin API.
+//! - [`tokens`]: admin and join tokens (created on first start, never logged).
+//! - [`server`]: wires them together: [`server::run`] serves until shutdown.
+//!
+//! The binaries in `src/bin` only parse flags and call into this library.
+
+pub mod admin;
+pub mod fleet;
+pub mod server;
+pub mod store;
+pub mod sync;
+pub mod tokens;

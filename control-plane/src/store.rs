@@ -1,0 +1,485 @@
+//! The configuration store: every resource in sled, one monotonic revision
+//! counter, and a `watch` channel that publishes each new [`State`].
+//!
+//! Writes are serialised by one async mutex (admin writes are rare; readers
+//! never take it). A write is validated against the whole configuration it
+//! would produce, committed in one sled transaction together with the new
+//! revision, flushed to disk, and only then published and acknowledged —
+//! so an acknowledged write survives a crash, and a data plane never
+//! receives a revision that is not durable.
+//!
+//! Layout: tree `resources` maps `Kind/name` to the resource's canonical
+//! JSON; tree `meta` holds `revision` (u64, big endian).
+
+use nio_proto::model::{AnyResource, Config, DecodeError, Kind, ValidationError};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::{watch, Mutex};
+
+/// The configuration at one revision. Immutable; shared by `Arc`.
+#[derive(Debug, Default)]
+pub struct State {
+    pub revision: u64,
+    pub config: Config,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("storage transaction aborted; nothing was written, retry the request")]
+    Aborted,
+    #[error(
+        "the store is corrupt: entry \"{key}\" cannot be read ({reason}); restore the data dir from a backup"
+    )]
+    Corrupt { key: String, reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("{kind} \"{name}\" not found")]
+    NotFound { kind: Kind, name: String },
+    #[error("{kind} \"{name}\" already exists; use PUT or PATCH to change it")]
+    AlreadyExists { kind: Kind, name: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a successful write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Configured,
+    Unchanged,
+    Deleted,
+}
+
+#[derive(Debug)]
+pub struct Written {
+    pub outcome: Outcome,
+    pub revision: u64,
+    /// The resource as stored (for a delete: as it was).
+    pub resource: AnyResource,
+}
+
+pub struct Store {
+    db: sled::Db,
+    resources: sled::Tree,
+    meta: sled::Tree,
+    write_lock: Mutex<()>,
+    state: watch::Sender<Arc<State>>,
+}
+
+const REVISION_KEY: &[u8] = b"revision";
+
+fn key(kind: Kind, name: &str) -> String {
+    format!("{kind}/{name}")
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and loads every resource.
+    /// Refuses to open a store whose entries cannot be read, rather than
+    /// serve a partial configuration to the fleet.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 * 1024 * 1024)
+            .open()?;
+        let resources = db.open_tree("resources")?;
+        let meta = db.open_tree("meta")?;
+        let revision = match meta.get(REVISION_KEY)? {
+            None => 0,
+            Some(v) => {
+                u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    key: "meta/revision".into(),
+                    reason: format!("{} bytes, expected 8", v.len()),
+                })?)
+            }
+        };
+        let mut config = Config::default();
+        for entry in resources.iter() {
+            let (k, v) = entry?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let corrupt = |reason: String| StoreError::Corrupt {
+                key: key.clone(),
+                reason,
+            };
+            let value: serde_json::Value =
+                serde_json::from_slice(&v).map_err(|e| corrupt(e.to_string()))?;
+            let resource = AnyResource::from_value(value).map_err(|e| corrupt(e.to_string()))?;
+            config.insert(resource);
+        }
+        if let Err(errors) = config.validate() {
+            // Rules may have been tightened by an upgrade: keep serving what
+            // was accepted, but say so loudly.
+            for e in errors {
+                tracing::warn!(error = %e, "stored resource no longer passes validation");
+            }
+        }
+        let (state, _) = watch::channel(Arc::new(State { revision, config }));
+        Ok(Store {
+            db,
+            resources,
+            meta,
+            write_lock: Mutex::new(()),
+            state,
+        })
+    }
+
+    /// The current state (cheap: an `Arc` clone).
+    pub fn current(&self) -> Arc<State> {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver that sees every new revision (at least the latest).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<State>> {
+        self.state.subscribe()
+    }
+
+    /// Creates a resource; fails if it exists.
+    pub async fn create(&self, resource: AnyResource) -> Result<Written, WriteError> {
+        let _guard = self.write_lock.lock().await;
+        let state = self.current();
+        if state.config.get(resource.kind(), resource.name()).is_some() {
+            return Err(WriteError::AlreadyExists {
+                kind: resource.kind(),
+                name: resource.name().to_string(),
+            });
+        }
+        if let Some(rv) = &resource.metadata().resource_version {
+            return Err(WriteError::Conflict(format!(
+                "{} \"{}\" does not exist, but the request expects resourceVersion {rv}; omit resourceVersion to create it",
+                resource.kind(),
+                resource.name()
+            )));
+        }
+        self.put(&state, resource, Outcome::Created).await
+    }
+
+    /// Replaces a resource. `expected` (from `If-Match` or
+    /// `metadata.resourceVersion`) must match the stored version if given.
+    pub async fn replace(
+        &self,
+        resource: AnyResource,
+        if_match: Option<u64>,
+    ) -> Result<Written, WriteError> {
+        let _guard = self.write_lock.lock().await;
+        let state = self.current();
+        let existing = state
+            .config
+            .get(resource.kind(), resource.name())
+            .ok_or_else(|| WriteError::NotFound {
+                kind: resource.kind(),
+                name: resource.name().to_string(),
+            })?;
+        check_version(existing, &resource, if_match)?;
+        self.put(&state, resource, Outcome::Configured).await
+    }
+
+    /// Applies a JSON merge patch (RFC 7396) to a stored resource.
+    pub async fn patch(
+        &self,
+        kind: Kind,
+        name: &str,
+        patch: &serde_json::Value,
+        if_match: Option<u64>,
+    ) -> Result<Written, WriteError> {
+        let _guard = self.write_lock.lock().await;
+        let state = self.current();
+        let existing = state
+            .config
+            .get(kind, name)
+            .ok_or_else(|| WriteError::NotFound {
+                kind,
+                name: name.to_string(),
+            })?;
+        let mut doc = existing.to_value();
+        json_patch::merge(&mut doc, patch);
+        let patched = AnyResource::from_value(doc)?;
+        if patched.kind() != kind || patched.name() != name {
+            return Err(WriteError::Conflict(
+                "a patch cannot change kind or metadata.name; create a new resource instead".into(),
+            ));
+        }
+        // The patch may carry its own resourceVersion precondition; the
+        // stored one was merged in otherwise and always matches.
+        check_version(existing, &patched, if_match)?;
+        self.put(&state, patched, Outcome::Configured).await
+    }
+
+    pub async fn delete(
+        &self,
+        kind: Kind,
+        name: &str,
+        if_match: Option<u64>,
+    ) -> Result<Written, WriteError> {
+        let _guard = self.write_lock.lock().await;
+        let state = self.current();
+        let existing = state
+            .config
+            .get(kind, name)
+            .ok_or_else(|| WriteError::NotFound {
+                kind,
+                name: name.to_string(),
+            })?
+            .clone();
+        if let Some(expected) = if_match {
+            let actual = resource_version(&existing);
+            if expected != actual {
+                return Err(stale(kind, name, expected, actual));
+            }
+        }
+        let users = state.config.users_of(kind, name);
+        if !users.is_empty() {
+            return Err(WriteError::Conflict(format!(
+                "{kind} \"{name}\" is used by {}; change or delete those first",
+                users.join(", ")
+            )));
+        }
+        let revision = state.revision + 1;
+        let mut config = state.config.clone();
+        config.remove(kind, name);
+        self.commit(key(kind, name), None, revision, config).await?;
+        Ok(Written {
+            outcome: Outcome::Deleted,
+            revision,
+            resource: existing,
+        })
+    }
+
+    /// Validates `resource` in the configuration it would produce, then
+    /// commits it under a new revision (unless nothing changed).
+    async fn put(
+        &self,
+        state: &State,
+        mut resource: AnyResource,
+        outcome: Outcome,
+    ) -> Result<Written, WriteError> {
+        resource.validate()?;
+        state.config.check_references(&resource)?;
+        if let Some(existing) = state.config.get(resource.kind(), resource.name()) {
+            let mut same = resource.clone();
+            same.metadata_mut().resource_version = existing.metadata().resource_version.clone();
+            if &same == existing {
+                return Ok(Written {
+                    outcome: Outcome::Unchanged,
+                    revision: state.revision,
+                    resource: same,
+                });
+            }
+        }
+        let revision = state.revision + 1;
+        resource.metadata_mut().resource_version = Some(revision.to_string());
+        let mut config = state.config.clone();
+        config.insert(resource.clone());
+        self.commit(
+            key(resource.kind(), resource.name()),
+            Some(resource.to_json_vec()),
+            revision,
+            config,
+        )
+        .await?;
+        Ok(Written {
+            outcome,
+            revision,
+            resource,
+        })
+    }
+
+    /// One sled transaction (resource + revision), a flush, then publish.
+    async fn commit(
+        &self,
+        key: String,
+        value: Option<Vec<u8>>,
+        revision: u64,
+        config: Config,
+    ) -> Result<(), StoreError> {
+        let result: Result<(), TransactionError<()>> =
+            (&self.resources, &self.meta).transaction(|(resources, meta)| {
+                match &value {
+                    Some(v) => resources.insert(key.as_bytes(), v.as_slice())?,
+                    None => resources.remove(key.as_bytes())?,
+                };
+                meta.insert(REVISION_KEY, &revision.to_be_bytes())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+            Err(TransactionError::Abort(())) => return Err(StoreError::Aborted),
+        }
+        self.flush().await?;
+        self.state
+            .send_replace(Arc::new(State { revision, config }));
+        Ok(())
+    }
+
+    /// Blocks (off the async threads) until everything written is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| {
+                StoreError::Sled(sled::Error::Io(std::io::Error::other(format!(
+                    "flush task failed: {e}"
+                ))))
+            })??;
+        Ok(())
+    }
+}
+
+fn resource_version(r: &AnyResource) -> u64 {
+    r.metadata()
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn stale(kind: Kind, name: &str, expected: u64, actual: u64) -> WriteError {
+    WriteError::Conflict(format!(
+        "{kind} \"{name}\" was changed since you read it: you sent resourceVersion {expected}, the current one is {actual}; GET it again and reapply your change"
+    ))
+}
+
+/// `If-Match` wins over `metadata.resourceVersion`; neither means "any".
+fn check_version(
+    existing: &AnyResource,
+    incoming: &AnyResource,
+    if_match: Option<u64>,
+) -> Result<(), WriteError> {
+    let expected = if_match.or_else(|| {
+        incoming
+            .metadata()
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+    });
+    let actual = resource_version(existing);
+    match expected {
+        Some(expected) if expected != actual => {
+            Err(stale(existing.kind(), existing.name(), expected, actual))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn backend(name: &str, url: &str) -> AnyResource {
+        AnyResource::from_value(json!({"apiVersion": "nio.dev/v1", "kind": "Backend",
+            "metadata": {"name": name}, "spec": {"targets": [{"url": url}]}}))
+        .unwrap()
+    }
+
+    fn route(name: &str, backend: &str) -> AnyResource {
+        AnyResource::from_value(json!({"apiVersion": "nio.dev/v1", "kind": "Route",
+            "metadata": {"name": name}, "spec": {"frontend": {"paths": ["/"]}, "backend": backend}}))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn writes_bump_one_revision_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let w = store
+                .create(backend("b", "http://127.0.0.1:1"))
+                .await
+                .unwrap();
+            assert_eq!((w.outcome, w.revision), (Outcome::Created, 1));
+            let w = store.create(route("r", "b")).await.unwrap();
+            assert_eq!(w.revision, 2);
+            // Same content again: unchanged, no new revision.
+            let w = store.replace(route("r", "b"), None).await.unwrap();
+            assert_eq!((w.outcome, w.revision), (Outcome::Unchanged, 2));
+            let w = store
+                .replace(backend("b", "http://127.0.0.1:2"), Some(1))
+                .await
+                .unwrap();
+            assert_eq!(w.revision, 3);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let state = store.current();
+        assert_eq!(state.revision, 3);
+        assert_eq!(state.config.len(), 2);
+        assert_eq!(
+            state
+                .config
+                .get(Kind::Backend, "b")
+                .unwrap()
+                .metadata()
+                .resource_version
+                .as_deref(),
+            Some("3")
+        );
+    }
+
+    #[tokio::test]
+    async fn conflicts_and_references() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let err = store.create(route("r", "missing")).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("backend \"missing\" does not exist"),
+            "{err}"
+        );
+        store
+            .create(backend("b", "http://127.0.0.1:1"))
+            .await
+            .unwrap();
+        store.create(route("r", "b")).await.unwrap();
+        assert!(matches!(
+            store.create(route("r", "b")).await,
+            Err(WriteError::AlreadyExists { .. })
+        ));
+        let err = store
+            .replace(backend("b", "http://127.0.0.1:9"), Some(7))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("current one is 1"), "{err}");
+        let err = store.delete(Kind::Backend, "b", None).await.unwrap_err();
+        assert!(err.to_string().contains("used by route \"r\""), "{err}");
+        store.delete(Kind::Route, "r", None).await.unwrap();
+        store.delete(Kind::Backend, "b", None).await.unwrap();
+        assert_eq!(store.current().revision, 4);
+        assert!(store.current().config.is_empty());
+    }
+
+    #[tokio::test]
+    async fn merge_patch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .create(backend("b", "http://127.0.0.1:1"))
+            .await
+            .unwrap();
+        let w = store
+            .patch(
+                Kind::Backend,
+                "b",
+                &json!({"metadata": {"labels": {"team": "shop"}}}),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(w.resource.metadata().labels["team"], "shop");
+        let err = store
+            .patch(Kind::Backend, "b", &json!({"spec": {"targets": []}}), None)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("at least one target"), "{err}");
+    }
+}

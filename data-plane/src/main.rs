@@ -1,0 +1,170 @@
+//! `nio-data-plane`: flags and logging around [`nio_data_plane::server::run`].
+
+use anyhow::Context;
+use clap::Parser;
+use nio_data_plane::proxy::ProxyOptions;
+use nio_data_plane::server::{self, Options};
+use nio_data_plane::sync::SyncOptions;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nio-data-plane",
+    version,
+    about = "Nio data plane: HTTP proxy configured by the control plane"
+)]
+struct Args {
+    /// Stable identity in the fleet. Default: kept in the cache dir, created
+    /// from the host name and a random suffix on first start.
+    #[arg(long, env = "NIO_DP_ID")]
+    id: Option<String>,
+    /// Control plane gRPC URL.
+    #[arg(
+        long,
+        env = "NIO_CONTROL_PLANE",
+        default_value = "http://127.0.0.1:9001"
+    )]
+    control_plane: String,
+    /// File holding the join token (or set NIO_JOIN_TOKEN).
+    #[arg(long, env = "NIO_JOIN_TOKEN_FILE")]
+    join_token_file: Option<PathBuf>,
+    /// Proxy listener.
+    #[arg(long, env = "NIO_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    http_listen: SocketAddr,
+    /// TLS listener (reserved: TLS termination is not available yet).
+    #[arg(long, env = "NIO_HTTPS_LISTEN")]
+    https_listen: Option<SocketAddr>,
+    /// Ops listener: /healthz, /readyz, /metrics.
+    #[arg(long, env = "NIO_OPS_LISTEN", default_value = "127.0.0.1:9100")]
+    ops_listen: SocketAddr,
+    /// Where the last good snapshot and the generated id are kept.
+    #[arg(long, env = "NIO_CACHE_DIR", default_value = "./nio-cache")]
+    cache_dir: PathBuf,
+    /// Labels, `k=v,k2=v2`.
+    #[arg(long, env = "NIO_LABELS", default_value = "")]
+    labels: String,
+    /// Seconds requests in flight may take to finish on SIGTERM.
+    #[arg(long, env = "NIO_DRAIN_TIMEOUT", default_value_t = 30)]
+    drain_timeout: u64,
+    /// Log format: text or json (level from RUST_LOG, default info).
+    #[arg(long, env = "NIO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+    if args.https_listen.is_some() {
+        anyhow::bail!(
+            "--https-listen: TLS termination is not available in this version; remove the flag"
+        );
+    }
+    let join_token = match (&args.join_token_file, std::env::var("NIO_JOIN_TOKEN")) {
+        (Some(f), _) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading the join token file {}", f.display()))?
+            .trim()
+            .to_string(),
+        (None, Ok(t)) => t.trim().to_string(),
+        (None, Err(_)) => anyhow::bail!(
+            "no join token: pass --join-token-file (the control plane writes one to its data dir as join-token) or set NIO_JOIN_TOKEN"
+        ),
+    };
+    std::fs::create_dir_all(&args.cache_dir)
+        .with_context(|| format!("creating the cache dir {}", args.cache_dir.display()))?;
+    let id = match args.id {
+        Some(id) => id,
+        None => stable_id(&args.cache_dir)?,
+    };
+    let opts = Options {
+        http_listen: args.http_listen,
+        ops_listen: args.ops_listen,
+        cache_dir: args.cache_dir,
+        sync: SyncOptions {
+            control_plane: args.control_plane,
+            join_token,
+            id,
+            labels: parse_labels(&args.labels)?,
+            heartbeat: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(10),
+        },
+        proxy: ProxyOptions::default(),
+        drain_timeout: Duration::from_secs(args.drain_timeout),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        server::run(opts, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+fn parse_labels(s: &str) -> anyhow::Result<HashMap<String, String>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .with_context(|| format!("label \"{p}\" is not k=v"))
+        })
+        .collect()
+}
+
+/// The id kept in `cache_dir/id`, created on first start.
+fn stable_id(cache_dir: &Path) -> anyhow::Result<String> {
+    let path = cache_dir.join("id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim().to_string();
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    let id = format!(
+        "{}-{:06x}",
+        if host.is_empty() { "dp" } else { &host },
+        rand::random::<u32>() & 0xff_ffff
+    );
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,137 @@
+//! Counters kept by the data plane and rendered for Prometheus on the ops
+//! listener. The request path only does relaxed atomic increments on
+//! counters it already holds (a route's [`RouteStats`] lives in its
+//! compiled route); the registry's lock is taken when a snapshot is
+//! compiled or `/metrics` is scraped, never per request.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Per-route counters, kept across snapshots while the route exists.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    /// Responses by status class: index 0 = 1xx … 4 = 5xx.
+    pub by_class: [AtomicU64; 5],
+    /// Sum of request durations (microseconds), for the mean latency.
+    pub duration_us: AtomicU64,
+}
+
+impl RouteStats {
+    pub fn record(&self, status: u16, micros: u64) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+        self.duration_us.fetch_add(micros, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    routes: Mutex<BTreeMap<String, Arc<RouteStats>>>,
+    /// Requests that matched no route.
+    pub unrouted: AtomicU64,
+    /// Requests answered 502/504 because the backend failed.
+    pub upstream_errors: AtomicU64,
+    pub snapshots_applied: AtomicU64,
+    pub snapshots_refused: AtomicU64,
+    pub revision: AtomicU64,
+    /// 1 while the sync stream to the control plane is open.
+    pub sync_connected: AtomicU64,
+}
+
+impl Metrics {
+    /// The stats of `route`, shared with earlier compilations of it.
+    pub fn route(&self, route: &str) -> Arc<RouteStats> {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        routes.entry(route.to_string()).or_default().clone()
+    }
+
+    /// Forgets routes that are no longer configured.
+    pub fn retain_routes(&self, keep: impl Fn(&str) -> bool) {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        routes.retain(|name, _| keep(name));
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(1024);
+        let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP nio_requests_total Requests served, by route and status class."
+        );
+        let _ = writeln!(out, "# TYPE nio_requests_total counter");
+        let routes = self
+            .routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (name, stats) in &routes {
+            for (i, c) in stats.by_class.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "nio_requests_total{{route=\"{name}\",code=\"{}xx\"}} {}",
+                    i + 1,
+                    g(c)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP nio_request_duration_seconds_sum Total time spent serving requests, by route."
+        );
+        let _ = writeln!(out, "# TYPE nio_request_duration_seconds_sum counter");
+        for (name, stats) in &routes {
+            let _ = writeln!(
+                out,
+                "nio_request_duration_seconds_sum{{route=\"{name}\"}} {}",
+                g(&stats.duration_us) as f64 / 1e6
+            );
+        }
+        for (metric, kind, help, value) in [
+            (
+                "nio_unrouted_requests_total",
+                "counter",
+                "Requests that matched no route (404).",
+                g(&self.unrouted),
+            ),
+            (
+                "nio_upstream_errors_total",
+                "counter",
+                "Requests that failed at the backend (502/504).",
+                g(&self.upstream_errors),
+            ),
+            (
+                "nio_snapshots_applied_total",
+                "counter",
+                "Configuration snapshots applied.",
+                g(&self.snapshots_applied),
+            ),
+            (
+                "nio_snapshots_refused_total",
+                "counter",
+                "Configuration snapshots refused (NACK).",
+                g(&self.snapshots_refused),
+            ),
+            (
+                "nio_config_revision",
+                "gauge",
+                "Revision of the configuration being served.",
+                g(&self.revision),
+            ),
+            (
+                "nio_sync_connected",
+                "gauge",
+                "1 while the stream to the control plane is open.",
+                g(&self.sync_connected),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric} {value}"
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,242 @@
+//! Listeners and lifecycle: the proxy listener, the ops listener
+//! (`/healthz`, `/readyz`, `/metrics`), the sync task, and the drain on
+//! shutdown (stop accepting, report not ready, let requests in flight
+//! finish within the drain deadline).
+
+use crate::cache::Cache;
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, ProxyOptions};
+use crate::runtime::RuntimeSlot;
+use crate::sync::{self, Applier, SyncOptions};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub http_listen: SocketAddr,
+    pub ops_listen: SocketAddr,
+    pub cache_dir: PathBuf,
+    pub sync: SyncOptions,
+    pub proxy: ProxyOptions,
+    /// How long requests in flight may take to finish on shutdown.
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cache dir {path}: {source}")]
+    CacheDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Serves until `shutdown` resolves, then drains.
+pub async fn run(
+    opts: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let cache = Cache::new(&opts.cache_dir).map_err(|source| ServerError::CacheDir {
+        path: opts.cache_dir.clone(),
+        source,
+    })?;
+    let slot = Arc::new(RuntimeSlot::empty());
+    let metrics = Arc::new(Metrics::default());
+    let applier = Arc::new(Applier {
+        slot: slot.clone(),
+        metrics: metrics.clone(),
+        cache,
+    });
+    applier.load_cache();
+
+    let http = bind(opts.http_listen).await?;
+    let ops = bind(opts.ops_listen).await?;
+    tracing::info!(addr = %local(&http), "proxy listening");
+    tracing::info!(addr = %local(&ops), "ops listening");
+
+    let sync_task = tokio::spawn(sync::run(opts.sync.clone(), applier));
+    let draining = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let ops_task = tokio::spawn(serve_ops(
+        ops,
+        slot.clone(),
+        metrics.clone(),
+        draining.clone(),
+        stop_rx.clone(),
+    ));
+    let proxy = Arc::new(Proxy::new(slot, metrics, opts.proxy.clone()));
+    let proxy_task = tokio::spawn(serve_proxy(http, proxy, stop_rx, opts.drain_timeout));
+
+    shutdown.await;
+    tracing::info!(drain_timeout = ?opts.drain_timeout, "shutting down: draining requests in flight");
+    draining.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    let _ = proxy_task.await;
+    sync_task.abort();
+    let _ = ops_task.await;
+    tracing::info!("drained; bye");
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+fn local(l: &TcpListener) -> String {
+    l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn conn_builder() -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    b
+}
+
+async fn serve_proxy(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let builder = conn_builder();
+    loop {
+        let (stream, client) = tokio::select! {
+            () = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %client, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?drain,
+            "drain deadline passed; closing remaining connections"
+        );
+    }
+}
+
+async fn serve_ops(
+    listener: TcpListener,
+    slot: Arc<RuntimeSlot>,
+    metrics: Arc<Metrics>,
+    draining: Arc<AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            () = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+        };
+        let (slot, metrics, draining) = (slot.clone(), metrics.clone(), draining.clone());
+        let service = service_fn(move |req: Request<Incoming>| {
+            let resp = ops_response(req.uri().path(), &slot, &metrics, &draining);
+            async move { Ok::<_, Infallible>(resp) }
+        });
+        tokio::spawn(async move {
+            let _ = conn_builder()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn ops_response(
+    path: &str,
+    slot: &RuntimeSlot,
+    metrics: &Metrics,
+    draining: &AtomicBool,
+) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/readyz" => match slot.load().as_ref() {
+            _ if draining.load(Ordering::Relaxed) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "draining\n".to_string(),
+            ),
+            Some(rt) => (
+                StatusCode::OK,
+                "text/plain",
+                format!("ready: revision {}\n", rt.revision),
+            ),
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "not ready: no configuration yet\n".to_string(),
+            ),
+        },
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.render(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_string(),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    resp
+}

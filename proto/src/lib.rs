@@ -1,0 +1,29 @@
+//! # nio-proto
+//!
+//! The one definition of what Nio's two planes exchange:
+//!
+//! - [`v1`]: the gRPC protocol generated from `proto/nio/v1/*.proto`
+//!   (compiled by protox at build time, no system `protoc`).
+//! - [`model`]: the resource types users write (`Route`, `Backend`, …), their
+//!   validation, and [`model::Config`], the set of resources at one revision.
+//! - [`snapshot`]: conversion between a [`model::Config`] and the wire
+//!   [`v1::Snapshot`], and the content hash both planes agree on.
+//!
+//! This crate does no IO. The control plane validates admin writes with the
+//! same functions the data plane runs when it compiles a snapshot, so a
+//! configuration the control plane accepted is one every data plane accepts.
+
+pub mod model;
+pub mod snapshot;
+
+/// Generated protobuf and gRPC code for package `nio.v1`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("nio.v1");
+}
+
+/// API group and version of every resource (`apiVersion` field).
+pub const API_VERSION: &str = "nio.dev/v1";
+
+/// Software version shared by both planes; data planes announce it in `Hello`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

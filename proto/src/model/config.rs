@@ -1,0 +1,176 @@
+//! [`Config`]: every resource at one revision, and the checks that span
+//! resources (a Route's Backend must exist).
+
+use super::{AnyResource, Backend, FieldError, Kind, Route, ValidationError};
+use std::collections::BTreeMap;
+
+/// All resources of one revision, ordered by kind then name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    resources: BTreeMap<(Kind, String), AnyResource>,
+}
+
+impl Config {
+    pub fn get(&self, kind: Kind, name: &str) -> Option<&AnyResource> {
+        self.resources.get(&(kind, name.to_string()))
+    }
+
+    /// Inserts or replaces; returns the previous resource of that kind and name.
+    pub fn insert(&mut self, resource: AnyResource) -> Option<AnyResource> {
+        self.resources
+            .insert((resource.kind(), resource.name().to_string()), resource)
+    }
+
+    pub fn remove(&mut self, kind: Kind, name: &str) -> Option<AnyResource> {
+        self.resources.remove(&(kind, name.to_string()))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &AnyResource> {
+        self.resources.values()
+    }
+
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &AnyResource> {
+        self.resources
+            .range((kind, String::new())..)
+            .take_while(move |((k, _), _)| *k == kind)
+            .map(|(_, r)| r)
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.of_kind(Kind::Route).filter_map(|r| match r {
+            AnyResource::Route(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    pub fn backends(&self) -> impl Iterator<Item = &Backend> {
+        self.of_kind(Kind::Backend).filter_map(|r| match r {
+            AnyResource::Backend(b) => Some(b),
+            _ => None,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.resources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+
+    /// Resources that refer to `kind/name` (to refuse deleting what is in use).
+    pub fn users_of(&self, kind: Kind, name: &str) -> Vec<String> {
+        match kind {
+            Kind::Backend => self
+                .routes()
+                .filter(|r| r.spec.backend == name)
+                .map(|r| format!("route \"{}\"", r.metadata.name))
+                .collect(),
+            Kind::Route => Vec::new(),
+        }
+    }
+
+    /// Checks one resource's references against this configuration.
+    pub fn check_references(&self, resource: &AnyResource) -> Result<(), ValidationError> {
+        let mut errors = Vec::new();
+        if let AnyResource::Route(r) = resource {
+            if !r.spec.backend.is_empty() && self.get(Kind::Backend, &r.spec.backend).is_none() {
+                errors.push(FieldError::new(
+                    "spec.backend",
+                    format!(
+                        "backend \"{}\" does not exist; create it first or fix the name",
+                        r.spec.backend
+                    ),
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationError {
+                kind: resource.kind().to_string(),
+                name: resource.name().to_string(),
+                errors,
+            })
+        }
+    }
+
+    /// Every resource on its own and every reference between them.
+    pub fn validate(&self) -> Result<(), Vec<ValidationError>> {
+        let errors: Vec<ValidationError> = self
+            .iter()
+            .filter_map(|r| r.validate().and_then(|()| self.check_references(r)).err())
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+impl FromIterator<AnyResource> for Config {
+    fn from_iter<T: IntoIterator<Item = AnyResource>>(iter: T) -> Self {
+        let mut c = Config::default();
+        for r in iter {
+            c.insert(r);
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn res(v: serde_json::Value) -> AnyResource {
+        AnyResource::from_value(v).unwrap()
+    }
+
+    /// The minimal pair from DESIGN.md must be accepted exactly as written.
+    #[test]
+    fn design_minimal_pair_is_valid() {
+        let yaml = r#"
+apiVersion: nio.dev/v1
+kind: Backend
+metadata: {name: orders}
+spec:
+  targets:
+    - url: http://10.0.0.12:8080
+    - url: http://10.0.0.13:8080
+      weight: 2
+---
+apiVersion: nio.dev/v1
+kind: Route
+metadata: {name: orders-api}
+spec:
+  frontend:
+    hosts: [api.example.com]
+    paths: [/orders]
+  backend: orders
+"#;
+        let config: Config = yaml
+            .split("---")
+            .map(|doc| res(serde_yaml::from_str(doc).unwrap()))
+            .collect();
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.routes().count(), 1);
+        assert_eq!(config.backends().next().unwrap().spec.targets[1].weight, 2);
+    }
+
+    #[test]
+    fn route_to_missing_backend_is_refused() {
+        let config: Config = [res(json!({
+            "apiVersion": "nio.dev/v1", "kind": "Route", "metadata": {"name": "r"},
+            "spec": {"frontend": {"paths": ["/"]}, "backend": "ghost"}
+        }))]
+        .into_iter()
+        .collect();
+        let errs = config.validate().unwrap_err();
+        assert_eq!(errs[0].errors[0].field, "spec.backend");
+        assert!(errs[0]
+            .to_string()
+            .contains("backend \"ghost\" does not exist"));
+    }
+}
