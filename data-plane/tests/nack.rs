@@ -1,0 +1,237 @@
+//! A data plane refuses (NACKs) a snapshot it cannot use and keeps serving
+//! the previous one. The control plane here is a scripted gRPC server, so
+//! the test can send what a real control plane never would.
+
+#![allow(clippy::unwrap_used)]
+
+use nio_data_plane::proxy::ProxyOptions;
+use nio_data_plane::server::{self, Options};
+use nio_data_plane::sync::SyncOptions;
+use nio_proto::v1::config_sync_server::{ConfigSync, ConfigSyncServer};
+use nio_proto::v1::{
+    control_plane_message, data_plane_message, ControlPlaneMessage, DataPlaneMessage, Snapshot,
+};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::sync::{mpsc, Mutex};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+type Out = Pin<Box<dyn tokio_stream::Stream<Item = Result<ControlPlaneMessage, Status>> + Send>>;
+
+/// Sends whatever the test pushes into `to_dp`; forwards what the data
+/// plane says to `from_dp`.
+struct ScriptedControlPlane {
+    to_dp: Mutex<Option<mpsc::Receiver<Result<ControlPlaneMessage, Status>>>>,
+    from_dp: mpsc::Sender<DataPlaneMessage>,
+}
+
+#[tonic::async_trait]
+impl ConfigSync for ScriptedControlPlane {
+    type SyncStream = Out;
+    async fn sync(
+        &self,
+        req: Request<Streaming<DataPlaneMessage>>,
+    ) -> Result<Response<Out>, Status> {
+        let mut inbound = req.into_inner();
+        let from_dp = self.from_dp.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = inbound.message().await {
+                let _ = from_dp.send(m).await;
+            }
+        });
+        let rx = self
+            .to_dp
+            .lock()
+            .await
+            .take()
+            .ok_or_else(|| Status::unavailable("one stream only"))?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn resource(v: serde_json::Value) -> nio_proto::model::AnyResource {
+    nio_proto::model::AnyResource::from_value(v).unwrap()
+}
+
+fn snapshot(revision: u64, backend_url: &str, route_backend: &str) -> Snapshot {
+    let config: nio_proto::model::Config = [
+        resource(
+            json!({"apiVersion": "nio.dev/v1", "kind": "Backend", "metadata": {"name": "b"},
+            "spec": {"targets": [{"url": backend_url}]}}),
+        ),
+        resource(
+            json!({"apiVersion": "nio.dev/v1", "kind": "Route", "metadata": {"name": "r"},
+            "spec": {"frontend": {"paths": ["/"]}, "backend": route_backend}}),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    nio_proto::snapshot::encode(&config, revision)
+}
+
+async fn next_reply(rx: &mut mpsc::Receiver<DataPlaneMessage>) -> data_plane_message::Msg {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("data plane answered in time")
+            .expect("stream open")
+            .msg
+            .expect("message");
+        if !matches!(m, data_plane_message::Msg::Heartbeat(_)) {
+            return m;
+        }
+    }
+}
+
+async fn free_addr() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_snapshots_are_nacked_and_the_previous_one_keeps_serving() {
+    // A real backend.
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_url = format!("http://{}", backend.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = backend.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"from revision 1")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+
+    // The scripted control plane.
+    let (to_dp, to_dp_rx) = mpsc::channel(8);
+    let (from_dp_tx, mut from_dp) = mpsc::channel(8);
+    let cp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cp_addr = cp_listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                ConfigSyncServer::new(ScriptedControlPlane {
+                    to_dp: Mutex::new(Some(to_dp_rx)),
+                    from_dp: from_dp_tx,
+                })
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(cp_listener)),
+    );
+
+    let cache = tempfile::tempdir().unwrap();
+    let http = free_addr().await;
+    let opts = Options {
+        http_listen: http,
+        ops_listen: "127.0.0.1:0".parse().unwrap(),
+        cache_dir: cache.path().to_path_buf(),
+        sync: SyncOptions {
+            control_plane: format!("http://{cp_addr}"),
+            join_token: "test-token-0123456789".into(),
+            id: "dp-test".into(),
+            labels: Default::default(),
+            heartbeat: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(500),
+        },
+        proxy: ProxyOptions::default(),
+        drain_timeout: Duration::from_secs(1),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let dp = tokio::spawn(server::run(opts, async move {
+        let _ = stopped.await;
+    }));
+
+    match next_reply(&mut from_dp).await {
+        data_plane_message::Msg::Hello(h) => {
+            assert_eq!((h.id.as_str(), h.held_revision), ("dp-test", 0))
+        }
+        other => panic!("expected Hello, got {other:?}"),
+    }
+    let send = |s: Snapshot| {
+        let to_dp = to_dp.clone();
+        async move {
+            to_dp
+                .send(Ok(ControlPlaneMessage {
+                    msg: Some(control_plane_message::Msg::Snapshot(s)),
+                }))
+                .await
+                .unwrap()
+        }
+    };
+
+    let good = snapshot(1, &backend_url, "b");
+    send(good.clone()).await;
+    match next_reply(&mut from_dp).await {
+        data_plane_message::Msg::Ack(a) => assert_eq!((a.revision, a.hash), (1, good.hash.clone())),
+        other => panic!("expected Ack(1), got {other:?}"),
+    }
+    let client = reqwest::Client::new();
+    let get = || client.get(format!("http://{http}/x")).send();
+    assert_eq!(
+        get().await.unwrap().text().await.unwrap(),
+        "from revision 1"
+    );
+
+    // Revision 2: a route to a backend that is not in the snapshot.
+    let mut dangling = snapshot(2, &backend_url, "b");
+    dangling.resources.retain(|r| r.kind == "Route");
+    dangling.hash = nio_proto::snapshot::content_hash(&dangling.resources);
+    send(dangling).await;
+    match next_reply(&mut from_dp).await {
+        data_plane_message::Msg::Nack(n) => {
+            assert_eq!(n.revision, 2);
+            assert!(
+                n.reason.contains("backend \"b\" does not exist"),
+                "{}",
+                n.reason
+            );
+        }
+        other => panic!("expected Nack(2), got {other:?}"),
+    }
+
+    // Revision 3: contents that do not match the announced hash.
+    let mut tampered = snapshot(3, &backend_url, "b");
+    tampered.hash = "00".repeat(32);
+    send(tampered).await;
+    match next_reply(&mut from_dp).await {
+        data_plane_message::Msg::Nack(n) => {
+            assert_eq!(n.revision, 3);
+            assert!(n.reason.contains("hash mismatch"), "{}", n.reason);
+        }
+        other => panic!("expected Nack(3), got {other:?}"),
+    }
+
+    // Revision 4: bytes that are not a resource at all.
+    let mut garbage = snapshot(4, &backend_url, "b");
+    garbage.resources[0].json = b"\xff\xfe not json".to_vec();
+    garbage.hash = nio_proto::snapshot::content_hash(&garbage.resources);
+    send(garbage).await;
+    assert!(
+        matches!(next_reply(&mut from_dp).await, data_plane_message::Msg::Nack(n) if n.revision == 4)
+    );
+
+    // Still serving revision 1, and the cache holds revision 1.
+    let r = get().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "from revision 1");
+    let cached = nio_data_plane::cache::Cache::new(cache.path())
+        .unwrap()
+        .load()
+        .unwrap()
+        .unwrap();
+    assert_eq!(cached.revision, 1);
+
+    let _ = stop.send(());
+    dp.await.unwrap().unwrap();
+}
