@@ -10,10 +10,23 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+/// Where a data plane stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Status {
+    /// Its sync stream is open.
+    Connected,
+    /// Its stream broke without a goodbye: crashed, killed or cut off.
+    Disconnected,
+    /// It drained and said goodbye: a planned exit, not a failure.
+    Left,
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DataPlaneRecord {
     pub id: String,
+    pub status: Status,
     pub version: String,
     pub labels: BTreeMap<String, String>,
     pub address: String,
@@ -81,6 +94,7 @@ impl Fleet {
                 hello.id.clone(),
                 DataPlaneRecord {
                     id: hello.id.clone(),
+                    status: Status::Connected,
                     version: hello.version.clone(),
                     labels: hello
                         .labels
@@ -136,17 +150,22 @@ impl Fleet {
 
     pub fn disconnected(&self, id: &str, session: u64) {
         self.update(id, session, |r| {
+            if r.status == Status::Connected {
+                r.status = Status::Disconnected;
+            }
             r.connected = false;
             r.connected_since = None;
             r.disconnected_at = Some(r.last_seen.clone());
         });
     }
 
-    pub fn list(&self) -> Vec<DataPlaneRecord> {
-        self.with(|inner| inner.planes.values().cloned().collect())
+    /// A planned departure (the stream ends right after).
+    pub fn left(&self, id: &str, session: u64) {
+        self.update(id, session, |r| r.status = Status::Left);
+        self.disconnected(id, session);
     }
 
-    pub fn connected_count(&self) -> usize {
-        self.with(|inner| inner.planes.values().filter(|r| r.connected).count())
+    pub fn list(&self) -> Vec<DataPlaneRecord> {
+        self.with(|inner| inner.planes.values().cloned().collect())
     }
 }

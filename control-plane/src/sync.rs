@@ -179,7 +179,20 @@ impl Stream {
         // A data plane that already serves the current revision gets nothing.
         let up_to_date =
             self.hello.held_revision == current.revision && self.hello.held_hash == held.hash;
-        if !up_to_date && self.send(&current).await.is_err() {
+        let first = if up_to_date {
+            control_plane_message::Msg::UpToDate(v1::UpToDate {
+                revision: current.revision,
+                hash: held.hash.clone(),
+            })
+        } else {
+            control_plane_message::Msg::Snapshot((*held).clone())
+        };
+        if self
+            .tx
+            .send(Ok(ControlPlaneMessage { msg: Some(first) }))
+            .await
+            .is_err()
+        {
             return self.fleet.disconnected(&id, self.session);
         }
         let mut sent = current.revision;
@@ -208,6 +221,10 @@ impl Stream {
                         Err(_) => break format!("silent for {IDLE_TIMEOUT:?}"),
                         Ok(Err(status)) => break format!("stream error: {}", status.message()),
                         Ok(Ok(None)) => break "stream ended".to_string(),
+                        Ok(Ok(Some(DataPlaneMessage { msg: Some(data_plane_message::Msg::Goodbye(g)) }))) => {
+                            tracing::info!(id = %id, reason = %g.reason, "data plane left");
+                            return self.fleet.left(&id, self.session);
+                        }
                         Ok(Ok(Some(m))) => self.handle(m),
                     }
                 }
@@ -239,8 +256,11 @@ impl Stream {
                 tracing::warn!(%id, revision, %reason, "snapshot refused by data plane");
                 self.fleet.nacked(id, self.session, revision, &reason);
             }
-            Some(data_plane_message::Msg::Heartbeat(_))
-            | Some(data_plane_message::Msg::Hello(_))
+            Some(
+                data_plane_message::Msg::Heartbeat(_)
+                | data_plane_message::Msg::Hello(_)
+                | data_plane_message::Msg::Goodbye(_),
+            )
             | None => {
                 self.fleet.seen(id, self.session);
             }

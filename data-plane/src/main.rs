@@ -49,6 +49,14 @@ struct Args {
     /// Seconds requests in flight may take to finish on SIGTERM.
     #[arg(long, env = "NIO_DRAIN_TIMEOUT", default_value_t = 30)]
     drain_timeout: u64,
+    /// Seconds to keep accepting after reporting not ready on SIGTERM (for
+    /// load balancers that watch /readyz; Kubernetes uses a preStop hook).
+    #[arg(long, env = "NIO_DRAIN_DELAY", default_value_t = 0)]
+    drain_delay: u64,
+    /// Seconds a data plane started from its cache waits for the control
+    /// plane to confirm the configuration before reporting ready anyway.
+    #[arg(long, env = "NIO_STARTUP_SYNC_TIMEOUT", default_value_t = 5)]
+    startup_sync_timeout: u64,
     /// Log format: text or json (level from RUST_LOG, default info).
     #[arg(long, env = "NIO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -93,6 +101,8 @@ fn main() -> anyhow::Result<()> {
         },
         proxy: ProxyOptions::default(),
         drain_timeout: Duration::from_secs(args.drain_timeout),
+        drain_delay: Duration::from_secs(args.drain_delay),
+        startup_sync_timeout: Duration::from_secs(args.startup_sync_timeout),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

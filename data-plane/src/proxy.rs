@@ -24,7 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,6 +52,9 @@ pub struct Proxy {
     runtime: Arc<RuntimeSlot>,
     client: Client<HttpConnector, Incoming>,
     metrics: Arc<Metrics>,
+    /// While draining, HTTP/1.1 responses carry `Connection: close` so
+    /// clients move to other data planes.
+    draining: Arc<AtomicBool>,
     opts: ProxyOptions,
 }
 
@@ -134,7 +137,12 @@ pub fn error_response(err: ProxyError, request_id: &HeaderValue) -> Response<Pro
 }
 
 impl Proxy {
-    pub fn new(runtime: Arc<RuntimeSlot>, metrics: Arc<Metrics>, opts: ProxyOptions) -> Proxy {
+    pub fn new(
+        runtime: Arc<RuntimeSlot>,
+        metrics: Arc<Metrics>,
+        draining: Arc<AtomicBool>,
+        opts: ProxyOptions,
+    ) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(opts.connect_timeout));
@@ -146,11 +154,26 @@ impl Proxy {
             runtime,
             client,
             metrics,
+            draining,
             opts,
         }
     }
 
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+        let http1 = req.version() <= Version::HTTP_11;
+        let mut resp = self.route_and_forward(req, client).await;
+        if http1 && self.draining.load(Ordering::Relaxed) {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+
+    async fn route_and_forward(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let request_id = request_id(req.headers());
         let Some(runtime) = self.runtime.load_full() else {

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -35,6 +35,12 @@ pub struct Options {
     pub proxy: ProxyOptions,
     /// How long requests in flight may take to finish on shutdown.
     pub drain_timeout: Duration,
+    /// How long to keep accepting after reporting not ready, so load
+    /// balancers that watch `/readyz` stop sending first.
+    pub drain_delay: Duration,
+    /// With a cached configuration, how long to wait for the control plane
+    /// to confirm it is current before reporting ready anyway.
+    pub startup_sync_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,37 +72,82 @@ pub async fn run(
         slot: slot.clone(),
         metrics: metrics.clone(),
         cache,
+        synced: AtomicBool::new(false),
     });
     applier.load_cache();
+    let started = Instant::now();
 
     let http = bind(opts.http_listen).await?;
     let ops = bind(opts.ops_listen).await?;
     tracing::info!(addr = %local(&http), "proxy listening");
     tracing::info!(addr = %local(&ops), "ops listening");
 
-    let sync_task = tokio::spawn(sync::run(opts.sync.clone(), applier));
+    let (leave_tx, leave_rx) = watch::channel(false);
+    let sync_task = tokio::spawn(sync::run(opts.sync.clone(), applier.clone(), leave_rx));
     let draining = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let ops_task = tokio::spawn(serve_ops(
-        ops,
-        slot.clone(),
-        metrics.clone(),
+    let health = Health {
+        applier,
+        draining: draining.clone(),
+        started,
+        startup_sync_timeout: opts.startup_sync_timeout,
+    };
+    let ops_task = tokio::spawn(serve_ops(ops, health, metrics.clone(), stop_rx.clone()));
+    let proxy = Arc::new(Proxy::new(
+        slot,
+        metrics,
         draining.clone(),
-        stop_rx.clone(),
+        opts.proxy.clone(),
     ));
-    let proxy = Arc::new(Proxy::new(slot, metrics, opts.proxy.clone()));
     let proxy_task = tokio::spawn(serve_proxy(http, proxy, stop_rx, opts.drain_timeout));
 
+    // Drain: not ready at once; keep serving (with Connection: close) for
+    // the drain delay; stop accepting; let requests in flight finish within
+    // the drain timeout; say goodbye to the control plane; exit.
     shutdown.await;
-    tracing::info!(drain_timeout = ?opts.drain_timeout, "shutting down: draining requests in flight");
+    tracing::info!(drain_delay = ?opts.drain_delay, drain_timeout = ?opts.drain_timeout, "shutting down: draining");
     draining.store(true, Ordering::Relaxed);
+    tokio::time::sleep(opts.drain_delay).await;
     let _ = stop_tx.send(true);
     let _ = proxy_task.await;
-    sync_task.abort();
+    let _ = leave_tx.send(true);
+    if tokio::time::timeout(Duration::from_secs(3), sync_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("could not say goodbye to the control plane in time");
+    }
     let _ = ops_task.await;
     tracing::info!("drained; bye");
     Ok(())
+}
+
+/// What `/readyz` looks at.
+struct Health {
+    applier: Arc<Applier>,
+    draining: Arc<AtomicBool>,
+    started: Instant,
+    startup_sync_timeout: Duration,
+}
+
+impl Health {
+    /// Ready when not draining and serving a configuration that the control
+    /// plane confirmed current — or, if it cannot be reached, a cached one
+    /// once the startup wait is over.
+    fn readiness(&self) -> Result<u64, &'static str> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("draining");
+        }
+        let Some(rt) = self.applier.slot.load_full() else {
+            return Err("no configuration yet");
+        };
+        let synced = self.applier.synced.load(Ordering::Relaxed);
+        if !synced && self.started.elapsed() < self.startup_sync_timeout {
+            return Err("waiting for the control plane to confirm the cached configuration");
+        }
+        Ok(rt.revision)
+    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -170,11 +221,11 @@ async fn serve_proxy(
 
 async fn serve_ops(
     listener: TcpListener,
-    slot: Arc<RuntimeSlot>,
+    health: Health,
     metrics: Arc<Metrics>,
-    draining: Arc<AtomicBool>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let health = Arc::new(health);
     loop {
         let (stream, _) = tokio::select! {
             () = stopped(&mut stop) => break,
@@ -183,9 +234,9 @@ async fn serve_ops(
                 Err(_) => continue,
             },
         };
-        let (slot, metrics, draining) = (slot.clone(), metrics.clone(), draining.clone());
+        let (health, metrics) = (health.clone(), metrics.clone());
         let service = service_fn(move |req: Request<Incoming>| {
-            let resp = ops_response(req.uri().path(), &slot, &metrics, &draining);
+            let resp = ops_response(req.uri().path(), &health, &metrics);
             async move { Ok::<_, Infallible>(resp) }
         });
         tokio::spawn(async move {
@@ -196,29 +247,19 @@ async fn serve_ops(
     }
 }
 
-fn ops_response(
-    path: &str,
-    slot: &RuntimeSlot,
-    metrics: &Metrics,
-    draining: &AtomicBool,
-) -> Response<Full<Bytes>> {
+fn ops_response(path: &str, health: &Health, metrics: &Metrics) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        "/readyz" => match slot.load().as_ref() {
-            _ if draining.load(Ordering::Relaxed) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                "draining\n".to_string(),
-            ),
-            Some(rt) => (
+        "/readyz" => match health.readiness() {
+            Ok(revision) => (
                 StatusCode::OK,
                 "text/plain",
-                format!("ready: revision {}\n", rt.revision),
+                format!("ready: revision {revision}\n"),
             ),
-            None => (
+            Err(why) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
-                "not ready: no configuration yet\n".to_string(),
+                format!("not ready: {why}\n"),
             ),
         },
         "/metrics" => (

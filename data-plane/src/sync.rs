@@ -15,12 +15,12 @@ use crate::metrics::Metrics;
 use crate::runtime::{compile, Runtime, RuntimeSlot};
 use nio_proto::v1::config_sync_client::ConfigSyncClient;
 use nio_proto::v1::{control_plane_message, data_plane_message, DataPlaneMessage, Snapshot};
-use nio_proto::v1::{Ack, Heartbeat, Hello, Nack};
+use nio_proto::v1::{Ack, Goodbye, Heartbeat, Hello, Nack};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Endpoint;
@@ -44,6 +44,9 @@ pub struct Applier {
     pub slot: Arc<RuntimeSlot>,
     pub metrics: Arc<Metrics>,
     pub cache: Cache,
+    /// Set once the control plane has confirmed (by a snapshot or
+    /// `UpToDate`) that this data plane serves its current configuration.
+    pub synced: AtomicBool,
 }
 
 impl Applier {
@@ -106,13 +109,17 @@ impl Applier {
     }
 }
 
-/// Runs forever: connect, sync, reconnect.
-pub async fn run(opts: SyncOptions, applier: Arc<Applier>) {
+/// Connects, syncs and reconnects until `leave` turns true; then says
+/// goodbye on the open stream (if any) and returns.
+pub async fn run(opts: SyncOptions, applier: Arc<Applier>, mut leave: watch::Receiver<bool>) {
     let mut backoff = opts.backoff_min;
     loop {
         let mut connected = false;
-        match session(&opts, &applier, &mut connected).await {
-            Ok(()) => tracing::info!("control plane closed the stream; reconnecting"),
+        match session(&opts, &applier, &mut connected, &mut leave).await {
+            Ok(Ended::Left) => return,
+            Ok(Ended::ByControlPlane) => {
+                tracing::info!("control plane closed the stream; reconnecting")
+            }
             Err(SessionError::Refused(msg)) => {
                 tracing::error!(reason = %msg, "control plane refused this data plane")
             }
@@ -126,7 +133,10 @@ pub async fn run(opts: SyncOptions, applier: Arc<Applier>) {
         }
         let wait = jitter(backoff);
         tracing::debug!(?wait, "reconnecting after backoff");
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = leaving(&mut leave) => return,
+        }
         backoff = (backoff * 2).min(opts.backoff_max);
     }
 }
@@ -134,6 +144,15 @@ pub async fn run(opts: SyncOptions, applier: Arc<Applier>) {
 fn jitter(d: Duration) -> Duration {
     let half = d / 2;
     half + half.mul_f64(rand::random::<f64>())
+}
+
+async fn leaving(leave: &mut watch::Receiver<bool>) {
+    let _ = leave.wait_for(|l| *l).await;
+}
+
+enum Ended {
+    ByControlPlane,
+    Left,
 }
 
 enum SessionError {
@@ -156,7 +175,8 @@ async fn session(
     opts: &SyncOptions,
     applier: &Applier,
     connected: &mut bool,
-) -> Result<(), SessionError> {
+    leave: &mut watch::Receiver<bool>,
+) -> Result<Ended, SessionError> {
     let endpoint = Endpoint::from_shared(opts.control_plane.clone())
         .map_err(|e| SessionError::Refused(format!("bad control plane URL: {e}")))?
         .connect_timeout(Duration::from_secs(5))
@@ -214,15 +234,42 @@ async fn session(
         })
     };
     let result = async {
-        while let Some(msg) = inbound.message().await? {
-            let Some(control_plane_message::Msg::Snapshot(snapshot)) = msg.msg else {
-                continue;
+        loop {
+            let msg = tokio::select! {
+                msg = inbound.message() => msg?,
+                () = leaving(leave) => {
+                    let bye = send(data_plane_message::Msg::Goodbye(Goodbye {
+                        reason: "shutting down".into(),
+                    }));
+                    if tx.send(bye).await.is_ok() {
+                        // Give the control plane a moment to read it.
+                        let _ = tokio::time::timeout(Duration::from_secs(2), inbound.message()).await;
+                    }
+                    return Ok(Ended::Left);
+                }
+            };
+            let Some(msg) = msg else {
+                return Ok(Ended::ByControlPlane);
+            };
+            let snapshot = match msg.msg {
+                Some(control_plane_message::Msg::Snapshot(s)) => s,
+                Some(control_plane_message::Msg::UpToDate(u)) => {
+                    applier.synced.store(true, Ordering::Relaxed);
+                    tracing::info!(revision = u.revision, "already serving the current configuration");
+                    let ack = send(data_plane_message::Msg::Ack(Ack { revision: u.revision, hash: u.hash }));
+                    if tx.send(ack).await.is_err() {
+                        return Err(SessionError::Lost("stream closed".into()));
+                    }
+                    continue;
+                }
+                None => continue,
             };
             let revision = snapshot.revision;
             // Compiling a large configuration is CPU work: keep it off the
             // threads that serve requests.
             let reply = match apply_blocking(applier, snapshot).await {
                 Ok(hash) => {
+                    applier.synced.store(true, Ordering::Relaxed);
                     tracing::info!(revision, "configuration applied");
                     data_plane_message::Msg::Ack(Ack { revision, hash })
                 }
@@ -236,7 +283,6 @@ async fn session(
                 return Err(SessionError::Lost("stream closed".into()));
             }
         }
-        Ok(())
     }
     .await;
     heartbeat.abort();
