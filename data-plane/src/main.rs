@@ -14,7 +14,8 @@ use std::time::Duration;
 #[command(
     name = "nio-data-plane",
     version,
-    about = "Nio data plane: HTTP proxy configured by the control plane"
+    about = "Nio data plane: HTTP proxy configured by the control plane",
+    after_help = "Environment only:\n  NIO_JOIN_TOKEN  the join token itself (instead of --join-token-file)"
 )]
 struct Args {
     /// Stable identity in the fleet. Default: kept in the cache dir, created

@@ -143,11 +143,19 @@ impl Proc {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then wait for the exit code.
-    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
-        Command::new("kill")
+    /// Sends SIGTERM without waiting.
+    pub fn sigterm(&self) -> Result<()> {
+        let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()?;
+        if !status.success() {
+            bail!("kill -TERM {} failed", self.child.id());
+        }
+        Ok(())
+    }
+
+    /// Waits (without blocking the runtime) for the process to exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(s) = self.child.try_wait()? {
@@ -156,7 +164,7 @@ impl Proc {
             if Instant::now() > deadline {
                 bail!("{} did not exit within {timeout:?}", self.name);
             }
-            std::thread::sleep(Duration::from_millis(10));
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
@@ -448,7 +456,7 @@ pub fn route(name: &str, hosts: &[&str], paths: &[&str], backend: &str) -> Value
 }
 
 /// A real HTTP server that answers every request with JSON naming itself
-/// and echoing what it received.
+/// and echoing what it received (`/slow/<ms>` answers after a delay).
 pub struct TestBackend {
     pub name: String,
     pub addr: SocketAddr,
@@ -493,7 +501,16 @@ impl TestBackend {
                             "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
                             "headers": headers,
                         });
+                        // `/slow/<ms>` answers after that many milliseconds.
+                        let delay = body["path"]
+                            .as_str()
+                            .and_then(|p| p.strip_prefix("/slow/"))
+                            .and_then(|ms| ms.parse().ok())
+                            .map(Duration::from_millis);
                         async move {
+                            if let Some(d) = delay {
+                                tokio::time::sleep(d).await;
+                            }
                             let mut resp =
                                 hyper::Response::new(Full::new(Bytes::from(body.to_string())));
                             resp.headers_mut()

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 #[command(
     name = "nio-control-plane",
     version,
-    about = "Nio control plane: configuration store, admin API and snapshot streaming"
+    about = "Nio control plane: configuration store, admin API and snapshot streaming",
+    after_help = "Environment only (otherwise generated once into the data dir, mode 0600):\n  NIO_ADMIN_TOKEN  the admin API bearer token\n  NIO_JOIN_TOKEN   the token data planes join with"
 )]
 struct Args {
     /// Directory for the store and the generated tokens.

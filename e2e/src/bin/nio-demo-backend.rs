@@ -6,7 +6,11 @@
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().is_some_and(|a| a == "--help" || a == "-h") {
+        println!("usage: nio-demo-backend [ADDR] [NAME]   (default 127.0.0.1:8081 demo)");
+        return Ok(());
+    }
     let addr = args
         .next()
         .unwrap_or_else(|| "127.0.0.1:8081".into())
