@@ -177,7 +177,7 @@ async fn scale_out_and_in_under_load_drops_nothing() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Test 2: a request that takes 3 s is in flight when its data plane gets
+/// Test 2: requests that take 3 s (HTTP/1.1 and HTTP/2) are in flight when its data plane gets
 /// SIGTERM: the data plane stops taking new connections and reports not
 /// ready at once, the request completes with 200 (and `Connection: close`),
 /// then the process exits 0 and the fleet shows it as left.
@@ -197,20 +197,29 @@ async fn slow_request_in_flight_completes_on_sigterm() -> anyhow::Result<()> {
         .wait_applied(&["dp-slow"], revision, DEADLINE)
         .await?;
 
-    let url = dp.url("/slow/3000");
-    let in_flight = tokio::spawn(async move {
-        let r = reqwest::Client::new().get(url).send().await?;
-        let close = r
-            .headers()
-            .get("connection")
-            .map(|v| v.to_str().unwrap_or("").to_string());
-        let status = r.status().as_u16();
-        anyhow::Ok((status, close, r.text().await?))
-    });
+    // One HTTP/1.1 and one HTTP/2 (h2c) request, each taking 3 s.
+    let slow = |h2: bool| {
+        let url = dp.url("/slow/3000");
+        tokio::spawn(async move {
+            let mut client = reqwest::Client::builder();
+            if h2 {
+                client = client.http2_prior_knowledge();
+            }
+            let r = client.build()?.get(url).send().await?;
+            let close = r
+                .headers()
+                .get("connection")
+                .map(|v| v.to_str().unwrap_or("").to_string());
+            let status = r.status().as_u16();
+            anyhow::Ok((status, close, r.text().await?))
+        })
+    };
+    let in_flight = slow(false);
+    let in_flight_h2 = slow(true);
     let hits = backend.hits.clone();
-    wait_for("the slow request to reach the backend", DEADLINE, || {
+    wait_for("the slow requests to reach the backend", DEADLINE, || {
         let n = hits.load(Ordering::Relaxed);
-        async move { Ok((n == 1).then_some(())) }
+        async move { Ok((n == 2).then_some(())) }
     })
     .await?;
 
@@ -240,10 +249,43 @@ async fn slow_request_in_flight_completes_on_sigterm() -> anyhow::Result<()> {
     assert_eq!(status, 200);
     assert_eq!(served_by(&body), "slow");
     assert_eq!(close.as_deref(), Some("close"));
+    let (status, _, body) = in_flight_h2.await??;
+    assert_eq!((status, served_by(&body).as_str()), (200, "slow"));
     let exit = dp.proc.wait_exit(Duration::from_secs(15)).await?;
     assert!(exit.success(), "exited with {exit}");
     assert!(signalled.elapsed() >= Duration::from_millis(2500));
     let planes = cp.admin().dataplanes().await?;
     assert_eq!(planes["dp-slow"]["status"], "left");
+    Ok(())
+}
+
+/// The control plane stops cleanly on SIGTERM: it closes data-plane streams
+/// with a status that tells them to come back later, exits 0, and keeps
+/// every acknowledged write.
+#[tokio::test(flavor = "multi_thread")]
+async fn control_plane_sigterm_closes_streams_and_exits_0() -> anyhow::Result<()> {
+    let (dir, mut cp, _backend, revision) = gateway("app").await?;
+    let dp = DataPlane::start(&cp, "dp-1", &dir.path().join("dp")).await?;
+    cp.admin()
+        .wait_applied(&["dp-1"], revision, DEADLINE)
+        .await?;
+    cp.proc.sigterm()?;
+    let exit = cp.proc.wait_exit(Duration::from_secs(10)).await?;
+    assert!(exit.success(), "control plane exited with {exit}");
+    wait_for("the data plane to see the shutdown", DEADLINE, || async {
+        Ok(dp
+            .proc
+            .logged("control plane shutting down; reconnect later")
+            .then_some(()))
+    })
+    .await?;
+    // Still serving without it; the restarted control plane has every write.
+    let (status, _) = dp.get(&reqwest::Client::new(), "/x").await?;
+    assert_eq!(status, 200);
+    let cp = ControlPlane::start_on(&cp.data_dir.clone(), cp.admin, cp.grpc).await?;
+    assert_eq!(cp.admin().revision().await?, revision);
+    cp.admin()
+        .wait_applied(&["dp-1"], revision, Duration::from_secs(30))
+        .await?;
     Ok(())
 }
