@@ -7,6 +7,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Resource bodies as `Bytes`: shared, not copied, between the data-plane
+    // groups and streams that send the same resource.
+    tonic_prost_build::configure()
+        .bytes(".nio.v1.Resource.json")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -20,6 +20,9 @@ pub enum Status {
     Disconnected,
     /// It drained and said goodbye: a planned exit, not a failure.
     Left,
+    /// The control plane would not serve it (see `lastError`), e.g. an
+    /// incompatible version.
+    Refused,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -37,6 +40,7 @@ pub struct DataPlaneRecord {
     pub applied_revision: u64,
     pub applied_hash: String,
     pub last_nack: Option<Nack>,
+    pub last_error: Option<String>,
     #[serde(skip)]
     session: u64,
 }
@@ -109,6 +113,7 @@ impl Fleet {
                     applied_revision: hello.held_revision,
                     applied_hash: hello.held_hash.clone(),
                     last_nack: None,
+                    last_error: None,
                     session,
                 },
             );
@@ -156,6 +161,17 @@ impl Fleet {
             r.connected = false;
             r.connected_since = None;
             r.disconnected_at = Some(r.last_seen.clone());
+        });
+    }
+
+    /// A data plane that was turned away (it never gets a session).
+    pub fn refused(&self, hello: &Hello, reason: &str) {
+        let session = self.connected(hello);
+        self.update(&hello.id, session, |r| {
+            r.status = Status::Refused;
+            r.connected = false;
+            r.connected_since = None;
+            r.last_error = Some(reason.to_string());
         });
     }
 

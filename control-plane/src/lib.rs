@@ -4,8 +4,10 @@
 //!
 //! - [`store`]: resources in sled, the revision counter, durable writes.
 //! - [`admin`]: the authenticated admin API (HTTP, JSON/YAML).
-//! - [`sync`]: the `ConfigSync` gRPC service that pushes snapshots to data
-//!   planes and takes their ACK/NACKs.
+//! - [`publisher`]: coalesces revisions and computes, once per data-plane
+//!   group (same labels), the selected resources and the delta.
+//! - [`sync`]: the `ConfigSync` gRPC service that pushes deltas or snapshots
+//!   to data planes and takes their ACK/NACKs; version checks, admission.
 //! - [`fleet`]: what is known of each data plane, for the admin API.
 //! - [`tokens`]: admin and join tokens (created on first start, never logged).
 //! - [`server`]: wires them together: [`server::run`] serves until shutdown.
@@ -14,6 +16,7 @@
 
 pub mod admin;
 pub mod fleet;
+pub mod publisher;
 pub mod server;
 pub mod store;
 pub mod sync;

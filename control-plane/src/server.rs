@@ -4,8 +4,9 @@
 
 use crate::admin::{self, AdminState};
 use crate::fleet::Fleet;
+use crate::publisher::{PublishOptions, Publisher};
 use crate::store::{Store, StoreError};
-use crate::sync::SyncService;
+use crate::sync::{AdmissionOptions, SyncService, SyncStats};
 use crate::tokens::{Token, TokenError};
 use nio_proto::v1::config_sync_server::ConfigSyncServer;
 use std::future::{Future, IntoFuture};
@@ -26,6 +27,8 @@ pub struct Options {
     pub admin_token: Option<String>,
     /// From `NIO_JOIN_TOKEN`; otherwise the `join-token` file is used.
     pub join_token: Option<String>,
+    pub publish: PublishOptions,
+    pub admission: AdmissionOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,9 +104,13 @@ pub async fn run(
     tracing::info!(addr = %local(&admin_listener), "admin API listening");
     tracing::info!(addr = %local(&grpc_listener), "gRPC sync listening");
 
+    let publisher = Publisher::new(store.clone(), opts.publish);
+    let publisher_task = tokio::spawn(publisher.clone().run(stopped()));
+    let stats = Arc::new(SyncStats::default());
     let app = admin::router(AdminState {
         store: store.clone(),
         fleet: fleet.clone(),
+        stats: stats.clone(),
         admin_token,
     });
     let admin = tokio::spawn(
@@ -115,7 +122,14 @@ pub async fn run(
         .into_future(),
     );
 
-    let sync = SyncService::new(store.clone(), fleet, join_token, stopped.clone());
+    let sync = SyncService::new(
+        publisher,
+        fleet,
+        join_token,
+        stats,
+        opts.admission,
+        stopped.clone(),
+    );
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -138,6 +152,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let admin = admin.await;
     let grpc = grpc.await;
+    let _ = publisher_task.await;
     store.flush().await?;
     tracing::info!("store flushed; bye");
     match admin {

@@ -1,30 +1,33 @@
 //! The `ConfigSync` gRPC service: one bidirectional stream per data plane.
 //!
 //! ```text
-//! DP ── Hello{id, version, labels, held revision/hash} ──▶ CP  (auth: join token)
-//! DP ◀── Snapshot(current) ─────────────────────────────── CP  (unless DP holds it)
-//! DP ── Ack(rev, hash) | Nack(rev, reason) | Heartbeat ──▶ CP  (fleet view updated)
-//! DP ◀── Snapshot(every later revision, pushed on write) ── CP
+//! DP ── Hello{id, version, labels, held revision/hash/resources} ──▶ CP  (join token, version check, admission)
+//! DP ◀── UpToDate | Delta(held → current) | Snapshot(full) ────────── CP
+//! DP ── Ack(rev, hash) | Nack(rev, reason, resync?) | Heartbeat ───▶ CP  (fleet view)
+//! DP ◀── Delta(previous → next) for every later revision ──────────── CP  (pushed, coalesced)
+//! DP ── Goodbye ──────────────────────────────────────────────────▶ CP  (planned exit: "left")
 //! ```
 //!
-//! Each stream is served by one spawned task that waits on the store's
-//! `watch` channel and on the data plane's messages; it only ever holds the
-//! newest revision, so a slow data plane skips intermediate ones rather than
-//! making the control plane buffer them. Snapshots are encoded once per
-//! revision and shared by all streams.
+//! Each stream is served by one task that follows its group's updates from
+//! the [`Publisher`] (a `watch`: only the newest is kept, so a slow data
+//! plane skips revisions instead of making the control plane buffer them).
+//! A stream sends the group's shared delta when the data plane holds the
+//! group's previous revision, its own delta when it lags further, and a full
+//! snapshot when it holds nothing usable or asked to resync. A refused
+//! revision is never sent again; the next one goes out as a full snapshot.
 
 use crate::fleet::{Fleet, Hello};
-use crate::store::{State, Store};
+use crate::publisher::{GroupUpdate, Labels, Publisher};
 use crate::tokens::{bearer, Token};
+use nio_proto::snapshot::ResourceSet;
 use nio_proto::v1::config_sync_server::ConfigSync;
-use nio_proto::v1::{self, Snapshot};
-use nio_proto::v1::{
-    control_plane_message, data_plane_message, ControlPlaneMessage, DataPlaneMessage,
-};
+use nio_proto::v1::{self, control_plane_message, data_plane_message};
+use nio_proto::v1::{ControlPlaneMessage, DataPlaneMessage};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::mpsc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -33,40 +36,91 @@ use tonic::{Request, Response, Status, Streaming};
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+#[derive(Debug, Clone, Copy)]
+pub struct AdmissionOptions {
+    /// New streams accepted per second (token bucket refill rate)…
+    pub streams_per_second: f64,
+    /// …and burst size.
+    pub burst: f64,
+    /// Full snapshots being sent at once; more wait their turn.
+    pub max_full_pushes: usize,
+}
+
+impl Default for AdmissionOptions {
+    fn default() -> Self {
+        AdmissionOptions {
+            streams_per_second: 500.0,
+            burst: 200.0,
+            max_full_pushes: 32,
+        }
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    pub full_pushes: AtomicU64,
+    pub delta_pushes: AtomicU64,
+    pub up_to_date: AtomicU64,
+    pub refused_streams: AtomicU64,
+}
+
 type Shutdown = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 pub struct SyncService {
-    store: Arc<Store>,
+    publisher: Arc<Publisher>,
     fleet: Arc<Fleet>,
     join_token: Token,
-    encoded: Arc<SnapshotCache>,
+    stats: Arc<SyncStats>,
+    admission: Mutex<TokenBucket>,
+    full_pushes: Arc<Semaphore>,
     /// Makes a future that resolves when the control plane shuts down.
     shutdown: Arc<dyn Fn() -> Shutdown + Send + Sync>,
 }
 
-/// The snapshot of the latest revision, encoded once.
-#[derive(Default)]
-struct SnapshotCache(Mutex<Option<Arc<Snapshot>>>);
+struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
 
-impl SnapshotCache {
-    fn get(&self, state: &State) -> Arc<Snapshot> {
-        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match &*slot {
-            Some(s) if s.revision == state.revision => s.clone(),
-            _ => {
-                let s = Arc::new(nio_proto::snapshot::encode(&state.config, state.revision));
-                *slot = Some(s.clone());
-                s
-            }
+impl TokenBucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
         }
+    }
+}
+
+/// Whether a data plane of `theirs` can be served by a control plane of
+/// `ours`: same major version, and for 0.x the same minor.
+pub fn compatible(ours: &str, theirs: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64)> {
+        let mut it = v.split(['.', '-', '+']);
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    };
+    match (parse(ours), parse(theirs)) {
+        (Some((0, a)), Some((0, b))) => a == b,
+        (Some((a, _)), Some((b, _))) => a == b,
+        _ => false,
     }
 }
 
 impl SyncService {
     pub fn new<F, Fut>(
-        store: Arc<Store>,
+        publisher: Arc<Publisher>,
         fleet: Arc<Fleet>,
         join_token: Token,
+        stats: Arc<SyncStats>,
+        admission: AdmissionOptions,
         shutdown: F,
     ) -> SyncService
     where
@@ -74,12 +128,24 @@ impl SyncService {
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         SyncService {
-            store,
+            publisher,
             fleet,
             join_token,
-            encoded: Arc::default(),
+            stats,
+            admission: Mutex::new(TokenBucket {
+                tokens: admission.burst,
+                rate: admission.streams_per_second,
+                burst: admission.burst,
+                last: Instant::now(),
+            }),
+            full_pushes: Arc::new(Semaphore::new(admission.max_full_pushes.max(1))),
             shutdown: Arc::new(move || Box::pin(shutdown())),
         }
+    }
+
+    fn refuse(&self, status: Status) -> Status {
+        self.stats.refused_streams.fetch_add(1, Ordering::Relaxed);
+        status
     }
 }
 
@@ -117,9 +183,19 @@ impl ConfigSync for SyncService {
         );
         if !presented.is_some_and(|t| self.join_token.matches(t)) {
             tracing::warn!(peer = ?request.remote_addr(), "data plane refused: missing or wrong join token");
-            return Err(Status::unauthenticated(
+            return Err(self.refuse(Status::unauthenticated(
                 "join token missing or wrong; start the data plane with --join-token-file or NIO_JOIN_TOKEN",
-            ));
+            )));
+        }
+        let admitted = self
+            .admission
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if !admitted {
+            return Err(self.refuse(Status::resource_exhausted(
+                "too many data planes connecting at once; retry with backoff",
+            )));
         }
         let address = request
             .remote_addr()
@@ -136,6 +212,11 @@ impl ConfigSync for SyncService {
             return Err(Status::invalid_argument("the first message must be Hello"));
         };
         validate_id(&h.id)?;
+        let held: Vec<((String, String), u64)> = h
+            .held_resources
+            .into_iter()
+            .map(|k| ((k.kind, k.name), k.resource_version))
+            .collect();
         let hello = Hello {
             id: h.id,
             version: h.version,
@@ -144,58 +225,88 @@ impl ConfigSync for SyncService {
             held_revision: h.held_revision,
             held_hash: h.held_hash,
         };
+        if !compatible(nio_proto::VERSION, &hello.version) {
+            let reason = format!(
+                "data plane version {} cannot be served by control plane {}; run data planes of version {}",
+                hello.version,
+                nio_proto::VERSION,
+                nio_proto::VERSION
+            );
+            tracing::warn!(id = %hello.id, %reason, "data plane refused");
+            self.fleet.refused(&hello, &reason);
+            return Err(self.refuse(Status::failed_precondition(reason)));
+        }
         let session = self.fleet.connected(&hello);
         tracing::info!(id = %hello.id, version = %hello.version, held_revision = hello.held_revision, "data plane connected");
 
+        let labels: Labels = hello
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let (tx, rx) = mpsc::channel(2);
         let stream = Stream {
-            store: self.store.clone(),
             fleet: self.fleet.clone(),
-            encoded: self.encoded.clone(),
-            hello,
+            stats: self.stats.clone(),
+            full_pushes: self.full_pushes.clone(),
+            id: hello.id.clone(),
             session,
             tx,
+            holds: None,
         };
-        tokio::spawn(stream.run(inbound, (self.shutdown)()));
+        let updates = self.publisher.join(&labels);
+        tokio::spawn(stream.run(inbound, updates, hello, held, (self.shutdown)()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
 struct Stream {
-    store: Arc<Store>,
     fleet: Arc<Fleet>,
-    encoded: Arc<SnapshotCache>,
-    hello: Hello,
+    stats: Arc<SyncStats>,
+    full_pushes: Arc<Semaphore>,
+    id: String,
     session: u64,
     tx: mpsc::Sender<Result<ControlPlaneMessage, Status>>,
+    /// What the data plane holds once it applies what we sent (None: unknown,
+    /// send a full snapshot next).
+    holds: Option<(u64, Arc<ResourceSet>)>,
 }
 
+/// Deltas above this share of the full set are sent as full snapshots.
+const DELTA_MAX_SHARE: f64 = 0.5;
+
 impl Stream {
-    async fn run(self, mut inbound: Streaming<DataPlaneMessage>, mut shutdown: Shutdown) {
-        let id = self.hello.id.clone();
-        let mut states = self.store.subscribe();
-        let current = states.borrow_and_update().clone();
-        let held = self.encoded.get(&current);
-        // A data plane that already serves the current revision gets nothing.
-        let up_to_date =
-            self.hello.held_revision == current.revision && self.hello.held_hash == held.hash;
-        let first = if up_to_date {
-            control_plane_message::Msg::UpToDate(v1::UpToDate {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<DataPlaneMessage>,
+        mut updates: tokio::sync::watch::Receiver<Arc<GroupUpdate>>,
+        hello: Hello,
+        held: Vec<((String, String), u64)>,
+        mut shutdown: Shutdown,
+    ) {
+        let current = updates.borrow_and_update().clone();
+        let first = if hello.held_hash == current.hash {
+            self.stats.up_to_date.fetch_add(1, Ordering::Relaxed);
+            self.holds = Some((current.revision, current.set.clone()));
+            Some(control_plane_message::Msg::UpToDate(v1::UpToDate {
                 revision: current.revision,
-                hash: held.hash.clone(),
-            })
+                hash: current.hash.clone(),
+            }))
+        } else if hello.held_revision > 0 && !held.is_empty() {
+            let delta = current
+                .set
+                .delta_from(held, hello.held_revision, current.revision);
+            Some(self.delta_or_full(delta, &current))
         } else {
-            control_plane_message::Msg::Snapshot((*held).clone())
+            None
         };
-        if self
-            .tx
-            .send(Ok(ControlPlaneMessage { msg: Some(first) }))
-            .await
-            .is_err()
-        {
-            return self.fleet.disconnected(&id, self.session);
+        let sent = match first {
+            Some(msg) => self.send(msg).await,
+            None => self.send_full(&current).await,
+        };
+        if sent.is_err() {
+            return self.fleet.disconnected(&self.id, self.session);
         }
-        let mut sent = current.revision;
         let reason = loop {
             tokio::select! {
                 () = &mut shutdown => {
@@ -204,66 +315,120 @@ impl Stream {
                     )));
                     break "control plane shutting down".to_string();
                 }
-                changed = states.changed() => {
+                changed = updates.changed() => {
                     if changed.is_err() {
                         break "control plane shutting down".to_string();
                     }
-                    let state = states.borrow_and_update().clone();
-                    if state.revision != sent {
-                        if self.send(&state).await.is_err() {
-                            break "stream closed".to_string();
-                        }
-                        sent = state.revision;
+                    let update = updates.borrow_and_update().clone();
+                    if self.push(&update).await.is_err() {
+                        break "stream closed".to_string();
                     }
                 }
                 msg = tokio::time::timeout(IDLE_TIMEOUT, inbound.message()) => {
-                    match msg {
+                    let msg = match msg {
                         Err(_) => break format!("silent for {IDLE_TIMEOUT:?}"),
                         Ok(Err(status)) => break format!("stream error: {}", status.message()),
                         Ok(Ok(None)) => break "stream ended".to_string(),
-                        Ok(Ok(Some(DataPlaneMessage { msg: Some(data_plane_message::Msg::Goodbye(g)) }))) => {
-                            tracing::info!(id = %id, reason = %g.reason, "data plane left");
-                            return self.fleet.left(&id, self.session);
+                        Ok(Ok(Some(m))) => m.msg,
+                    };
+                    match msg {
+                        Some(data_plane_message::Msg::Goodbye(g)) => {
+                            tracing::info!(id = %self.id, reason = %g.reason, "data plane left");
+                            return self.fleet.left(&self.id, self.session);
                         }
-                        Ok(Ok(Some(m))) => self.handle(m),
+                        Some(data_plane_message::Msg::Nack(n)) => {
+                            tracing::warn!(id = %self.id, revision = n.revision, reason = %n.reason, resync = n.resync, "snapshot refused by data plane");
+                            self.fleet.nacked(&self.id, self.session, n.revision, &n.reason);
+                            // Never resend a refused revision; what the data
+                            // plane holds is now unknown.
+                            self.holds = None;
+                            if n.resync {
+                                let update = updates.borrow().clone();
+                                if self.send_full(&update).await.is_err() {
+                                    break "stream closed".to_string();
+                                }
+                            }
+                        }
+                        Some(data_plane_message::Msg::Ack(a)) => {
+                            tracing::debug!(id = %self.id, revision = a.revision, "acknowledged");
+                            self.fleet.acked(&self.id, self.session, a.revision, &a.hash);
+                        }
+                        _ => self.fleet.seen(&self.id, self.session),
                     }
                 }
             }
         };
-        tracing::info!(id = %id, %reason, "data plane disconnected");
-        self.fleet.disconnected(&id, self.session);
+        tracing::info!(id = %self.id, %reason, "data plane disconnected");
+        self.fleet.disconnected(&self.id, self.session);
     }
 
-    async fn send(&self, state: &State) -> Result<(), ()> {
-        let snapshot = (*self.encoded.get(state)).clone();
-        tracing::debug!(id = %self.hello.id, revision = snapshot.revision, "pushing snapshot");
+    fn delta_or_full(
+        &mut self,
+        delta: v1::Delta,
+        update: &GroupUpdate,
+    ) -> control_plane_message::Msg {
+        let changes = delta.upserts.len() + delta.removals.len();
+        if changes as f64 > DELTA_MAX_SHARE * update.set.len().max(1) as f64 {
+            control_plane_message::Msg::Snapshot((*update.full()).clone())
+        } else {
+            control_plane_message::Msg::Delta(delta)
+        }
+    }
+
+    /// Sends what the data plane needs to reach `update`.
+    async fn push(&mut self, update: &GroupUpdate) -> Result<(), ()> {
+        let msg = match (&self.holds, &update.delta) {
+            (Some((rev, _)), _) if *rev == update.revision => return Ok(()),
+            (Some((rev, _)), Some(d)) if *rev == d.from_revision => {
+                control_plane_message::Msg::Delta((**d).clone())
+            }
+            (Some((rev, set)), _) => {
+                let delta = update
+                    .set
+                    .delta_from_set(&set.clone(), *rev, update.revision);
+                self.delta_or_full(delta, update)
+            }
+            (None, _) => return self.send_full(update).await,
+        };
+        self.holds = Some((update.revision, update.set.clone()));
+        self.send(msg).await
+    }
+
+    async fn send_full(&mut self, update: &GroupUpdate) -> Result<(), ()> {
+        // Bounds the full snapshots in flight during a reconnect storm.
+        let _permit = self.full_pushes.acquire().await.map_err(|_| ())?;
+        self.holds = Some((update.revision, update.set.clone()));
+        let snapshot = (*update.full()).clone();
+        self.send(control_plane_message::Msg::Snapshot(snapshot))
+            .await
+    }
+
+    async fn send(&self, msg: control_plane_message::Msg) -> Result<(), ()> {
+        let counter = match &msg {
+            control_plane_message::Msg::Snapshot(_) => &self.stats.full_pushes,
+            control_plane_message::Msg::Delta(_) => &self.stats.delta_pushes,
+            control_plane_message::Msg::UpToDate(_) => &self.stats.up_to_date,
+        };
+        if !matches!(msg, control_plane_message::Msg::UpToDate(_)) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         self.tx
-            .send(Ok(ControlPlaneMessage {
-                msg: Some(control_plane_message::Msg::Snapshot(snapshot)),
-            }))
+            .send(Ok(ControlPlaneMessage { msg: Some(msg) }))
             .await
             .map_err(|_| ())
     }
+}
 
-    fn handle(&self, msg: DataPlaneMessage) {
-        let id = &self.hello.id;
-        match msg.msg {
-            Some(data_plane_message::Msg::Ack(v1::Ack { revision, hash })) => {
-                tracing::debug!(%id, revision, "snapshot acknowledged");
-                self.fleet.acked(id, self.session, revision, &hash);
-            }
-            Some(data_plane_message::Msg::Nack(v1::Nack { revision, reason })) => {
-                tracing::warn!(%id, revision, %reason, "snapshot refused by data plane");
-                self.fleet.nacked(id, self.session, revision, &reason);
-            }
-            Some(
-                data_plane_message::Msg::Heartbeat(_)
-                | data_plane_message::Msg::Hello(_)
-                | data_plane_message::Msg::Goodbye(_),
-            )
-            | None => {
-                self.fleet.seen(id, self.session);
-            }
-        }
+#[cfg(test)]
+mod tests {
+    use super::compatible;
+
+    #[test]
+    fn version_skew() {
+        assert!(compatible("0.1.0", "0.1.7"));
+        assert!(!compatible("0.1.0", "0.2.0"));
+        assert!(compatible("1.2.0", "1.0.3"));
+        assert!(!compatible("1.2.0", "2.0.0"));
+        assert!(!compatible("0.1.0", "banana"));
     }
 }

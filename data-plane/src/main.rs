@@ -95,6 +95,7 @@ fn main() -> anyhow::Result<()> {
             control_plane: args.control_plane,
             join_token,
             id,
+            version: nio_proto::VERSION.to_string(),
             labels: parse_labels(&args.labels)?,
             heartbeat: Duration::from_secs(5),
             backoff_min: Duration::from_millis(200),

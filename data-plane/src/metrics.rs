@@ -34,6 +34,9 @@ pub struct Metrics {
     /// Requests answered 502/504 because the backend failed.
     pub upstream_errors: AtomicU64,
     pub snapshots_applied: AtomicU64,
+    /// Updates applied from a full snapshot / from a delta.
+    pub full_updates: AtomicU64,
+    pub delta_updates: AtomicU64,
     pub snapshots_refused: AtomicU64,
     pub revision: AtomicU64,
     /// 1 while the sync stream to the control plane is open.
@@ -107,6 +110,18 @@ impl Metrics {
                 "counter",
                 "Configuration snapshots applied.",
                 g(&self.snapshots_applied),
+            ),
+            (
+                "nio_sync_full_updates_total",
+                "counter",
+                "Updates received as a full snapshot.",
+                g(&self.full_updates),
+            ),
+            (
+                "nio_sync_delta_updates_total",
+                "counter",
+                "Updates received as a delta.",
+                g(&self.delta_updates),
             ),
             (
                 "nio_snapshots_refused_total",

@@ -68,12 +68,7 @@ pub async fn run(
     })?;
     let slot = Arc::new(RuntimeSlot::empty());
     let metrics = Arc::new(Metrics::default());
-    let applier = Arc::new(Applier {
-        slot: slot.clone(),
-        metrics: metrics.clone(),
-        cache,
-        synced: AtomicBool::new(false),
-    });
+    let applier = Applier::new(slot.clone(), metrics.clone(), cache);
     applier.load_cache();
     let started = Instant::now();
 

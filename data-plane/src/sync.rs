@@ -13,12 +13,16 @@
 use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::runtime::{compile, Runtime, RuntimeSlot};
+use nio_proto::model::{Config, Kind};
+use nio_proto::snapshot::{ResourceSet, SnapshotError};
 use nio_proto::v1::config_sync_client::ConfigSyncClient;
-use nio_proto::v1::{control_plane_message, data_plane_message, DataPlaneMessage, Snapshot};
+use nio_proto::v1::{control_plane_message, data_plane_message, DataPlaneMessage};
 use nio_proto::v1::{Ack, Goodbye, Heartbeat, Hello, Nack};
+use nio_proto::v1::{Delta, ResourceKey, Snapshot};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tonic::codec::CompressionEncoding;
@@ -30,6 +34,8 @@ pub struct SyncOptions {
     pub control_plane: String,
     pub join_token: String,
     pub id: String,
+    /// Announced in `Hello`; the control plane refuses versions it cannot serve.
+    pub version: String,
     pub labels: HashMap<String, String>,
     pub heartbeat: Duration,
     /// Backoff between reconnects: from `min` doubling to `max`, each wait
@@ -39,70 +45,179 @@ pub struct SyncOptions {
     pub backoff_max: Duration,
 }
 
-/// Shared by the sync task and the rest of the data plane.
+/// What this data plane holds: the wire resources (for deltas and the
+/// hash) and their decoded form (so a delta decodes only what changed).
+#[derive(Debug)]
+struct Held {
+    revision: u64,
+    set: ResourceSet,
+    config: Config,
+}
+
+/// Why an update was refused, for the NACK.
+#[derive(Debug)]
+pub struct Refusal {
+    pub reason: String,
+    /// What we hold no longer matches what the control plane thinks.
+    pub resync: bool,
+}
+
+impl Refusal {
+    fn invalid(e: impl ToString) -> Refusal {
+        Refusal {
+            reason: e.to_string(),
+            resync: false,
+        }
+    }
+
+    fn diverged(e: impl ToString) -> Refusal {
+        Refusal {
+            reason: e.to_string(),
+            resync: true,
+        }
+    }
+}
+
+/// Applies updates: the only writer of the runtime slot.
 pub struct Applier {
     pub slot: Arc<RuntimeSlot>,
     pub metrics: Arc<Metrics>,
-    pub cache: Cache,
-    /// Set once the control plane has confirmed (by a snapshot or
+    cache: Cache,
+    /// Set once the control plane has confirmed (by an update or
     /// `UpToDate`) that this data plane serves its current configuration.
     pub synced: AtomicBool,
+    held: Mutex<Option<Arc<Held>>>,
+    /// The newest held state to write to the cache, off the sync path.
+    persist: watch::Sender<Option<Arc<Held>>>,
 }
 
 impl Applier {
-    /// Decodes, validates, compiles and swaps in `snapshot`; persists it.
-    /// On error nothing changes and the reason is returned for the NACK.
-    pub fn apply(&self, snapshot: &Snapshot, persist: bool) -> Result<Arc<Runtime>, String> {
-        let config = nio_proto::snapshot::decode(snapshot).map_err(|e| e.to_string())?;
+    /// Must be called inside a Tokio runtime: it starts the cache writer.
+    pub fn new(slot: Arc<RuntimeSlot>, metrics: Arc<Metrics>, cache: Cache) -> Arc<Applier> {
+        let (persist, mut pending) = watch::channel::<Option<Arc<Held>>>(None);
+        let writer = cache.clone();
+        tokio::spawn(async move {
+            while pending.changed().await.is_ok() {
+                let Some(held) = pending.borrow_and_update().clone() else {
+                    continue;
+                };
+                let writer = writer.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    writer.store(&held.set.to_snapshot(held.revision))
+                })
+                .await;
+                if let Ok(Err(e)) = result {
+                    // Serving goes on; only a restart without the control
+                    // plane would miss this revision.
+                    tracing::warn!(error = %e, "cannot write the snapshot cache");
+                }
+            }
+        });
+        Arc::new(Applier {
+            slot,
+            metrics,
+            cache,
+            synced: AtomicBool::new(false),
+            held: Mutex::new(None),
+            persist,
+        })
+    }
+
+    fn held(&self) -> Option<Arc<Held>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Revision, hash and inventory for the `Hello`.
+    pub fn holding(&self) -> (u64, String, Vec<ResourceKey>) {
+        match self.held() {
+            Some(h) => (h.revision, h.set.hash(), h.set.keys()),
+            None => (0, String::new(), Vec::new()),
+        }
+    }
+
+    /// A full snapshot: verify, decode and validate everything, install.
+    pub fn apply_snapshot(&self, snapshot: &Snapshot) -> Result<Arc<Runtime>, Refusal> {
+        let set = ResourceSet::from_snapshot(snapshot).map_err(Refusal::invalid)?;
+        let config = nio_proto::snapshot::decode(snapshot).map_err(Refusal::invalid)?;
+        self.metrics.full_updates.fetch_add(1, Ordering::Relaxed);
+        self.install(Held {
+            revision: snapshot.revision,
+            set,
+            config,
+        })
+    }
+
+    /// A delta: it must start from what we hold and end at its hash; only
+    /// the changed resources are decoded, then the whole is validated.
+    pub fn apply_delta(&self, delta: &Delta) -> Result<Arc<Runtime>, Refusal> {
+        let held = self
+            .held()
+            .ok_or_else(|| Refusal::diverged("a delta arrived but nothing is held"))?;
+        if held.revision != delta.from_revision {
+            return Err(Refusal::diverged(SnapshotError::WrongBase {
+                from: delta.from_revision,
+                held: held.revision,
+            }));
+        }
+        let set = held.set.apply(delta).map_err(Refusal::diverged)?;
+        let config =
+            nio_proto::snapshot::apply_to_config(&held.config, delta).map_err(Refusal::invalid)?;
+        self.metrics.delta_updates.fetch_add(1, Ordering::Relaxed);
+        self.install(Held {
+            revision: delta.revision,
+            set,
+            config,
+        })
+    }
+
+    fn install(&self, held: Held) -> Result<Arc<Runtime>, Refusal> {
         let previous = self.slot.load_full();
         let runtime = compile(
-            &config,
-            snapshot.revision,
-            &snapshot.hash,
+            &held.config,
+            held.revision,
+            &held.set.hash(),
             previous.as_deref(),
             &self.metrics,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(Refusal::invalid)?;
         let runtime = Arc::new(runtime);
         self.slot.store(Some(runtime.clone()));
         self.metrics
-            .retain_routes(|name| config.get(nio_proto::model::Kind::Route, name).is_some());
+            .retain_routes(|name| held.config.get(Kind::Route, name).is_some());
         self.metrics
             .revision
-            .store(snapshot.revision, Ordering::Relaxed);
+            .store(held.revision, Ordering::Relaxed);
         self.metrics
             .snapshots_applied
             .fetch_add(1, Ordering::Relaxed);
-        if persist {
-            if let Err(e) = self.cache.store(snapshot) {
-                // Serving goes on; only a restart without the control plane
-                // would miss this revision.
-                tracing::warn!(error = %e, dir = %self.cache.dir().display(), "cannot write the snapshot cache");
-            }
-        }
+        let held = Arc::new(held);
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(held);
         Ok(runtime)
+    }
+
+    /// Queues the held state for the cache (written in the background).
+    pub fn persist(&self) {
+        self.persist.send_replace(self.held());
     }
 
     /// Boots from the cached snapshot, if any. Returns its revision.
     pub fn load_cache(&self) -> Option<u64> {
-        match self.cache.load() {
+        let loaded = self.cache.load().and_then(|s| match s {
+            None => Ok(None),
+            Some(s) => self.apply_snapshot(&s).map(Some).map_err(|r| r.reason),
+        });
+        match loaded {
             Ok(None) => None,
-            Ok(Some(snapshot)) => match self.apply(&snapshot, false) {
-                Ok(rt) => {
-                    tracing::info!(
-                        revision = rt.revision,
-                        routes = rt.route_count,
-                        "serving the cached configuration"
-                    );
-                    Some(rt.revision)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "ignoring the cached snapshot");
-                    None
-                }
-            },
+            Ok(Some(rt)) => {
+                tracing::info!(
+                    revision = rt.revision,
+                    routes = rt.route_count,
+                    "serving the cached configuration"
+                );
+                Some(rt.revision)
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "ignoring an unreadable snapshot cache");
+                tracing::warn!(error = %e, "ignoring the snapshot cache");
                 None
             }
         }
@@ -165,6 +280,7 @@ impl From<tonic::Status> for SessionError {
         match s.code() {
             tonic::Code::Unauthenticated
             | tonic::Code::PermissionDenied
+            | tonic::Code::FailedPrecondition
             | tonic::Code::InvalidArgument => SessionError::Refused(s.message().to_string()),
             _ => SessionError::Lost(format!("{}: {}", s.code(), s.message())),
         }
@@ -193,13 +309,14 @@ async fn session(
         .max_decoding_message_size(usize::MAX);
 
     let (tx, rx) = mpsc::channel::<DataPlaneMessage>(16);
-    let held = applier.slot.load_full();
+    let (held_revision, held_hash, held_resources) = applier.holding();
     let hello = Hello {
         id: opts.id.clone(),
-        version: nio_proto::VERSION.to_string(),
+        version: opts.version.clone(),
         labels: opts.labels.clone(),
-        held_revision: held.as_ref().map_or(0, |r| r.revision),
-        held_hash: held.as_ref().map_or_else(String::new, |r| r.hash.clone()),
+        held_revision,
+        held_hash,
+        held_resources,
     };
     let send = |m: data_plane_message::Msg| DataPlaneMessage { msg: Some(m) };
     // The channel was just created with room to spare.
@@ -251,8 +368,7 @@ async fn session(
             let Some(msg) = msg else {
                 return Ok(Ended::ByControlPlane);
             };
-            let snapshot = match msg.msg {
-                Some(control_plane_message::Msg::Snapshot(s)) => s,
+            let update = match msg.msg {
                 Some(control_plane_message::Msg::UpToDate(u)) => {
                     applier.synced.store(true, Ordering::Relaxed);
                     tracing::info!(revision = u.revision, "already serving the current configuration");
@@ -262,33 +378,38 @@ async fn session(
                     }
                     continue;
                 }
+                Some(update) => update,
                 None => continue,
             };
-            let revision = snapshot.revision;
             // Compiling a large configuration is CPU work: keep it off the
             // threads that serve requests.
-            let reply = match apply_blocking(applier, snapshot).await {
-                Ok(hash) => {
+            let (revision, applied) = tokio::task::block_in_place(|| match &update {
+                control_plane_message::Msg::Snapshot(s) => (s.revision, applier.apply_snapshot(s)),
+                control_plane_message::Msg::Delta(d) => (d.revision, applier.apply_delta(d)),
+                control_plane_message::Msg::UpToDate(u) => (u.revision, Err(Refusal::invalid("unexpected"))),
+            });
+            let reply = match applied {
+                Ok(rt) => {
                     applier.synced.store(true, Ordering::Relaxed);
-                    tracing::info!(revision, "configuration applied");
-                    data_plane_message::Msg::Ack(Ack { revision, hash })
+                    tracing::info!(revision, routes = rt.route_count, "configuration applied");
+                    data_plane_message::Msg::Ack(Ack { revision, hash: rt.hash.clone() })
                 }
-                Err(reason) => {
+                Err(r) => {
                     applier.metrics.snapshots_refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(revision, %reason, "configuration refused; keeping the previous one");
-                    data_plane_message::Msg::Nack(Nack { revision, reason })
+                    tracing::warn!(revision, reason = %r.reason, resync = r.resync, "configuration refused; keeping the previous one");
+                    data_plane_message::Msg::Nack(Nack { revision, reason: r.reason, resync: r.resync })
                 }
             };
+            let acked = matches!(reply, data_plane_message::Msg::Ack(_));
             if tx.send(send(reply)).await.is_err() {
                 return Err(SessionError::Lost("stream closed".into()));
+            }
+            if acked {
+                applier.persist();
             }
         }
     }
     .await;
     heartbeat.abort();
     result
-}
-
-async fn apply_blocking(applier: &Applier, snapshot: Snapshot) -> Result<String, String> {
-    tokio::task::block_in_place(|| applier.apply(&snapshot, true)).map(|rt| rt.hash.clone())
 }

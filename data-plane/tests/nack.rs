@@ -139,6 +139,7 @@ async fn bad_snapshots_are_nacked_and_the_previous_one_keeps_serving() {
             control_plane: format!("http://{cp_addr}"),
             join_token: "test-token-0123456789".into(),
             id: "dp-test".into(),
+            version: nio_proto::VERSION.into(),
             labels: Default::default(),
             heartbeat: Duration::from_secs(1),
             backoff_min: Duration::from_millis(50),
@@ -216,7 +217,7 @@ async fn bad_snapshots_are_nacked_and_the_previous_one_keeps_serving() {
 
     // Revision 4: bytes that are not a resource at all.
     let mut garbage = snapshot(4, &backend_url, "b");
-    garbage.resources[0].json = b"\xff\xfe not json".to_vec();
+    garbage.resources[0].json = bytes::Bytes::from_static(b"\xff\xfe not json");
     garbage.hash = nio_proto::snapshot::content_hash(&garbage.resources);
     send(garbage).await;
     assert!(

@@ -1,13 +1,20 @@
-//! Conversion between a [`Config`] and the wire [`v1::Snapshot`], and the
+//! Conversion between a [`Config`] and what travels on the wire, and the
 //! content hash both planes compute the same way.
 //!
+//! [`ResourceSet`] is the wire-level view of a configuration: encoded
+//! resources keyed by (kind, name). The control plane builds one per
+//! data-plane group; a data plane keeps the one it serves. Full snapshots,
+//! deltas between two sets, and the hash all work on it.
+//!
 //! The hash covers every resource's kind, name and canonical JSON in
-//! (kind, name) order, so two planes holding the same configuration agree on
-//! it whatever order the resources arrived in.
+//! (kind, name) order, so two planes holding the same resources agree on it
+//! whatever order they arrived in.
 
 use crate::model::{AnyResource, Config, Kind};
 use crate::v1;
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -18,18 +25,18 @@ pub enum SnapshotError {
         name: String,
         reason: String,
     },
-    #[error("content hash mismatch: snapshot says {expected}, contents hash to {actual}")]
+    #[error("content hash mismatch: expected {expected}, contents hash to {actual}")]
     HashMismatch { expected: String, actual: String },
+    #[error("delta from revision {from} does not apply to revision {held}")]
+    WrongBase { from: u64, held: u64 },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
 
-/// Hex SHA-256 over resources in (kind, name) order.
-pub fn content_hash(resources: &[v1::Resource]) -> String {
-    let mut sorted: Vec<&v1::Resource> = resources.iter().collect();
-    sorted.sort_by(|a, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
+/// Hex SHA-256 over resources given in (kind, name) order.
+fn hash_sorted<'a>(resources: impl Iterator<Item = &'a v1::Resource>) -> String {
     let mut h = Sha256::new();
-    for r in sorted {
+    for r in resources {
         h.update(r.kind.as_bytes());
         h.update([0]);
         h.update(r.name.as_bytes());
@@ -40,9 +47,15 @@ pub fn content_hash(resources: &[v1::Resource]) -> String {
     hex::encode(h.finalize())
 }
 
+/// Hex SHA-256 over resources in any order.
+pub fn content_hash(resources: &[v1::Resource]) -> String {
+    let mut sorted: Vec<&v1::Resource> = resources.iter().collect();
+    sorted.sort_by(|a, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
+    hash_sorted(sorted.into_iter())
+}
+
 /// Encodes a resource for the wire.
 pub fn encode_resource(r: &AnyResource) -> v1::Resource {
-    let json = r.to_json_vec();
     let resource_version = match r {
         AnyResource::Route(x) => x.resource_version(),
         AnyResource::Backend(x) => x.resource_version(),
@@ -51,55 +64,34 @@ pub fn encode_resource(r: &AnyResource) -> v1::Resource {
         kind: r.kind().as_str().to_string(),
         name: r.name().to_string(),
         resource_version,
-        json,
+        json: Bytes::from(r.to_json_vec()),
     }
 }
 
-/// The snapshot of `config` at `revision`.
-pub fn encode(config: &Config, revision: u64) -> v1::Snapshot {
-    let resources: Vec<v1::Resource> = config.iter().map(encode_resource).collect();
-    v1::Snapshot {
-        revision,
-        hash: content_hash(&resources),
-        resources,
+/// Decodes one wire resource, checking that its body matches its envelope.
+pub fn decode_resource(index: usize, r: &v1::Resource) -> Result<AnyResource, SnapshotError> {
+    let bad = |reason: String| SnapshotError::BadResource {
+        index,
+        kind: r.kind.clone(),
+        name: r.name.clone(),
+        reason,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(&r.json).map_err(|e| bad(e.to_string()))?;
+    let resource = AnyResource::from_value(value).map_err(|e| bad(e.to_string()))?;
+    if resource.kind().as_str() != r.kind || resource.name() != r.name {
+        return Err(bad(format!(
+            "envelope says {}/{}, body says {}/{}",
+            r.kind,
+            r.name,
+            resource.kind(),
+            resource.name()
+        )));
     }
+    Ok(resource)
 }
 
-/// Decodes, verifies the hash, and validates the whole configuration: the
-/// same checks the control plane ran before accepting each write.
-pub fn decode(snapshot: &v1::Snapshot) -> Result<Config, SnapshotError> {
-    let actual = content_hash(&snapshot.resources);
-    if actual != snapshot.hash {
-        return Err(SnapshotError::HashMismatch {
-            expected: snapshot.hash.clone(),
-            actual,
-        });
-    }
-    let mut config = Config::default();
-    for (index, r) in snapshot.resources.iter().enumerate() {
-        let bad = |reason: String| SnapshotError::BadResource {
-            index,
-            kind: r.kind.clone(),
-            name: r.name.clone(),
-            reason,
-        };
-        let value: serde_json::Value =
-            serde_json::from_slice(&r.json).map_err(|e| bad(e.to_string()))?;
-        let resource = AnyResource::from_value(value).map_err(|e| bad(e.to_string()))?;
-        if resource.kind().as_str() != r.kind || resource.name() != r.name {
-            return Err(bad(format!(
-                "envelope says {}/{}, body says {}/{}",
-                r.kind,
-                r.name,
-                resource.kind(),
-                resource.name()
-            )));
-        }
-        if Kind::from_kind_field(&r.kind).is_none() {
-            return Err(bad("unknown kind".into()));
-        }
-        config.insert(resource);
-    }
+fn validated(config: Config) -> Result<Config, SnapshotError> {
     config.validate().map_err(|errs| {
         SnapshotError::Invalid(
             errs.iter()
@@ -111,20 +103,199 @@ pub fn decode(snapshot: &v1::Snapshot) -> Result<Config, SnapshotError> {
     Ok(config)
 }
 
+/// The snapshot of all of `config` at `revision`.
+pub fn encode(config: &Config, revision: u64) -> v1::Snapshot {
+    ResourceSet::from_resources(config.iter().map(encode_resource)).to_snapshot(revision)
+}
+
+/// Decodes a full snapshot, verifies its hash, and validates the whole
+/// configuration: the same checks the control plane ran on each write.
+pub fn decode(snapshot: &v1::Snapshot) -> Result<Config, SnapshotError> {
+    let set = ResourceSet::from_snapshot(snapshot)?;
+    let mut config = Config::default();
+    for (index, r) in set.iter().enumerate() {
+        config.insert(decode_resource(index, r)?);
+    }
+    validated(config)
+}
+
+type Key = (String, String);
+
+/// Encoded resources keyed by (kind, name).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResourceSet {
+    resources: BTreeMap<Key, v1::Resource>,
+}
+
+impl ResourceSet {
+    pub fn from_resources(resources: impl IntoIterator<Item = v1::Resource>) -> ResourceSet {
+        ResourceSet {
+            resources: resources
+                .into_iter()
+                .map(|r| ((r.kind.clone(), r.name.clone()), r))
+                .collect(),
+        }
+    }
+
+    /// The resources of a full snapshot, after checking its hash.
+    pub fn from_snapshot(snapshot: &v1::Snapshot) -> Result<ResourceSet, SnapshotError> {
+        let set = ResourceSet::from_resources(snapshot.resources.iter().cloned());
+        set.check_hash(&snapshot.hash)?;
+        Ok(set)
+    }
+
+    pub fn len(&self) -> usize {
+        self.resources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &v1::Resource> {
+        self.resources.values()
+    }
+
+    pub fn get(&self, kind: &str, name: &str) -> Option<&v1::Resource> {
+        self.resources.get(&(kind.to_string(), name.to_string()))
+    }
+
+    pub fn hash(&self) -> String {
+        hash_sorted(self.resources.values())
+    }
+
+    fn check_hash(&self, expected: &str) -> Result<(), SnapshotError> {
+        let actual = self.hash();
+        if actual == expected {
+            Ok(())
+        } else {
+            Err(SnapshotError::HashMismatch {
+                expected: expected.to_string(),
+                actual,
+            })
+        }
+    }
+
+    /// What a data plane announces it holds.
+    pub fn keys(&self) -> Vec<v1::ResourceKey> {
+        self.resources
+            .values()
+            .map(|r| v1::ResourceKey {
+                kind: r.kind.clone(),
+                name: r.name.clone(),
+                resource_version: r.resource_version,
+            })
+            .collect()
+    }
+
+    pub fn to_snapshot(&self, revision: u64) -> v1::Snapshot {
+        v1::Snapshot {
+            revision,
+            hash: self.hash(),
+            resources: self.resources.values().cloned().collect(),
+        }
+    }
+
+    /// The changes that turn a holder of `held` (given by key and version)
+    /// into a holder of `self`.
+    pub fn delta_from(
+        &self,
+        held: impl IntoIterator<Item = (Key, u64)>,
+        from_revision: u64,
+        revision: u64,
+    ) -> v1::Delta {
+        let held: BTreeMap<Key, u64> = held.into_iter().collect();
+        let upserts = self
+            .resources
+            .iter()
+            .filter(|(k, r)| held.get(*k) != Some(&r.resource_version))
+            .map(|(_, r)| r.clone())
+            .collect();
+        let removals = held
+            .iter()
+            .filter(|(k, _)| !self.resources.contains_key(*k))
+            .map(|((kind, name), rv)| v1::ResourceKey {
+                kind: kind.clone(),
+                name: name.clone(),
+                resource_version: *rv,
+            })
+            .collect();
+        v1::Delta {
+            from_revision,
+            revision,
+            hash: self.hash(),
+            upserts,
+            removals,
+        }
+    }
+
+    /// The delta from another set (what a data plane holding `old` needs).
+    pub fn delta_from_set(
+        &self,
+        old: &ResourceSet,
+        from_revision: u64,
+        revision: u64,
+    ) -> v1::Delta {
+        self.delta_from(
+            old.resources
+                .iter()
+                .map(|(k, r)| (k.clone(), r.resource_version)),
+            from_revision,
+            revision,
+        )
+    }
+
+    /// Applies a delta and checks the result against its hash. On error
+    /// `self` is unchanged.
+    pub fn apply(&self, delta: &v1::Delta) -> Result<ResourceSet, SnapshotError> {
+        let mut next = self.clone();
+        for k in &delta.removals {
+            next.resources.remove(&(k.kind.clone(), k.name.clone()));
+        }
+        for r in &delta.upserts {
+            next.resources
+                .insert((r.kind.clone(), r.name.clone()), r.clone());
+        }
+        next.check_hash(&delta.hash)?;
+        Ok(next)
+    }
+}
+
+/// Applies `delta` to a decoded configuration: decodes only what changed,
+/// then validates the result as a whole.
+pub fn apply_to_config(config: &Config, delta: &v1::Delta) -> Result<Config, SnapshotError> {
+    let mut next = config.clone();
+    for k in &delta.removals {
+        if let Some(kind) = Kind::from_kind_field(&k.kind) {
+            next.remove(kind, &k.name);
+        }
+    }
+    for (index, r) in delta.upserts.iter().enumerate() {
+        next.insert(decode_resource(index, r)?);
+    }
+    validated(next)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
+    fn backend(name: &str, port: u16, rv: u64) -> AnyResource {
+        AnyResource::from_value(json!({"apiVersion": "nio.dev/v1", "kind": "Backend",
+            "metadata": {"name": name, "resourceVersion": rv.to_string()},
+            "spec": {"targets": [{"url": format!("http://127.0.0.1:{port}")}]}}))
+        .unwrap()
+    }
+
     fn sample() -> Config {
         [
-            json!({"apiVersion": "nio.dev/v1", "kind": "Backend", "metadata": {"name": "b", "resourceVersion": "3"},
-                   "spec": {"targets": [{"url": "http://127.0.0.1:1"}]}}),
-            json!({"apiVersion": "nio.dev/v1", "kind": "Route", "metadata": {"name": "r", "resourceVersion": "4"},
-                   "spec": {"frontend": {"hosts": ["a.test"]}, "backend": "b"}}),
+            backend("b", 1, 3),
+            AnyResource::from_value(json!({"apiVersion": "nio.dev/v1", "kind": "Route", "metadata": {"name": "r", "resourceVersion": "4"},
+                   "spec": {"frontend": {"hosts": ["a.test"]}, "backend": "b"}}))
+            .unwrap(),
         ]
         .into_iter()
-        .map(|v| AnyResource::from_value(v).unwrap())
         .collect()
     }
 
@@ -141,7 +312,7 @@ mod tests {
     #[test]
     fn tampered_or_invalid_snapshots_are_refused() {
         let mut snap = encode(&sample(), 4);
-        snap.resources[0].json = b"{}".to_vec();
+        snap.resources[0].json = Bytes::from_static(b"{}");
         assert!(matches!(
             decode(&snap),
             Err(SnapshotError::HashMismatch { .. })
@@ -153,5 +324,35 @@ mod tests {
         snap.hash = content_hash(&snap.resources);
         let err = decode(&snap).unwrap_err().to_string();
         assert!(err.contains("backend \"b\" does not exist"), "{err}");
+    }
+
+    #[test]
+    fn deltas_carry_only_changes_and_reproduce_the_target() {
+        let old_config = sample();
+        let old = ResourceSet::from_resources(old_config.iter().map(encode_resource));
+        let mut new_config = old_config.clone();
+        new_config.insert(backend("b", 2, 5));
+        new_config.insert(backend("c", 3, 6));
+        let new = ResourceSet::from_resources(new_config.iter().map(encode_resource));
+        let delta = new.delta_from_set(&old, 4, 6);
+        let names: Vec<_> = delta.upserts.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["b", "c"]);
+        assert!(delta.removals.is_empty());
+        assert_eq!(old.apply(&delta).unwrap(), new);
+        assert_eq!(apply_to_config(&old_config, &delta).unwrap(), new_config);
+
+        // Back again: a removal.
+        let back = old.delta_from_set(&new, 6, 7);
+        assert_eq!(back.removals.len(), 1);
+        assert_eq!(new.apply(&back).unwrap(), old);
+
+        // A delta applied to the wrong base fails its hash check.
+        let mut other = old_config.clone();
+        other.insert(backend("d", 4, 2));
+        let other = ResourceSet::from_resources(other.iter().map(encode_resource));
+        assert!(matches!(
+            other.apply(&delta),
+            Err(SnapshotError::HashMismatch { .. })
+        ));
     }
 }

@@ -35,6 +35,7 @@ use std::sync::Arc;
 pub struct AdminState {
     pub store: Arc<Store>,
     pub fleet: Arc<Fleet>,
+    pub stats: Arc<crate::sync::SyncStats>,
     pub admin_token: Token,
 }
 
@@ -91,6 +92,10 @@ async fn dataplanes(State(state): State<AdminState>) -> Json<serde_json::Value> 
     Json(json!({"revision": revision, "items": state.fleet.list()}))
 }
 
+fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let current = state.store.current();
     let planes = state.fleet.list();
@@ -111,9 +116,21 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
          nio_dataplanes_connected {connected}\n\
          # HELP nio_dataplanes_current Connected data planes that applied the current revision.\n\
          # TYPE nio_dataplanes_current gauge\n\
-         nio_dataplanes_current {current_ones}\n",
+         nio_dataplanes_current {current_ones}\n\
+         # HELP nio_sync_pushes_total Configuration messages sent to data planes, by type.\n\
+         # TYPE nio_sync_pushes_total counter\n\
+         nio_sync_pushes_total{{type=\"full\"}} {}\n\
+         nio_sync_pushes_total{{type=\"delta\"}} {}\n\
+         nio_sync_pushes_total{{type=\"up_to_date\"}} {}\n\
+         # HELP nio_sync_refused_streams_total Streams refused (token, version, admission).\n\
+         # TYPE nio_sync_refused_streams_total counter\n\
+         nio_sync_refused_streams_total {}\n",
         current.revision,
         current.config.len(),
+        load(&state.stats.full_pushes),
+        load(&state.stats.delta_pushes),
+        load(&state.stats.up_to_date),
+        load(&state.stats.refused_streams),
     );
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -36,6 +36,8 @@ fn main() -> anyhow::Result<()> {
         grpc_listen: args.grpc_listen,
         admin_token: std::env::var("NIO_ADMIN_TOKEN").ok(),
         join_token: std::env::var("NIO_JOIN_TOKEN").ok(),
+        publish: Default::default(),
+        admission: Default::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

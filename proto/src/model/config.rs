@@ -58,6 +58,30 @@ impl Config {
         self.resources.is_empty()
     }
 
+    /// What a data plane with `labels` receives: the routes whose
+    /// `dataPlaneSelector` matches (or that have none) and the backends those
+    /// routes use. Ordered by kind, then name.
+    pub fn select<'a>(
+        &'a self,
+        labels: &'a BTreeMap<String, String>,
+    ) -> impl Iterator<Item = &'a AnyResource> + 'a {
+        let selected = |r: &Route| {
+            r.spec
+                .data_plane_selector
+                .as_ref()
+                .is_none_or(|s| s.matches(|k| labels.get(k).map(String::as_str)))
+        };
+        let needed: std::collections::HashSet<&str> = self
+            .routes()
+            .filter(|r| selected(r))
+            .map(|r| r.spec.backend.as_str())
+            .collect();
+        self.iter().filter(move |r| match r {
+            AnyResource::Route(route) => selected(route),
+            AnyResource::Backend(b) => needed.contains(b.metadata.name.as_str()),
+        })
+    }
+
     /// Resources that refer to `kind/name` (to refuse deleting what is in use).
     pub fn users_of(&self, kind: Kind, name: &str) -> Vec<String> {
         match kind {
@@ -157,6 +181,39 @@ spec:
         assert_eq!(config.validate(), Ok(()));
         assert_eq!(config.routes().count(), 1);
         assert_eq!(config.backends().next().unwrap().spec.targets[1].weight, 2);
+    }
+
+    #[test]
+    fn selection_by_data_plane_labels() {
+        let config: Config = [
+            res(json!({"apiVersion": "nio.dev/v1", "kind": "Backend", "metadata": {"name": "eu-b"},
+                "spec": {"targets": [{"url": "http://127.0.0.1:1"}]}})),
+            res(json!({"apiVersion": "nio.dev/v1", "kind": "Backend", "metadata": {"name": "all-b"},
+                "spec": {"targets": [{"url": "http://127.0.0.1:2"}]}})),
+            res(json!({"apiVersion": "nio.dev/v1", "kind": "Backend", "metadata": {"name": "unused"},
+                "spec": {"targets": [{"url": "http://127.0.0.1:3"}]}})),
+            res(json!({"apiVersion": "nio.dev/v1", "kind": "Route", "metadata": {"name": "eu"},
+                "spec": {"frontend": {}, "backend": "eu-b", "dataPlaneSelector": {"matchLabels": {"zone": "eu"}}}})),
+            res(json!({"apiVersion": "nio.dev/v1", "kind": "Route", "metadata": {"name": "all"},
+                "spec": {"frontend": {}, "backend": "all-b"}})),
+        ]
+        .into_iter()
+        .collect();
+        let names = |labels: &[(&str, &str)]| {
+            let labels = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            config
+                .select(&labels)
+                .map(|r| r.name().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(&[("zone", "eu"), ("tier", "edge")]),
+            ["all", "eu", "all-b", "eu-b"]
+        );
+        assert_eq!(names(&[("zone", "us")]), ["all", "all-b"]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod route;
 
 pub use backend::{parse_target_url, BackendSpec, TargetAddr, TargetSpec};
 pub use config::Config;
-pub use route::{FrontendSpec, RouteSpec};
+pub use route::{FrontendSpec, LabelSelector, RouteSpec};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

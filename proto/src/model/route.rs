@@ -2,6 +2,7 @@
 
 use super::FieldError;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -9,6 +10,26 @@ pub struct RouteSpec {
     pub frontend: FrontendSpec,
     /// Name of the Backend that serves this route.
     pub backend: String,
+    /// Which data planes receive this route (by their labels). Absent: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_plane_selector: Option<LabelSelector>,
+}
+
+/// Selects data planes by label, Kubernetes style.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelSelector {
+    /// Every pair must be among the data plane's labels.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+impl LabelSelector {
+    pub fn matches<'a>(&self, mut get: impl FnMut(&str) -> Option<&'a str>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| get(k) == Some(v.as_str()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -37,6 +58,16 @@ impl RouteSpec {
         for (i, path) in self.frontend.paths.iter().enumerate() {
             if let Err(msg) = validate_path(path) {
                 errors.push(FieldError::new(format!("spec.frontend.paths[{i}]"), msg));
+            }
+        }
+        if let Some(sel) = &self.data_plane_selector {
+            for (k, v) in &sel.match_labels {
+                if k.is_empty() || k.len() > 63 || v.len() > 63 {
+                    errors.push(FieldError::new(
+                        format!("spec.dataPlaneSelector.matchLabels.{k}"),
+                        "label keys are 1-63 characters and values at most 63",
+                    ));
+                }
             }
         }
         if self.backend.is_empty() {
