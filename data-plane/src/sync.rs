@@ -139,7 +139,6 @@ impl Applier {
     pub fn apply_snapshot(&self, snapshot: &Snapshot) -> Result<Arc<Runtime>, Refusal> {
         let set = ResourceSet::from_snapshot(snapshot).map_err(Refusal::invalid)?;
         let config = nio_proto::snapshot::decode(snapshot).map_err(Refusal::invalid)?;
-        self.metrics.full_updates.fetch_add(1, Ordering::Relaxed);
         self.install(Held {
             revision: snapshot.revision,
             set,
@@ -162,7 +161,6 @@ impl Applier {
         let set = held.set.apply(delta).map_err(Refusal::diverged)?;
         let config =
             nio_proto::snapshot::apply_to_config(&held.config, delta).map_err(Refusal::invalid)?;
-        self.metrics.delta_updates.fetch_add(1, Ordering::Relaxed);
         self.install(Held {
             revision: delta.revision,
             set,
@@ -383,9 +381,16 @@ async fn session(
             };
             // Compiling a large configuration is CPU work: keep it off the
             // threads that serve requests.
+            let m = &applier.metrics;
             let (revision, applied) = tokio::task::block_in_place(|| match &update {
-                control_plane_message::Msg::Snapshot(s) => (s.revision, applier.apply_snapshot(s)),
-                control_plane_message::Msg::Delta(d) => (d.revision, applier.apply_delta(d)),
+                control_plane_message::Msg::Snapshot(s) => {
+                    m.full_updates.fetch_add(1, Ordering::Relaxed);
+                    (s.revision, applier.apply_snapshot(s))
+                }
+                control_plane_message::Msg::Delta(d) => {
+                    m.delta_updates.fetch_add(1, Ordering::Relaxed);
+                    (d.revision, applier.apply_delta(d))
+                }
                 control_plane_message::Msg::UpToDate(u) => (u.revision, Err(Refusal::invalid("unexpected"))),
             });
             let reply = match applied {
