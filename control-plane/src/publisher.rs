@@ -6,11 +6,15 @@
 //! revision, not once per data plane. Each resource is JSON-encoded once per
 //! change and shared (`Bytes`) by every group and stream that sends it.
 //!
-//! Bursts of writes are coalesced: after a change the publisher waits for
-//! [`PublishOptions::debounce`] of quiet, but never more than
-//! [`PublishOptions::max_delay`] after the first change, then publishes the
-//! newest revision. Each group's update carries the delta from the group's
-//! previous update, which is what nearly every connected data plane needs.
+//! Bursts of writes are coalesced with a leading-edge throttle: a write that
+//! follows a quiet period is published at once (no added latency), and
+//! writes that arrive while a publish runs or within
+//! [`PublishOptions::min_interval`] of the previous one are folded into a
+//! single publish of the newest revision at the end of that interval. So a
+//! write waits at most `min_interval` plus one publish, and a burst of any
+//! size costs one publish per interval. Each group's update carries the
+//! delta from the group's previous update, which is what nearly every
+//! connected data plane needs.
 //!
 //! ```text
 //! store watch ─▶ debounce ─▶ encode changed resources ─▶ per group: select,
@@ -31,17 +35,14 @@ pub type Labels = BTreeMap<String, String>;
 
 #[derive(Debug, Clone, Copy)]
 pub struct PublishOptions {
-    /// Quiet time that ends a burst of writes.
-    pub debounce: Duration,
-    /// Longest a write waits for the burst it belongs to end.
-    pub max_delay: Duration,
+    /// Shortest time between two publishes.
+    pub min_interval: Duration,
 }
 
 impl Default for PublishOptions {
     fn default() -> Self {
         PublishOptions {
-            debounce: Duration::from_millis(2),
-            max_delay: Duration::from_millis(20),
+            min_interval: Duration::from_millis(5),
         }
     }
 }
@@ -165,23 +166,18 @@ impl Publisher {
     /// Publishes revisions until `shutdown` resolves.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         let mut states = self.store.subscribe();
+        let mut last = Instant::now() - self.opts.min_interval;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => return,
                 changed = states.changed() => if changed.is_err() { return },
             }
-            // Coalesce a burst: wait for quiet, bounded by max_delay.
-            let deadline = Instant::now() + self.opts.max_delay;
-            loop {
-                let quiet = tokio::time::sleep(self.opts.debounce);
-                tokio::select! {
-                    () = quiet => break,
-                    () = tokio::time::sleep_until(deadline) => break,
-                    changed = states.changed() => if changed.is_err() { return },
-                }
-            }
+            // Throttle: changes arriving until the interval is over join
+            // this publish (the watch keeps only the newest).
+            tokio::time::sleep_until(last + self.opts.min_interval).await;
             let state = states.borrow_and_update().clone();
+            last = Instant::now();
             let this = self.clone();
             // Selecting and diffing 10,000s of resources is CPU work.
             let _ = tokio::task::spawn_blocking(move || this.publish(state)).await;

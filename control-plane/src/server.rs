@@ -142,7 +142,8 @@ pub async fn run(
                     .max_encoding_message_size(MAX_MESSAGE_SIZE),
             )
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                // No Nagle: small pushes and ACKs must not wait for a delayed ACK.
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 stopped(),
             ),
     );
