@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // groups and streams that send the same resource.
     tonic_prost_build::configure()
         .bytes(".nio.v1.Resource.json")
+        .bytes(".nio.v1.Snapshot.resources_gzip")
         .compile_fds(fds)?;
     Ok(())
 }

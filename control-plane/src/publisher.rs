@@ -23,7 +23,7 @@
 
 use crate::store::{State, Store};
 use nio_proto::model::{AnyResource, Kind};
-use nio_proto::snapshot::{encode_resource, ResourceSet};
+use nio_proto::snapshot::{compress, encode_resource, ResourceSet};
 use nio_proto::v1;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -71,10 +71,11 @@ impl GroupUpdate {
         }
     }
 
-    /// The full snapshot, built on first use and shared afterwards.
+    /// The full snapshot, built and compressed on first use, then shared
+    /// (its compressed bytes are reference-counted) by every stream.
     pub fn full(&self) -> Arc<v1::Snapshot> {
         self.full
-            .get_or_init(|| Arc::new(self.set.to_snapshot(self.revision)))
+            .get_or_init(|| Arc::new(compress(self.set.to_snapshot(self.revision))))
             .clone()
     }
 }

@@ -135,8 +135,10 @@ pub async fn run(
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(
+                // Full snapshots carry their own gzip, compressed once per
+                // group; deltas are small. Per-message gzip would cost a
+                // compression per data plane and message.
                 ConfigSyncServer::new(sync)
-                    .send_compressed(CompressionEncoding::Gzip)
                     .accept_compressed(CompressionEncoding::Gzip)
                     .max_decoding_message_size(MAX_MESSAGE_SIZE)
                     .max_encoding_message_size(MAX_MESSAGE_SIZE),

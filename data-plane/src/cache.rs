@@ -65,6 +65,7 @@ mod tests {
             revision: 7,
             hash: "h".into(),
             resources: vec![],
+            resources_gzip: Default::default(),
         };
         cache.store(&s).unwrap();
         assert_eq!(cache.load().unwrap(), Some(s));

@@ -50,6 +50,8 @@ pub struct SyncOptions {
 #[derive(Debug)]
 struct Held {
     revision: u64,
+    /// The set's content hash (verified when it arrived).
+    hash: String,
     set: ResourceSet,
     config: Config,
 }
@@ -130,7 +132,7 @@ impl Applier {
     /// Revision, hash and inventory for the `Hello`.
     pub fn holding(&self) -> (u64, String, Vec<ResourceKey>) {
         match self.held() {
-            Some(h) => (h.revision, h.set.hash(), h.set.keys()),
+            Some(h) => (h.revision, h.hash.clone(), h.set.keys()),
             None => (0, String::new(), Vec::new()),
         }
     }
@@ -138,9 +140,10 @@ impl Applier {
     /// A full snapshot: verify, decode and validate everything, install.
     pub fn apply_snapshot(&self, snapshot: &Snapshot) -> Result<Arc<Runtime>, Refusal> {
         let set = ResourceSet::from_snapshot(snapshot).map_err(Refusal::invalid)?;
-        let config = nio_proto::snapshot::decode(snapshot).map_err(Refusal::invalid)?;
+        let config = nio_proto::snapshot::decode_set(&set).map_err(Refusal::invalid)?;
         self.install(Held {
             revision: snapshot.revision,
+            hash: snapshot.hash.clone(),
             set,
             config,
         })
@@ -163,6 +166,7 @@ impl Applier {
             nio_proto::snapshot::apply_to_config(&held.config, delta).map_err(Refusal::invalid)?;
         self.install(Held {
             revision: delta.revision,
+            hash: delta.hash.clone(),
             set,
             config,
         })
@@ -173,7 +177,7 @@ impl Applier {
         let runtime = compile(
             &held.config,
             held.revision,
-            &held.set.hash(),
+            &held.hash,
             previous.as_deref(),
             &self.metrics,
         )
@@ -302,7 +306,6 @@ async fn session(
         .await
         .map_err(|e| SessionError::Lost(format!("connect {}: {e}", opts.control_plane)))?;
     let mut client = ConfigSyncClient::new(channel)
-        .send_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(usize::MAX);
 

@@ -59,7 +59,6 @@ pub async fn run(
     report: mpsc::UnboundedSender<Received>,
 ) -> Result<(), tonic::Status> {
     let mut client = ConfigSyncClient::new(channel)
-        .send_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(usize::MAX);
     let (tx, rx) = mpsc::channel(16);

@@ -13,8 +13,10 @@
 use crate::model::{AnyResource, Config, Kind};
 use crate::v1;
 use bytes::Bytes;
+use prost::Message;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::io::{Read, Write};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -31,6 +33,49 @@ pub enum SnapshotError {
     WrongBase { from: u64, held: u64 },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    #[error("compressed resources cannot be read: {0}")]
+    Compression(String),
+}
+
+/// Largest decompressed snapshot accepted (a guard against gzip bombs).
+pub const MAX_EXPANDED_SIZE: u64 = 1 << 30;
+
+/// Moves a snapshot's resources into one gzip blob (done once per group and
+/// revision on the control plane).
+pub fn compress(mut snapshot: v1::Snapshot) -> v1::Snapshot {
+    let list = v1::ResourceList {
+        resources: std::mem::take(&mut snapshot.resources),
+    };
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    // Writing into a Vec cannot fail.
+    let _ = gz.write_all(&list.encode_to_vec());
+    snapshot.resources_gzip = Bytes::from(gz.finish().unwrap_or_default());
+    snapshot
+}
+
+/// The snapshot with its resources inline (decompressed if needed).
+pub fn expand(snapshot: &v1::Snapshot) -> Result<Cow<'_, v1::Snapshot>, SnapshotError> {
+    if snapshot.resources_gzip.is_empty() {
+        return Ok(Cow::Borrowed(snapshot));
+    }
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(&snapshot.resources_gzip[..])
+        .take(MAX_EXPANDED_SIZE + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| SnapshotError::Compression(e.to_string()))?;
+    if raw.len() as u64 > MAX_EXPANDED_SIZE {
+        return Err(SnapshotError::Compression(format!(
+            "more than {MAX_EXPANDED_SIZE} bytes once expanded"
+        )));
+    }
+    let list = v1::ResourceList::decode(raw.as_slice())
+        .map_err(|e| SnapshotError::Compression(e.to_string()))?;
+    Ok(Cow::Owned(v1::Snapshot {
+        revision: snapshot.revision,
+        hash: snapshot.hash.clone(),
+        resources: list.resources,
+        resources_gzip: Bytes::new(),
+    }))
 }
 
 /// Hex SHA-256 over resources given in (kind, name) order.
@@ -111,7 +156,11 @@ pub fn encode(config: &Config, revision: u64) -> v1::Snapshot {
 /// Decodes a full snapshot, verifies its hash, and validates the whole
 /// configuration: the same checks the control plane ran on each write.
 pub fn decode(snapshot: &v1::Snapshot) -> Result<Config, SnapshotError> {
-    let set = ResourceSet::from_snapshot(snapshot)?;
+    decode_set(&ResourceSet::from_snapshot(snapshot)?)
+}
+
+/// Decodes and validates every resource of a (hash-checked) set.
+pub fn decode_set(set: &ResourceSet) -> Result<Config, SnapshotError> {
     let mut config = Config::default();
     for (index, r) in set.iter().enumerate() {
         config.insert(decode_resource(index, r)?);
@@ -121,10 +170,11 @@ pub fn decode(snapshot: &v1::Snapshot) -> Result<Config, SnapshotError> {
 
 type Key = (String, String);
 
-/// Encoded resources keyed by (kind, name).
+/// Encoded resources keyed by (kind, name). A persistent map: cloning and
+/// applying a small delta are cheap at any size.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ResourceSet {
-    resources: BTreeMap<Key, v1::Resource>,
+    resources: imbl::OrdMap<Key, v1::Resource>,
 }
 
 impl ResourceSet {
@@ -139,6 +189,7 @@ impl ResourceSet {
 
     /// The resources of a full snapshot, after checking its hash.
     pub fn from_snapshot(snapshot: &v1::Snapshot) -> Result<ResourceSet, SnapshotError> {
+        let snapshot = expand(snapshot)?;
         let set = ResourceSet::from_resources(snapshot.resources.iter().cloned());
         set.check_hash(&snapshot.hash)?;
         Ok(set)
@@ -193,6 +244,7 @@ impl ResourceSet {
             revision,
             hash: self.hash(),
             resources: self.resources.values().cloned().collect(),
+            resources_gzip: Bytes::new(),
         }
     }
 
@@ -204,14 +256,14 @@ impl ResourceSet {
         from_revision: u64,
         revision: u64,
     ) -> v1::Delta {
-        let held: BTreeMap<Key, u64> = held.into_iter().collect();
+        let held: std::collections::HashMap<Key, u64> = held.into_iter().collect();
         let upserts = self
             .resources
             .iter()
             .filter(|(k, r)| held.get(*k) != Some(&r.resource_version))
             .map(|(_, r)| r.clone())
             .collect();
-        let removals = held
+        let mut removals: Vec<v1::ResourceKey> = held
             .iter()
             .filter(|(k, _)| !self.resources.contains_key(*k))
             .map(|((kind, name), rv)| v1::ResourceKey {
@@ -220,6 +272,7 @@ impl ResourceSet {
                 resource_version: *rv,
             })
             .collect();
+        removals.sort_by(|a, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
         v1::Delta {
             from_revision,
             revision,
@@ -246,7 +299,7 @@ impl ResourceSet {
     }
 
     /// Applies a delta and checks the result against its hash. On error
-    /// `self` is unchanged.
+    /// `self` is unchanged. The result's hash is `delta.hash`.
     pub fn apply(&self, delta: &v1::Delta) -> Result<ResourceSet, SnapshotError> {
         let mut next = self.clone();
         for k in &delta.removals {
@@ -270,10 +323,28 @@ pub fn apply_to_config(config: &Config, delta: &v1::Delta) -> Result<Config, Sna
             next.remove(kind, &k.name);
         }
     }
+    let mut changed = Vec::with_capacity(delta.upserts.len() + delta.removals.len());
     for (index, r) in delta.upserts.iter().enumerate() {
-        next.insert(decode_resource(index, r)?);
+        let resource = decode_resource(index, r)?;
+        changed.push((resource.kind(), resource.name().to_string()));
+        next.insert(resource);
     }
-    validated(next)
+    changed.extend(
+        delta
+            .removals
+            .iter()
+            .filter_map(|k| Some((Kind::from_kind_field(&k.kind)?, k.name.clone()))),
+    );
+    // The rest was validated when it arrived.
+    next.validate_changed(&changed).map_err(|errs| {
+        SnapshotError::Invalid(
+            errs.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    Ok(next)
 }
 
 #[cfg(test)]
@@ -324,6 +395,18 @@ mod tests {
         snap.hash = content_hash(&snap.resources);
         let err = decode(&snap).unwrap_err().to_string();
         assert!(err.contains("backend \"b\" does not exist"), "{err}");
+    }
+
+    #[test]
+    fn compressed_snapshots_expand_to_the_same_configuration() {
+        let snap = encode(&sample(), 4);
+        let packed = compress(snap.clone());
+        assert!(packed.resources.is_empty() && !packed.resources_gzip.is_empty());
+        assert_eq!(expand(&packed).unwrap().as_ref(), &snap);
+        assert_eq!(decode(&packed).unwrap(), sample());
+        let mut broken = packed.clone();
+        broken.resources_gzip = Bytes::from_static(b"not gzip");
+        assert!(matches!(decode(&broken), Err(SnapshotError::Compression(_))));
     }
 
     #[test]

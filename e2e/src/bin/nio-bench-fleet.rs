@@ -131,6 +131,64 @@ async fn wait_real(http: &reqwest::Client, dps: &[DataPlane], revision: u64) -> 
     Ok(Instant::now())
 }
 
+type Samples = Vec<Duration>;
+
+/// `count` single-route writes, each waited for on every data plane.
+#[allow(clippy::too_many_arguments)]
+async fn writes(
+    admin: &Admin,
+    http: &reqwest::Client,
+    dps: &[DataPlane],
+    sims: Option<(&Mutex<Tally>, usize)>,
+    count: usize,
+    routes: usize,
+    offset: usize,
+    cp_pid: u32,
+) -> Result<(Samples, Samples, Samples, f64)> {
+    let cpu_before = cpu_seconds(cp_pid)?;
+    let (mut real_times, mut sim_times, mut write_times) = (Vec::new(), Vec::new(), Vec::new());
+    for w in offset..offset + count {
+        let i = (w * 7919) % routes;
+        let t0 = Instant::now();
+        let written = admin
+            .replace(route(&format!("r{i}"), &[&format!("h{}.bench", i % 100)], &[&format!("/p{i}/w{w}")], "app"))
+            .await?;
+        let acked = Instant::now();
+        write_times.push(acked - t0);
+        let rev: u64 = written["metadata"]["resourceVersion"].as_str().context("rv")?.parse()?;
+        let sims_done = async {
+            match sims {
+                Some((tally, n)) => wait_tally(tally, rev, n, Duration::from_secs(30)).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (real_done, sim_done) = tokio::join!(wait_real(http, dps, rev), sims_done);
+        real_times.push(real_done?.duration_since(acked));
+        if let Some(at) = sim_done? {
+            sim_times.push(at.saturating_duration_since(acked));
+        }
+    }
+    Ok((real_times, sim_times, write_times, cpu_seconds(cp_pid)? - cpu_before))
+}
+
+fn report_writes(
+    line: &mut impl FnMut(String),
+    args: &Args,
+    mut real: Samples,
+    sims: Option<Samples>,
+    mut writes: Samples,
+    cpu: f64,
+    rss: f64,
+) {
+    let phase = if sims.is_some() { "with the simulated fleet" } else { "real data planes only" };
+    line(format!("[{phase}] admin write (validate, commit, flush) until 2xx: median {}, p99 {}", pct(&mut writes, 0.5), pct(&mut writes, 0.99)));
+    line(format!("[{phase}] write 2xx → all {} real data planes serve it: median {}, p99 {}", args.real, pct(&mut real, 0.5), pct(&mut real, 0.99)));
+    if let Some(mut sims) = sims {
+        line(format!("[{phase}] write 2xx → all {} simulated data planes ACK: median {}, p99 {}", args.sims, pct(&mut sims, 0.5), pct(&mut sims, 0.99)));
+    }
+    line(format!("[{phase}] control plane CPU for {} writes: {:.2} s ({:.1} ms per write); peak RSS so far {:.0} MiB", args.writes, cpu, cpu * 1000.0 / args.writes as f64, rss));
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -203,6 +261,10 @@ async fn main() -> Result<()> {
         args.routes,
         t.elapsed().as_secs_f64()
     ));
+
+    // Phase A: the 10 real data planes alone.
+    let (real_times, _, write_times, cpu) = writes(&admin, &http, &dps, None, args.writes, args.routes, 0, cp.proc.pid()).await?;
+    report_writes(&mut line, &args, real_times, None, write_times, cpu, peak_rss_mib(cp.proc.pid())?);
 
     // Simulated data planes.
     let token = std::fs::read_to_string(cp.join_token_file())?
@@ -299,59 +361,9 @@ async fn main() -> Result<()> {
         gz.len() as f64 / 1048576.0
     ));
 
-    // Writes: one route changed at a time.
-    let cpu_before = cpu_seconds(cp.proc.pid())?;
-    let (mut real_times, mut sim_times, mut write_times) = (Vec::new(), Vec::new(), Vec::new());
-    for w in 0..args.writes {
-        let i = (w * 7919) % args.routes;
-        let t0 = Instant::now();
-        let written = admin
-            .replace(route(
-                &format!("r{i}"),
-                &[&format!("h{}.bench", i % 100)],
-                &[&format!("/p{i}/w{w}")],
-                "app",
-            ))
-            .await?;
-        write_times.push(t0.elapsed());
-        let rev: u64 = written["metadata"]["resourceVersion"]
-            .as_str()
-            .context("rv")?
-            .parse()?;
-        let (real_done, sim_done) = tokio::join!(
-            wait_real(&http, &dps, rev),
-            wait_tally(&tally, rev, args.sims, Duration::from_secs(30))
-        );
-        let acked = t0 + *write_times.last().unwrap_or(&Duration::ZERO);
-        real_times.push(real_done?.duration_since(acked));
-        sim_times.push(sim_done?.saturating_duration_since(acked));
-    }
-    let cpu = cpu_seconds(cp.proc.pid())? - cpu_before;
-    let rss = peak_rss_mib(cp.proc.pid())?;
-    line(format!(
-        "admin write (validate, commit, flush) until 2xx: median {}, p99 {}",
-        pct(&mut write_times, 0.5),
-        pct(&mut write_times, 0.99)
-    ));
-    line(format!(
-        "write 2xx → all {} real data planes serve it: median {}, p99 {}",
-        args.real,
-        pct(&mut real_times, 0.5),
-        pct(&mut real_times, 0.99)
-    ));
-    line(format!(
-        "write 2xx → all {} simulated data planes ACK: median {}, p99 {}",
-        args.sims,
-        pct(&mut sim_times, 0.5),
-        pct(&mut sim_times, 0.99)
-    ));
-    line(format!(
-        "control plane CPU for {} writes: {:.2} s ({:.1} ms per write); peak RSS {:.0} MiB",
-        args.writes,
-        cpu,
-        cpu * 1000.0 / args.writes as f64,
-        rss
-    ));
+    // Phase B: the same writes with the 1,000 simulated data planes as well.
+    let (real_times, sim_times, write_times, cpu) = writes(&admin, &http, &dps, Some((&tally, args.sims)), args.writes, args.routes, args.writes, cp.proc.pid()).await?;
+    report_writes(&mut line, &args, real_times, Some(sim_times), write_times, cpu, peak_rss_mib(cp.proc.pid())?);
 
     // Reconnect storm: SIGKILL and restart the control plane.
     let latest = admin.revision().await?;

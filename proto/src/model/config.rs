@@ -126,6 +126,40 @@ impl Config {
         }
     }
 
+    /// Checks only what changed: each changed resource that is present, on
+    /// its own and its references; for each one that is gone, that nothing
+    /// still refers to it. Enough after a delta to a valid configuration.
+    pub fn validate_changed(&self, changed: &[(Kind, String)]) -> Result<(), Vec<ValidationError>> {
+        let mut errors = Vec::new();
+        for (kind, name) in changed {
+            match self.get(*kind, name) {
+                Some(r) => {
+                    if let Err(e) = r.validate().and_then(|()| self.check_references(r)) {
+                        errors.push(e);
+                    }
+                }
+                None => {
+                    let users = self.users_of(*kind, name);
+                    if !users.is_empty() {
+                        errors.push(ValidationError {
+                            kind: kind.to_string(),
+                            name: name.clone(),
+                            errors: vec![FieldError::new(
+                                "",
+                                format!("removed but still used by {}", users.join(", ")),
+                            )],
+                        });
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
     /// Every resource on its own and every reference between them.
     pub fn validate(&self) -> Result<(), Vec<ValidationError>> {
         let errors: Vec<ValidationError> = self
