@@ -22,10 +22,10 @@
 //! ```
 
 use crate::store::{State, Store};
-use nio_proto::model::{AnyResource, Kind};
+use nio_proto::model::{AnyResource, Config, Kind};
 use nio_proto::snapshot::{compress, encode_resource, ResourceSet};
 use nio_proto::v1;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -86,60 +86,130 @@ pub struct Publisher {
     inner: Mutex<Inner>,
 }
 
+/// One group's selection, maintained incrementally.
+struct Group {
+    set: ResourceSet,
+    /// How many selected routes use each backend.
+    refs: HashMap<String, usize>,
+    tx: watch::Sender<Arc<GroupUpdate>>,
+}
+
 struct Inner {
     /// The revision the groups are at.
     state: Arc<State>,
-    /// Encoded resources of `state`, reused while their version is unchanged.
+    /// Every resource of `state`, encoded once per change.
     encoded: HashMap<(Kind, String), v1::Resource>,
-    groups: HashMap<Labels, watch::Sender<Arc<GroupUpdate>>>,
+    groups: HashMap<Labels, Group>,
+}
+
+fn selected_backend<'a>(config: &'a Config, route: &str, labels: &Labels) -> Option<&'a str> {
+    match config.get(Kind::Route, route) {
+        Some(AnyResource::Route(r)) if Config::route_selected(r, labels) => {
+            Some(r.spec.backend.as_str())
+        }
+        _ => None,
+    }
 }
 
 impl Inner {
-    fn select(&self, labels: &Labels) -> ResourceSet {
-        ResourceSet::from_resources(
+    fn encoded(&self, kind: Kind, name: &str) -> Option<v1::Resource> {
+        self.encoded.get(&(kind, name.to_string())).cloned()
+    }
+
+    /// A new group's selection, from scratch.
+    fn select(&self, labels: &Labels) -> (ResourceSet, HashMap<String, usize>) {
+        let set = ResourceSet::from_resources(
             self.state
                 .config
                 .select(labels)
-                .filter_map(|r| self.encoded.get(&(r.kind(), r.name().to_string())).cloned()),
-        )
-    }
-
-    fn encode_changes(&mut self, state: &State) {
-        let mut encoded = HashMap::with_capacity(state.config.len());
-        for r in state.config.iter() {
-            let key = (r.kind(), r.name().to_string());
-            let rv = version(r);
-            let e = match self.encoded.remove(&key) {
-                Some(e) if e.resource_version == rv => e,
-                _ => encode_resource(r),
-            };
-            encoded.insert(key, e);
+                .filter_map(|r| self.encoded(r.kind(), r.name())),
+        );
+        let mut refs = HashMap::new();
+        for r in self.state.config.routes() {
+            if Config::route_selected(r, labels) {
+                *refs.entry(r.spec.backend.clone()).or_insert(0) += 1;
+            }
         }
-        self.encoded = encoded;
+        (set, refs)
     }
-}
 
-fn version(r: &AnyResource) -> u64 {
-    match r {
-        AnyResource::Route(x) => x.resource_version(),
-        AnyResource::Backend(x) => x.resource_version(),
+    /// Re-encodes what changed.
+    fn encode_changed(&mut self, changed: &[(Kind, String)]) {
+        for key in changed {
+            match self.state.config.get(key.0, &key.1) {
+                Some(r) => {
+                    self.encoded.insert(key.clone(), encode_resource(r));
+                }
+                None => {
+                    self.encoded.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Updates a group's selection for the changed resources: O(changes),
+    /// whatever the size of the configuration.
+    fn apply(&self, labels: &Labels, group: &mut Group, old: &Config, changed: &[(Kind, String)]) {
+        let new = &self.state.config;
+        let mut backends: BTreeSet<String> = BTreeSet::new();
+        for (kind, name) in changed {
+            match kind {
+                Kind::Backend => {
+                    backends.insert(name.clone());
+                }
+                Kind::Route => {
+                    if let Some(b) = selected_backend(old, name, labels) {
+                        if let Some(n) = group.refs.get_mut(b) {
+                            *n = n.saturating_sub(1);
+                        }
+                        backends.insert(b.to_string());
+                    }
+                    match selected_backend(new, name, labels) {
+                        Some(b) => {
+                            *group.refs.entry(b.to_string()).or_insert(0) += 1;
+                            backends.insert(b.to_string());
+                            if let Some(e) = self.encoded(Kind::Route, name) {
+                                group.set.insert(e);
+                            }
+                        }
+                        None => {
+                            group.set.remove(Kind::Route.as_str(), name);
+                        }
+                    }
+                }
+            }
+        }
+        for b in backends {
+            let used = group.refs.get(&b).is_some_and(|n| *n > 0);
+            match self.encoded(Kind::Backend, &b).filter(|_| used) {
+                Some(e) => group.set.insert(e),
+                None => {
+                    if !used {
+                        group.refs.remove(&b);
+                    }
+                    group.set.remove(Kind::Backend.as_str(), &b);
+                }
+            }
+        }
     }
 }
 
 impl Publisher {
     pub fn new(store: Arc<Store>, opts: PublishOptions) -> Arc<Publisher> {
         let state = store.current();
-        let mut inner = Inner {
-            state: Arc::new(State::default()),
-            encoded: HashMap::new(),
-            groups: HashMap::new(),
-        };
-        inner.encode_changes(&state);
-        inner.state = state;
+        let encoded = state
+            .config
+            .iter()
+            .map(|r| ((r.kind(), r.name().to_string()), encode_resource(r)))
+            .collect();
         Arc::new(Publisher {
             store,
             opts,
-            inner: Mutex::new(inner),
+            inner: Mutex::new(Inner {
+                state,
+                encoded,
+                groups: HashMap::new(),
+            }),
         })
     }
 
@@ -150,12 +220,13 @@ impl Publisher {
     /// Subscribes to the updates of the group with these labels.
     pub fn join(&self, labels: &Labels) -> watch::Receiver<Arc<GroupUpdate>> {
         let mut inner = self.lock();
-        if let Some(tx) = inner.groups.get(labels) {
-            return tx.subscribe();
+        if let Some(g) = inner.groups.get(labels) {
+            return g.tx.subscribe();
         }
-        let update = GroupUpdate::new(inner.state.revision, inner.select(labels), None);
+        let (set, refs) = inner.select(labels);
+        let update = GroupUpdate::new(inner.state.revision, set.clone(), None);
         let (tx, rx) = watch::channel(Arc::new(update));
-        inner.groups.insert(labels.clone(), tx);
+        inner.groups.insert(labels.clone(), Group { set, refs, tx });
         rx
     }
 
@@ -191,17 +262,91 @@ impl Publisher {
         if state.revision <= inner.state.revision {
             return;
         }
-        inner.encode_changes(&state);
-        inner.state = state;
-        inner.groups.retain(|_, tx| tx.receiver_count() > 0);
-        let labels: Vec<Labels> = inner.groups.keys().cloned().collect();
-        for l in labels {
-            let set = inner.select(&l);
-            let tx = &inner.groups[&l];
-            let previous = tx.borrow().clone();
-            let delta = set.delta_from_set(&previous.set, previous.revision, inner.state.revision);
-            let update = GroupUpdate::new(inner.state.revision, set, Some(delta));
-            tx.send_replace(Arc::new(update));
+        let changed = state.config.changed_since(&inner.state.config);
+        let old = std::mem::replace(&mut inner.state, state);
+        inner.encode_changed(&changed);
+        let mut groups = std::mem::take(&mut inner.groups);
+        groups.retain(|_, g| g.tx.receiver_count() > 0);
+        for (labels, group) in groups.iter_mut() {
+            let before = group.set.clone();
+            inner.apply(labels, group, &old.config, &changed);
+            let delta = group
+                .set
+                .delta_from_set(&before, old.revision, inner.state.revision);
+            let update = GroupUpdate::new(inner.state.revision, group.set.clone(), Some(delta));
+            group.tx.send_replace(Arc::new(update));
         }
+        inner.groups = groups;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nio_proto::model::AnyResource;
+    use serde_json::json;
+
+    fn res(v: serde_json::Value) -> AnyResource {
+        AnyResource::from_value(v).unwrap()
+    }
+
+    /// The incremental selection always equals a selection from scratch.
+    #[tokio::test]
+    async fn incremental_groups_match_a_fresh_selection() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let publisher = Publisher::new(store.clone(), PublishOptions::default());
+        let eu: Labels = [("zone".to_string(), "eu".to_string())]
+            .into_iter()
+            .collect();
+        let us: Labels = [("zone".to_string(), "us".to_string())]
+            .into_iter()
+            .collect();
+        let rx_eu = publisher.join(&eu);
+        let rx_us = publisher.join(&us);
+        let backend = |n: &str| {
+            res(
+                json!({"apiVersion": "nio.dev/v1", "kind": "Backend", "metadata": {"name": n},
+            "spec": {"targets": [{"url": "http://127.0.0.1:1"}]}}),
+            )
+        };
+        let route = |n: &str, b: &str, zone: Option<&str>| {
+            let mut v = json!({"apiVersion": "nio.dev/v1", "kind": "Route", "metadata": {"name": n},
+                "spec": {"frontend": {"paths": [format!("/{n}")]}, "backend": b}});
+            if let Some(z) = zone {
+                v["spec"]["dataPlaneSelector"] = json!({"matchLabels": {"zone": z}});
+            }
+            res(v)
+        };
+        store.create(backend("a")).await.unwrap();
+        store.create(backend("b")).await.unwrap();
+        store.create(route("r1", "a", Some("eu"))).await.unwrap();
+        store.create(route("r2", "b", None)).await.unwrap();
+        publisher.publish(store.current());
+        store
+            .replace(route("r1", "b", Some("us")), None)
+            .await
+            .unwrap();
+        publisher.publish(store.current());
+        store.delete(Kind::Route, "r2", None).await.unwrap();
+        store.create(route("r3", "a", Some("eu"))).await.unwrap();
+        publisher.publish(store.current());
+        for (labels, rx) in [(&eu, &rx_eu), (&us, &rx_us)] {
+            let update = rx.borrow().clone();
+            let fresh = ResourceSet::from_resources(
+                store.current().config.select(labels).map(encode_resource),
+            );
+            assert_eq!(*update.set, fresh, "{labels:?}");
+            assert_eq!(update.hash, fresh.hash());
+        }
+        let names = |rx: &watch::Receiver<Arc<GroupUpdate>>| {
+            rx.borrow()
+                .set
+                .iter()
+                .map(|r| r.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&rx_eu), ["a", "r3"]);
+        assert_eq!(names(&rx_us), ["b", "r1"]);
     }
 }

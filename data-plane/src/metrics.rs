@@ -50,6 +50,10 @@ impl Metrics {
         routes.entry(route.to_string()).or_default().clone()
     }
 
+    pub fn route_count(&self) -> usize {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Forgets routes that are no longer configured.
     pub fn retain_routes(&self, keep: impl Fn(&str) -> bool) {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());

@@ -20,6 +20,8 @@ pub type RuntimeSlot = ArcSwapOption<Runtime>;
 #[derive(Debug)]
 pub struct CompiledRoute {
     pub name: String,
+    /// The Route's resourceVersion this was compiled from.
+    pub version: u64,
     pub backend: Arc<BackendPool>,
     pub strip_path: bool,
     pub stats: Arc<RouteStats>,
@@ -31,6 +33,7 @@ pub struct Runtime {
     pub hash: String,
     pub router: Router<CompiledRoute>,
     pub backends: HashMap<String, Arc<BackendPool>>,
+    pub routes: HashMap<String, Arc<CompiledRoute>>,
     pub route_count: usize,
 }
 
@@ -42,7 +45,9 @@ pub struct CompileError {
 }
 
 /// Builds the runtime for `config`. Backend pools whose spec did not change
-/// since `previous` are reused, keeping their load-balancing position.
+/// since `previous` are reused, keeping their load-balancing position, and
+/// so are compiled routes whose version and pool did not change: after a
+/// one-route delta only the router's index is rebuilt.
 pub fn compile(
     config: &Config,
     revision: u64,
@@ -68,7 +73,7 @@ pub fn compile(
         backends.insert(name.clone(), pool);
     }
     let mut router = RouterBuilder::default();
-    let mut route_count = 0;
+    let mut routes = HashMap::with_capacity(previous.map_or(0, |p| p.routes.len()));
     for r in config.routes() {
         let name = &r.metadata.name;
         let backend = backends.get(&r.spec.backend).cloned().ok_or_else(|| {
@@ -77,20 +82,36 @@ pub fn compile(
                 r.spec.backend
             ))
         })?;
-        let route = Arc::new(CompiledRoute {
-            name: name.clone(),
-            backend,
-            strip_path: r.spec.frontend.strip_path,
-            stats: metrics.route(name),
-        });
-        router.add(name, &r.spec.frontend.hosts, &r.spec.frontend.paths, route);
-        route_count += 1;
+        let version = r.resource_version();
+        let reused = previous
+            .and_then(|p| p.routes.get(name))
+            .filter(|c| c.version == version && Arc::ptr_eq(&c.backend, &backend))
+            .cloned();
+        let route = match reused {
+            Some(c) => c,
+            None => Arc::new(CompiledRoute {
+                name: name.clone(),
+                version,
+                backend,
+                strip_path: r.spec.frontend.strip_path,
+                stats: metrics.route(name),
+            }),
+        };
+        router.add(
+            name,
+            &r.spec.frontend.hosts,
+            &r.spec.frontend.paths,
+            route.clone(),
+        );
+        routes.insert(name.clone(), route);
     }
+    let route_count = routes.len();
     Ok(Runtime {
         revision,
         hash: hash.to_string(),
         router: router.build(),
         backends,
+        routes,
         route_count,
     })
 }

@@ -13,7 +13,7 @@
 use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::runtime::{compile, Runtime, RuntimeSlot};
-use nio_proto::model::{Config, Kind};
+use nio_proto::model::Config;
 use nio_proto::snapshot::{ResourceSet, SnapshotError};
 use nio_proto::v1::config_sync_client::ConfigSyncClient;
 use nio_proto::v1::{control_plane_message, data_plane_message, DataPlaneMessage};
@@ -184,8 +184,10 @@ impl Applier {
         .map_err(Refusal::invalid)?;
         let runtime = Arc::new(runtime);
         self.slot.store(Some(runtime.clone()));
-        self.metrics
-            .retain_routes(|name| held.config.get(Kind::Route, name).is_some());
+        if self.metrics.route_count() != runtime.route_count {
+            self.metrics
+                .retain_routes(|name| runtime.routes.contains_key(name));
+        }
         self.metrics
             .revision
             .store(held.revision, Ordering::Relaxed);

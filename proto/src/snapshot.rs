@@ -78,25 +78,36 @@ pub fn expand(snapshot: &v1::Snapshot) -> Result<Cow<'_, v1::Snapshot>, Snapshot
     }))
 }
 
-/// Hex SHA-256 over resources given in (kind, name) order.
-fn hash_sorted<'a>(resources: impl Iterator<Item = &'a v1::Resource>) -> String {
+/// SHA-256 of one resource: kind, name and JSON body.
+fn digest(r: &v1::Resource) -> [u8; 32] {
     let mut h = Sha256::new();
-    for r in resources {
-        h.update(r.kind.as_bytes());
-        h.update([0]);
-        h.update(r.name.as_bytes());
-        h.update([0]);
-        h.update((r.json.len() as u64).to_be_bytes());
-        h.update(&r.json);
+    h.update(r.kind.as_bytes());
+    h.update([0]);
+    h.update(r.name.as_bytes());
+    h.update([0]);
+    h.update((r.json.len() as u64).to_be_bytes());
+    h.update(&r.json);
+    h.finalize().into()
+}
+
+/// Hex SHA-256 over the per-resource digests, in (kind, name) order.
+fn combine<'a>(digests: impl Iterator<Item = &'a [u8; 32]>) -> String {
+    let mut h = Sha256::new();
+    for d in digests {
+        h.update(d);
     }
     hex::encode(h.finalize())
 }
 
-/// Hex SHA-256 over resources in any order.
+/// The content hash of resources in any order: SHA-256 over the SHA-256 of
+/// each resource (kind, name, JSON), in (kind, name) order. Per-resource
+/// digests are kept by [`ResourceSet`], so a delta only re-hashes what it
+/// changed plus 32 bytes per resource.
 pub fn content_hash(resources: &[v1::Resource]) -> String {
     let mut sorted: Vec<&v1::Resource> = resources.iter().collect();
     sorted.sort_by(|a, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
-    hash_sorted(sorted.into_iter())
+    let digests: Vec<[u8; 32]> = sorted.into_iter().map(digest).collect();
+    combine(digests.iter())
 }
 
 /// Encodes a resource for the wire.
@@ -168,13 +179,28 @@ pub fn decode_set(set: &ResourceSet) -> Result<Config, SnapshotError> {
     validated(config)
 }
 
-type Key = (String, String);
+pub type Key = (String, String);
 
-/// Encoded resources keyed by (kind, name). A persistent map: cloning and
-/// applying a small delta are cheap at any size.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    resource: v1::Resource,
+    digest: [u8; 32],
+}
+
+impl Entry {
+    fn new(resource: v1::Resource) -> Entry {
+        Entry {
+            digest: digest(&resource),
+            resource,
+        }
+    }
+}
+
+/// Encoded resources keyed by (kind, name), each with its digest. A
+/// persistent map: cloning and applying a small delta are cheap at any size.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ResourceSet {
-    resources: imbl::OrdMap<Key, v1::Resource>,
+    resources: imbl::OrdMap<Key, Entry>,
 }
 
 impl ResourceSet {
@@ -182,7 +208,7 @@ impl ResourceSet {
         ResourceSet {
             resources: resources
                 .into_iter()
-                .map(|r| ((r.kind.clone(), r.name.clone()), r))
+                .map(|r| ((r.kind.clone(), r.name.clone()), Entry::new(r)))
                 .collect(),
         }
     }
@@ -204,15 +230,31 @@ impl ResourceSet {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &v1::Resource> {
-        self.resources.values()
+        self.resources.values().map(|e| &e.resource)
     }
 
     pub fn get(&self, kind: &str, name: &str) -> Option<&v1::Resource> {
-        self.resources.get(&(kind.to_string(), name.to_string()))
+        self.resources
+            .get(&(kind.to_string(), name.to_string()))
+            .map(|e| &e.resource)
+    }
+
+    /// Adds or replaces one resource.
+    pub fn insert(&mut self, resource: v1::Resource) {
+        self.resources.insert(
+            (resource.kind.clone(), resource.name.clone()),
+            Entry::new(resource),
+        );
+    }
+
+    pub fn remove(&mut self, kind: &str, name: &str) -> Option<v1::Resource> {
+        self.resources
+            .remove(&(kind.to_string(), name.to_string()))
+            .map(|e| e.resource)
     }
 
     pub fn hash(&self) -> String {
-        hash_sorted(self.resources.values())
+        combine(self.resources.values().map(|e| &e.digest))
     }
 
     fn check_hash(&self, expected: &str) -> Result<(), SnapshotError> {
@@ -229,8 +271,7 @@ impl ResourceSet {
 
     /// What a data plane announces it holds.
     pub fn keys(&self) -> Vec<v1::ResourceKey> {
-        self.resources
-            .values()
+        self.iter()
             .map(|r| v1::ResourceKey {
                 kind: r.kind.clone(),
                 name: r.name.clone(),
@@ -243,7 +284,7 @@ impl ResourceSet {
         v1::Snapshot {
             revision,
             hash: self.hash(),
-            resources: self.resources.values().cloned().collect(),
+            resources: self.iter().cloned().collect(),
             resources_gzip: Bytes::new(),
         }
     }
@@ -260,8 +301,8 @@ impl ResourceSet {
         let upserts = self
             .resources
             .iter()
-            .filter(|(k, r)| held.get(*k) != Some(&r.resource_version))
-            .map(|(_, r)| r.clone())
+            .filter(|(k, e)| held.get(*k) != Some(&e.resource.resource_version))
+            .map(|(_, e)| e.resource.clone())
             .collect();
         let mut removals: Vec<v1::ResourceKey> = held
             .iter()
@@ -283,19 +324,36 @@ impl ResourceSet {
     }
 
     /// The delta from another set (what a data plane holding `old` needs).
+    /// Cheap when `self` was derived from `old`: shared parts are skipped.
     pub fn delta_from_set(
         &self,
         old: &ResourceSet,
         from_revision: u64,
         revision: u64,
     ) -> v1::Delta {
-        self.delta_from(
-            old.resources
-                .iter()
-                .map(|(k, r)| (k.clone(), r.resource_version)),
+        let mut delta = v1::Delta {
             from_revision,
             revision,
-        )
+            hash: self.hash(),
+            upserts: Vec::new(),
+            removals: Vec::new(),
+        };
+        for item in old.resources.diff(&self.resources) {
+            match item {
+                imbl::ordmap::DiffItem::Add(_, e)
+                | imbl::ordmap::DiffItem::Update { new: (_, e), .. } => {
+                    delta.upserts.push(e.resource.clone())
+                }
+                imbl::ordmap::DiffItem::Remove((kind, name), e) => {
+                    delta.removals.push(v1::ResourceKey {
+                        kind: kind.clone(),
+                        name: name.clone(),
+                        resource_version: e.resource.resource_version,
+                    })
+                }
+            }
+        }
+        delta
     }
 
     /// Applies a delta and checks the result against its hash. On error
@@ -306,8 +364,7 @@ impl ResourceSet {
             next.resources.remove(&(k.kind.clone(), k.name.clone()));
         }
         for r in &delta.upserts {
-            next.resources
-                .insert((r.kind.clone(), r.name.clone()), r.clone());
+            next.insert(r.clone());
         }
         next.check_hash(&delta.hash)?;
         Ok(next)
@@ -406,7 +463,10 @@ mod tests {
         assert_eq!(decode(&packed).unwrap(), sample());
         let mut broken = packed.clone();
         broken.resources_gzip = Bytes::from_static(b"not gzip");
-        assert!(matches!(decode(&broken), Err(SnapshotError::Compression(_))));
+        assert!(matches!(
+            decode(&broken),
+            Err(SnapshotError::Compression(_))
+        ));
     }
 
     #[test]

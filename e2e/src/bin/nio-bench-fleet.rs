@@ -151,14 +151,24 @@ async fn writes(
         let i = (w * 7919) % routes;
         let t0 = Instant::now();
         let written = admin
-            .replace(route(&format!("r{i}"), &[&format!("h{}.bench", i % 100)], &[&format!("/p{i}/w{w}")], "app"))
+            .replace(route(
+                &format!("r{i}"),
+                &[&format!("h{}.bench", i % 100)],
+                &[&format!("/p{i}/w{w}")],
+                "app",
+            ))
             .await?;
         let acked = Instant::now();
         write_times.push(acked - t0);
-        let rev: u64 = written["metadata"]["resourceVersion"].as_str().context("rv")?.parse()?;
+        let rev: u64 = written["metadata"]["resourceVersion"]
+            .as_str()
+            .context("rv")?
+            .parse()?;
         let sims_done = async {
             match sims {
-                Some((tally, n)) => wait_tally(tally, rev, n, Duration::from_secs(30)).await.map(Some),
+                Some((tally, n)) => wait_tally(tally, rev, n, Duration::from_secs(30))
+                    .await
+                    .map(Some),
                 None => Ok(None),
             }
         };
@@ -168,7 +178,12 @@ async fn writes(
             sim_times.push(at.saturating_duration_since(acked));
         }
     }
-    Ok((real_times, sim_times, write_times, cpu_seconds(cp_pid)? - cpu_before))
+    Ok((
+        real_times,
+        sim_times,
+        write_times,
+        cpu_seconds(cp_pid)? - cpu_before,
+    ))
 }
 
 fn report_writes(
@@ -180,11 +195,29 @@ fn report_writes(
     cpu: f64,
     rss: f64,
 ) {
-    let phase = if sims.is_some() { "with the simulated fleet" } else { "real data planes only" };
-    line(format!("[{phase}] admin write (validate, commit, flush) until 2xx: median {}, p99 {}", pct(&mut writes, 0.5), pct(&mut writes, 0.99)));
-    line(format!("[{phase}] write 2xx → all {} real data planes serve it: median {}, p99 {}", args.real, pct(&mut real, 0.5), pct(&mut real, 0.99)));
+    let phase = if sims.is_some() {
+        "with the simulated fleet"
+    } else {
+        "real data planes only"
+    };
+    line(format!(
+        "[{phase}] admin write (validate, commit, flush) until 2xx: median {}, p99 {}",
+        pct(&mut writes, 0.5),
+        pct(&mut writes, 0.99)
+    ));
+    line(format!(
+        "[{phase}] write 2xx → all {} real data planes serve it: median {}, p99 {}",
+        args.real,
+        pct(&mut real, 0.5),
+        pct(&mut real, 0.99)
+    ));
     if let Some(mut sims) = sims {
-        line(format!("[{phase}] write 2xx → all {} simulated data planes ACK: median {}, p99 {}", args.sims, pct(&mut sims, 0.5), pct(&mut sims, 0.99)));
+        line(format!(
+            "[{phase}] write 2xx → all {} simulated data planes ACK: median {}, p99 {}",
+            args.sims,
+            pct(&mut sims, 0.5),
+            pct(&mut sims, 0.99)
+        ));
     }
     line(format!("[{phase}] control plane CPU for {} writes: {:.2} s ({:.1} ms per write); peak RSS so far {:.0} MiB", args.writes, cpu, cpu * 1000.0 / args.writes as f64, rss));
 }
@@ -263,8 +296,26 @@ async fn main() -> Result<()> {
     ));
 
     // Phase A: the 10 real data planes alone.
-    let (real_times, _, write_times, cpu) = writes(&admin, &http, &dps, None, args.writes, args.routes, 0, cp.proc.pid()).await?;
-    report_writes(&mut line, &args, real_times, None, write_times, cpu, peak_rss_mib(cp.proc.pid())?);
+    let (real_times, _, write_times, cpu) = writes(
+        &admin,
+        &http,
+        &dps,
+        None,
+        args.writes,
+        args.routes,
+        0,
+        cp.proc.pid(),
+    )
+    .await?;
+    report_writes(
+        &mut line,
+        &args,
+        real_times,
+        None,
+        write_times,
+        cpu,
+        peak_rss_mib(cp.proc.pid())?,
+    );
 
     // Simulated data planes.
     let token = std::fs::read_to_string(cp.join_token_file())?
@@ -362,8 +413,26 @@ async fn main() -> Result<()> {
     ));
 
     // Phase B: the same writes with the 1,000 simulated data planes as well.
-    let (real_times, sim_times, write_times, cpu) = writes(&admin, &http, &dps, Some((&tally, args.sims)), args.writes, args.routes, args.writes, cp.proc.pid()).await?;
-    report_writes(&mut line, &args, real_times, Some(sim_times), write_times, cpu, peak_rss_mib(cp.proc.pid())?);
+    let (real_times, sim_times, write_times, cpu) = writes(
+        &admin,
+        &http,
+        &dps,
+        Some((&tally, args.sims)),
+        args.writes,
+        args.routes,
+        args.writes,
+        cp.proc.pid(),
+    )
+    .await?;
+    report_writes(
+        &mut line,
+        &args,
+        real_times,
+        Some(sim_times),
+        write_times,
+        cpu,
+        peak_rss_mib(cp.proc.pid())?,
+    );
 
     // Reconnect storm: SIGKILL and restart the control plane.
     let latest = admin.revision().await?;

@@ -65,6 +65,29 @@ impl Config {
         self.resources.is_empty()
     }
 
+    /// Keys of the resources that differ between `old` and `self` (added,
+    /// changed or removed). Cheap when one was derived from the other: the
+    /// maps share structure and shared parts are skipped.
+    pub fn changed_since(&self, old: &Config) -> Vec<(Kind, String)> {
+        old.resources
+            .diff(&self.resources)
+            .map(|item| match item {
+                imbl::ordmap::DiffItem::Add(k, _)
+                | imbl::ordmap::DiffItem::Remove(k, _)
+                | imbl::ordmap::DiffItem::Update { new: (k, _), .. } => k.clone(),
+            })
+            .collect()
+    }
+
+    /// Whether a data plane with `labels` receives this route.
+    pub fn route_selected(route: &Route, labels: &BTreeMap<String, String>) -> bool {
+        route
+            .spec
+            .data_plane_selector
+            .as_ref()
+            .is_none_or(|s| s.matches(|k| labels.get(k).map(String::as_str)))
+    }
+
     /// What a data plane with `labels` receives: the routes whose
     /// `dataPlaneSelector` matches (or that have none) and the backends those
     /// routes use. Ordered by kind, then name.
@@ -72,12 +95,7 @@ impl Config {
         &'a self,
         labels: &'a BTreeMap<String, String>,
     ) -> impl Iterator<Item = &'a AnyResource> + 'a {
-        let selected = |r: &Route| {
-            r.spec
-                .data_plane_selector
-                .as_ref()
-                .is_none_or(|s| s.matches(|k| labels.get(k).map(String::as_str)))
-        };
+        let selected = |r: &Route| Config::route_selected(r, labels);
         let needed: std::collections::HashSet<&str> = self
             .routes()
             .filter(|r| selected(r))
