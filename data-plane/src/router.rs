@@ -24,11 +24,26 @@ pub struct Match<'a, R> {
     pub prefix: &'a str,
 }
 
-#[derive(Debug)]
 struct Entry<R> {
     prefix: String,
     name: String,
     route: Arc<R>,
+}
+
+impl<R> Clone for Entry<R> {
+    fn clone(&self) -> Self {
+        Entry {
+            prefix: self.prefix.clone(),
+            name: self.name.clone(),
+            route: self.route.clone(),
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for Entry<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.prefix, self.name)
+    }
 }
 
 #[derive(Debug)]
@@ -37,22 +52,15 @@ struct Group<R> {
     entries: Vec<Entry<R>>,
 }
 
-impl<R> Default for Group<R> {
-    fn default() -> Self {
-        Group {
-            entries: Vec::new(),
-        }
-    }
-}
-
 impl<R> Group<R> {
-    fn sort(&mut self) {
-        self.entries.sort_by(|a, b| {
+    fn new(mut entries: Vec<Entry<R>>) -> Group<R> {
+        entries.sort_by(|a, b| {
             b.prefix
                 .len()
                 .cmp(&a.prefix.len())
                 .then_with(|| a.name.cmp(&b.name))
         });
+        Group { entries }
     }
 
     fn find(&self, path: &str) -> Option<Match<'_, R>> {
@@ -74,83 +82,161 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
             || path.as_bytes()[prefix.len()] == b'/')
 }
 
+/// Which group a host pattern belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Exact(String),
+    /// The suffix, e.g. `.example.com` for `*.example.com`.
+    Wildcard(String),
+    Any,
+}
+
+fn keys(hosts: &[String]) -> Vec<Key> {
+    if hosts.is_empty() {
+        return vec![Key::Any];
+    }
+    let mut keys: Vec<Key> = hosts
+        .iter()
+        .map(|h| {
+            let h = h.to_ascii_lowercase();
+            match h.strip_prefix('*') {
+                Some(suffix) => Key::Wildcard(suffix.to_string()),
+                None => Key::Exact(h),
+            }
+        })
+        .collect();
+    keys.dedup();
+    keys
+}
+
+/// One route as the router sees it.
+#[derive(Debug)]
+pub struct RouteEntry<'a, R> {
+    pub name: &'a str,
+    /// No hosts: any host.
+    pub hosts: &'a [String],
+    /// No paths: `/`.
+    pub paths: &'a [String],
+    pub route: Arc<R>,
+}
+
+impl<R> RouteEntry<'_, R> {
+    fn entries(&self) -> impl Iterator<Item = Entry<R>> + '_ {
+        let root: &[String] = &[];
+        let paths = if self.paths.is_empty() {
+            root
+        } else {
+            self.paths
+        };
+        let default = (self.paths.is_empty()).then(|| "/".to_string());
+        paths.iter().cloned().chain(default).map(|prefix| Entry {
+            prefix,
+            name: self.name.to_string(),
+            route: self.route.clone(),
+        })
+    }
+}
+
+/// Immutable and cheap to derive from: groups are shared (`Arc`) between a
+/// router and the one [`Router::update`] makes from it, so a change to one
+/// route rebuilds only the groups of that route's hosts.
 #[derive(Debug)]
 pub struct Router<R> {
-    exact: HashMap<String, Group<R>>,
+    exact: imbl::HashMap<String, Arc<Group<R>>>,
     /// (".example.com", group), longest suffix first.
-    wildcard: Vec<(String, Group<R>)>,
-    any_host: Group<R>,
+    wildcard: Vec<(String, Arc<Group<R>>)>,
+    any_host: Arc<Group<R>>,
+}
+
+impl<R> Clone for Router<R> {
+    fn clone(&self) -> Self {
+        Router {
+            exact: self.exact.clone(),
+            wildcard: self.wildcard.clone(),
+            any_host: self.any_host.clone(),
+        }
+    }
 }
 
 impl<R> Default for Router<R> {
     fn default() -> Self {
         Router {
-            exact: HashMap::new(),
+            exact: imbl::HashMap::new(),
             wildcard: Vec::new(),
-            any_host: Group::default(),
+            any_host: Arc::new(Group::new(Vec::new())),
         }
     }
 }
 
-/// Builds a [`Router`]; routes are added in any order.
-#[derive(Debug)]
-pub struct RouterBuilder<R> {
-    router: Router<R>,
-}
+impl<R> Router<R> {
+    /// A router for these routes, built from scratch.
+    pub fn build<'a>(routes: impl IntoIterator<Item = RouteEntry<'a, R>>) -> Router<R>
+    where
+        R: 'a,
+    {
+        Router::default().update(&[], routes)
+    }
 
-impl<R> Default for RouterBuilder<R> {
-    fn default() -> Self {
-        RouterBuilder {
-            router: Router::default(),
+    fn group(&self, key: &Key) -> Option<&Arc<Group<R>>> {
+        match key {
+            Key::Exact(h) => self.exact.get(h),
+            Key::Wildcard(s) => self.wildcard.iter().find(|(w, _)| w == s).map(|(_, g)| g),
+            Key::Any => Some(&self.any_host),
         }
     }
-}
 
-impl<R> RouterBuilder<R> {
-    /// Adds a route for every (host, path) pair; no hosts means any host,
-    /// no paths means `/`.
-    pub fn add(&mut self, name: &str, hosts: &[String], paths: &[String], route: Arc<R>) {
-        let root = ["/".to_string()];
-        let paths = if paths.is_empty() { &root[..] } else { paths };
-        let push = |group: &mut Group<R>| {
-            for path in paths {
-                group.entries.push(Entry {
-                    prefix: path.clone(),
-                    name: name.to_string(),
-                    route: route.clone(),
-                });
+    /// A new router with the routes named in `removed` (with the hosts they
+    /// had) taken out and `added` put in. A changed route is in both.
+    pub fn update<'a>(
+        &self,
+        removed: &[(&str, &[String])],
+        added: impl IntoIterator<Item = RouteEntry<'a, R>>,
+    ) -> Router<R>
+    where
+        R: 'a,
+    {
+        let mut touched: HashMap<Key, (Vec<&str>, Vec<Entry<R>>)> = HashMap::new();
+        for (name, hosts) in removed {
+            for key in keys(hosts) {
+                touched.entry(key).or_default().0.push(name);
             }
-        };
-        let r = &mut self.router;
-        if hosts.is_empty() {
-            push(&mut r.any_host);
         }
-        for host in hosts {
-            let host = host.to_ascii_lowercase();
-            match host.strip_prefix('*') {
-                Some(suffix) => {
-                    let i = match r.wildcard.iter().position(|(s, _)| s == suffix) {
-                        Some(i) => i,
-                        None => {
-                            r.wildcard.push((suffix.to_string(), Group::default()));
-                            r.wildcard.len() - 1
-                        }
-                    };
-                    push(&mut r.wildcard[i].1);
+        for route in added {
+            for key in keys(route.hosts) {
+                touched.entry(key).or_default().1.extend(route.entries());
+            }
+        }
+        let mut next = self.clone();
+        for (key, (gone, mut entries)) in touched {
+            if let Some(old) = self.group(&key) {
+                entries.extend(
+                    old.entries
+                        .iter()
+                        .filter(|e| !gone.contains(&e.name.as_str()))
+                        .cloned(),
+                );
+            }
+            let group = Arc::new(Group::new(entries));
+            let empty = group.entries.is_empty();
+            match key {
+                Key::Exact(h) if empty => {
+                    next.exact.remove(&h);
                 }
-                None => push(r.exact.entry(host).or_default()),
+                Key::Exact(h) => {
+                    next.exact.insert(h, group);
+                }
+                Key::Wildcard(s) => {
+                    next.wildcard.retain(|(w, _)| *w != s);
+                    if !empty {
+                        next.wildcard.push((s, group));
+                    }
+                }
+                Key::Any => next.any_host = group,
             }
         }
-    }
-
-    pub fn build(mut self) -> Router<R> {
-        let r = &mut self.router;
-        r.exact.values_mut().for_each(Group::sort);
-        r.wildcard.iter_mut().for_each(|(_, g)| g.sort());
-        r.wildcard
+        next.wildcard
             .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
-        r.any_host.sort();
-        self.router
+        next
     }
 }
 
@@ -192,13 +278,26 @@ mod tests {
     use super::*;
 
     fn router(routes: &[(&str, &[&str], &[&str])]) -> Router<String> {
-        let mut b = RouterBuilder::default();
-        for (name, hosts, paths) in routes {
-            let hosts: Vec<String> = hosts.iter().map(|s| s.to_string()).collect();
-            let paths: Vec<String> = paths.iter().map(|s| s.to_string()).collect();
-            b.add(name, &hosts, &paths, Arc::new(name.to_string()));
-        }
-        b.build()
+        let owned: Vec<(Vec<String>, Vec<String>)> = routes
+            .iter()
+            .map(|(_, h, p)| {
+                (
+                    h.iter().map(|s| s.to_string()).collect(),
+                    p.iter().map(|s| s.to_string()).collect(),
+                )
+            })
+            .collect();
+        Router::build(
+            routes
+                .iter()
+                .zip(&owned)
+                .map(|((name, _, _), (hosts, paths))| RouteEntry {
+                    name,
+                    hosts,
+                    paths,
+                    route: Arc::new(name.to_string()),
+                }),
+        )
     }
 
     fn find<'a>(r: &'a Router<String>, host: &str, path: &str) -> Option<&'a str> {
@@ -239,6 +338,66 @@ mod tests {
         ]);
         assert_eq!(find(&r, "h.test", "/api/x"), Some("a"));
         assert_eq!(find(&r, "h.test", "/only"), Some("h"));
+    }
+
+    #[test]
+    fn updates_equal_a_rebuild() {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let r = router(&[
+            ("a", &["x.test"], &["/a"]),
+            ("b", &["x.test", "*.test"], &["/b"]),
+            ("c", &[], &["/c"]),
+        ]);
+        // b moves to another host and path, c goes away, d arrives.
+        let (bh, bp, dh) = (
+            strings(&["y.test"]),
+            strings(&["/b2"]),
+            strings(&["*.test"]),
+        );
+        let old_b = strings(&["x.test", "*.test"]);
+        let updated = r.update(
+            &[("b", &old_b), ("c", &[])],
+            [
+                RouteEntry {
+                    name: "b",
+                    hosts: &bh,
+                    paths: &bp,
+                    route: Arc::new("b".to_string()),
+                },
+                RouteEntry {
+                    name: "d",
+                    hosts: &dh,
+                    paths: &[],
+                    route: Arc::new("d".to_string()),
+                },
+            ],
+        );
+        let rebuilt = router(&[
+            ("a", &["x.test"], &["/a"]),
+            ("b", &["y.test"], &["/b2"]),
+            ("d", &["*.test"], &[]),
+        ]);
+        for (host, path) in [
+            ("x.test", "/a"),
+            ("x.test", "/b"),
+            ("y.test", "/b2"),
+            ("z.test", "/c"),
+            ("z.test", "/any"),
+            ("q.org", "/c"),
+        ] {
+            assert_eq!(
+                find(&updated, host, path),
+                find(&rebuilt, host, path),
+                "{host}{path}"
+            );
+        }
+        assert_eq!(find(&updated, "y.test", "/b2"), Some("b"));
+        assert_eq!(find(&updated, "x.test", "/b"), Some("d"));
+        assert_eq!(
+            find(&r, "x.test", "/b"),
+            Some("b"),
+            "the old router is unchanged"
+        );
     }
 
     #[test]

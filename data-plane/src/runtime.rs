@@ -7,11 +7,11 @@
 //! to the end, so a swap never changes the rules under a request in flight.
 
 use crate::metrics::{Metrics, RouteStats};
-use crate::router::{Router, RouterBuilder};
+use crate::router::{RouteEntry, Router};
 use crate::upstream::BackendPool;
 use arc_swap::ArcSwapOption;
-use nio_proto::model::Config;
-use std::collections::HashMap;
+use nio_proto::model::{AnyResource, Config, Kind};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 /// Where the current runtime lives; `None` until the first configuration.
@@ -22,6 +22,8 @@ pub struct CompiledRoute {
     pub name: String,
     /// The Route's resourceVersion this was compiled from.
     pub version: u64,
+    pub hosts: Vec<String>,
+    pub paths: Vec<String>,
     pub backend: Arc<BackendPool>,
     pub strip_path: bool,
     pub stats: Arc<RouteStats>,
@@ -32,8 +34,8 @@ pub struct Runtime {
     pub revision: u64,
     pub hash: String,
     pub router: Router<CompiledRoute>,
-    pub backends: HashMap<String, Arc<BackendPool>>,
-    pub routes: HashMap<String, Arc<CompiledRoute>>,
+    pub backends: imbl::HashMap<String, Arc<BackendPool>>,
+    pub routes: imbl::HashMap<String, Arc<CompiledRoute>>,
     pub route_count: usize,
 }
 
@@ -44,74 +46,147 @@ pub struct CompileError {
     pub reason: String,
 }
 
-/// Builds the runtime for `config`. Backend pools whose spec did not change
-/// since `previous` are reused, keeping their load-balancing position, and
-/// so are compiled routes whose version and pool did not change: after a
-/// one-route delta only the router's index is rebuilt.
+/// Builds the runtime for `config`.
+///
+/// With a `previous` runtime and the list of resources that `changed` since
+/// it (a delta), only those are recompiled: the rest, the backend pools
+/// (with their load-balancing position) and the router groups of untouched
+/// hosts are shared with `previous`, so a one-route change costs the same
+/// with 10 routes or 100,000. Without (a full snapshot) everything is built,
+/// still reusing pools whose spec did not change.
 pub fn compile(
     config: &Config,
     revision: u64,
     hash: &str,
     previous: Option<&Runtime>,
+    changed: Option<&[(Kind, String)]>,
     metrics: &Metrics,
 ) -> Result<Runtime, CompileError> {
     let err = |reason: String| CompileError { revision, reason };
-    let mut backends = HashMap::new();
-    for b in config.backends() {
-        let name = &b.metadata.name;
-        let reused = previous
-            .and_then(|p| p.backends.get(name))
-            .filter(|pool| pool.spec == b.spec)
-            .cloned();
-        let pool = match reused {
-            Some(pool) => pool,
-            None => Arc::new(
-                BackendPool::new(name, &b.spec)
-                    .map_err(|e| err(format!("backend \"{name}\": {e}")))?,
-            ),
-        };
-        backends.insert(name.clone(), pool);
+    let empty = Runtime {
+        revision: 0,
+        hash: String::new(),
+        router: Router::default(),
+        backends: imbl::HashMap::new(),
+        routes: imbl::HashMap::new(),
+        route_count: 0,
+    };
+    // A full build is an update of an empty runtime with everything changed.
+    let (base, changed): (&Runtime, Vec<(Kind, String)>) = match (previous, changed) {
+        (Some(p), Some(c)) => (p, c.to_vec()),
+        _ => (
+            &empty,
+            config
+                .iter()
+                .map(|r| (r.kind(), r.name().to_string()))
+                .collect(),
+        ),
+    };
+    let reuse_from = previous.unwrap_or(&empty);
+
+    let mut backends = base.backends.clone();
+    let mut changed_pools = HashSet::new();
+    for (kind, name) in &changed {
+        if *kind != Kind::Backend {
+            continue;
+        }
+        match config.get(Kind::Backend, name) {
+            Some(AnyResource::Backend(b)) => {
+                let reused = reuse_from
+                    .backends
+                    .get(name)
+                    .filter(|pool| pool.spec == b.spec)
+                    .cloned();
+                let pool = match reused {
+                    Some(pool) => pool,
+                    None => {
+                        changed_pools.insert(name.clone());
+                        Arc::new(
+                            BackendPool::new(name, &b.spec)
+                                .map_err(|e| err(format!("backend \"{name}\": {e}")))?,
+                        )
+                    }
+                };
+                backends.insert(name.clone(), pool);
+            }
+            _ => {
+                changed_pools.insert(name.clone());
+                backends.remove(name);
+            }
+        }
     }
-    let mut router = RouterBuilder::default();
-    let mut routes = HashMap::with_capacity(previous.map_or(0, |p| p.routes.len()));
-    for r in config.routes() {
-        let name = &r.metadata.name;
-        let backend = backends.get(&r.spec.backend).cloned().ok_or_else(|| {
-            err(format!(
-                "route \"{name}\": backend \"{}\" does not exist",
-                r.spec.backend
-            ))
-        })?;
-        let version = r.resource_version();
-        let reused = previous
-            .and_then(|p| p.routes.get(name))
-            .filter(|c| c.version == version && Arc::ptr_eq(&c.backend, &backend))
-            .cloned();
-        let route = match reused {
-            Some(c) => c,
-            None => Arc::new(CompiledRoute {
-                name: name.clone(),
-                version,
-                backend,
-                strip_path: r.spec.frontend.strip_path,
-                stats: metrics.route(name),
-            }),
-        };
-        router.add(
-            name,
-            &r.spec.frontend.hosts,
-            &r.spec.frontend.paths,
-            route.clone(),
+
+    // Routes to recompile: the changed ones and those on a replaced pool.
+    let mut route_names: BTreeSet<String> = changed
+        .iter()
+        .filter(|(k, _)| *k == Kind::Route)
+        .map(|(_, n)| n.clone())
+        .collect();
+    if !changed_pools.is_empty() {
+        route_names.extend(
+            base.routes
+                .values()
+                .filter(|r| changed_pools.contains(&r.backend.name))
+                .map(|r| r.name.clone()),
         );
-        routes.insert(name.clone(), route);
     }
-    let route_count = routes.len();
+
+    let mut routes = base.routes.clone();
+    let mut removed = Vec::new();
+    let mut added = Vec::new();
+    for name in &route_names {
+        if let Some(old) = base.routes.get(name) {
+            removed.push(old.clone());
+        }
+        match config.get(Kind::Route, name) {
+            Some(AnyResource::Route(r)) => {
+                let backend = backends.get(&r.spec.backend).cloned().ok_or_else(|| {
+                    err(format!(
+                        "route \"{name}\": backend \"{}\" does not exist",
+                        r.spec.backend
+                    ))
+                })?;
+                let stats = reuse_from
+                    .routes
+                    .get(name)
+                    .map(|old| old.stats.clone())
+                    .unwrap_or_else(|| metrics.route(name));
+                let route = Arc::new(CompiledRoute {
+                    name: name.clone(),
+                    version: r.resource_version(),
+                    hosts: r.spec.frontend.hosts.clone(),
+                    paths: r.spec.frontend.paths.clone(),
+                    backend,
+                    strip_path: r.spec.frontend.strip_path,
+                    stats,
+                });
+                routes.insert(name.clone(), route.clone());
+                added.push(route);
+            }
+            _ => {
+                routes.remove(name);
+            }
+        }
+    }
+    let removed_keys: Vec<(&str, &[String])> = removed
+        .iter()
+        .map(|r| (r.name.as_str(), r.hosts.as_slice()))
+        .collect();
+    let router = base.router.update(
+        &removed_keys,
+        added.iter().map(|r| RouteEntry {
+            name: &r.name,
+            hosts: &r.hosts,
+            paths: &r.paths,
+            route: r.clone(),
+        }),
+    );
     Ok(Runtime {
         revision,
         hash: hash.to_string(),
-        router: router.build(),
+        router,
         backends,
+        route_count: routes.len(),
         routes,
-        route_count,
     })
 }

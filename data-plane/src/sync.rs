@@ -13,7 +13,7 @@
 use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::runtime::{compile, Runtime, RuntimeSlot};
-use nio_proto::model::Config;
+use nio_proto::model::{Config, Kind};
 use nio_proto::snapshot::{ResourceSet, SnapshotError};
 use nio_proto::v1::config_sync_client::ConfigSyncClient;
 use nio_proto::v1::{control_plane_message, data_plane_message, DataPlaneMessage};
@@ -141,12 +141,15 @@ impl Applier {
     pub fn apply_snapshot(&self, snapshot: &Snapshot) -> Result<Arc<Runtime>, Refusal> {
         let set = ResourceSet::from_snapshot(snapshot).map_err(Refusal::invalid)?;
         let config = nio_proto::snapshot::decode_set(&set).map_err(Refusal::invalid)?;
-        self.install(Held {
-            revision: snapshot.revision,
-            hash: snapshot.hash.clone(),
-            set,
-            config,
-        })
+        self.install(
+            Held {
+                revision: snapshot.revision,
+                hash: snapshot.hash.clone(),
+                set,
+                config,
+            },
+            None,
+        )
     }
 
     /// A delta: it must start from what we hold and end at its hash; only
@@ -164,21 +167,37 @@ impl Applier {
         let set = held.set.apply(delta).map_err(Refusal::diverged)?;
         let config =
             nio_proto::snapshot::apply_to_config(&held.config, delta).map_err(Refusal::invalid)?;
-        self.install(Held {
-            revision: delta.revision,
-            hash: delta.hash.clone(),
-            set,
-            config,
-        })
+        let changed: Vec<(Kind, String)> = delta
+            .upserts
+            .iter()
+            .map(|r| (&r.kind, &r.name))
+            .chain(delta.removals.iter().map(|k| (&k.kind, &k.name)))
+            .filter_map(|(kind, name)| Some((Kind::from_kind_field(kind)?, name.clone())))
+            .collect();
+        self.install(
+            Held {
+                revision: delta.revision,
+                hash: delta.hash.clone(),
+                set,
+                config,
+            },
+            Some(&changed),
+        )
     }
 
-    fn install(&self, held: Held) -> Result<Arc<Runtime>, Refusal> {
+    /// `changed`: what a delta changed (None for a full snapshot).
+    fn install(
+        &self,
+        held: Held,
+        changed: Option<&[(Kind, String)]>,
+    ) -> Result<Arc<Runtime>, Refusal> {
         let previous = self.slot.load_full();
         let runtime = compile(
             &held.config,
             held.revision,
             &held.hash,
             previous.as_deref(),
+            changed,
             &self.metrics,
         )
         .map_err(Refusal::invalid)?;
@@ -387,6 +406,7 @@ async fn session(
             // Compiling a large configuration is CPU work: keep it off the
             // threads that serve requests.
             let m = &applier.metrics;
+            let started = std::time::Instant::now();
             let (revision, applied) = tokio::task::block_in_place(|| match &update {
                 control_plane_message::Msg::Snapshot(s) => {
                     m.full_updates.fetch_add(1, Ordering::Relaxed);
@@ -401,7 +421,8 @@ async fn session(
             let reply = match applied {
                 Ok(rt) => {
                     applier.synced.store(true, Ordering::Relaxed);
-                    tracing::info!(revision, routes = rt.route_count, "configuration applied");
+                    let apply_us = started.elapsed().as_micros() as u64;
+                    tracing::info!(revision, routes = rt.route_count, apply_us, "configuration applied");
                     data_plane_message::Msg::Ack(Ack { revision, hash: rt.hash.clone() })
                 }
                 Err(r) => {

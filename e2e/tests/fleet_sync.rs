@@ -208,9 +208,20 @@ async fn divergent_inventory_is_resynced() -> anyhow::Result<()> {
         join_token: token,
         verify: true,
     };
-    let (holding, mut rx, _task) = sim::start_one(&cp.grpc_url(), opts.clone()).await?;
+    let (holding, mut rx, first_stream) = sim::start_one(&cp.grpc_url(), opts.clone()).await?;
     let first = rx.recv().await.unwrap();
     assert_eq!(first.kind, "full");
+    // Let it reach the current revision, then end that stream.
+    let revision = admin.revision().await?;
+    let mut latest = first.revision;
+    while latest < revision {
+        latest = tokio::time::timeout(DEADLINE, rx.recv())
+            .await?
+            .unwrap()
+            .revision;
+    }
+    first_stream.abort();
+    let _ = first_stream.await;
     let channel = sim::connect(&cp.grpc_url()).await?;
     let (tx, mut rx2) = tokio::sync::mpsc::unbounded_channel();
     // The held inventory claims a resource version that does not exist.
