@@ -83,7 +83,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let health = Health {
-        applier,
+        applier: applier.clone(),
         draining: draining.clone(),
         started,
         startup_sync_timeout: opts.startup_sync_timeout,
@@ -107,6 +107,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = proxy_task.await;
     let _ = leave_tx.send(true);
+    let _ = tokio::task::spawn_blocking(move || applier.write_cache()).await;
     if tokio::time::timeout(Duration::from_secs(3), sync_task)
         .await
         .is_err()

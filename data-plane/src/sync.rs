@@ -80,6 +80,11 @@ impl Refusal {
     }
 }
 
+/// Shortest time between two writes of the snapshot cache. A data plane
+/// restarted without its control plane may serve a configuration up to this
+/// old; with the control plane it catches up by delta anyway.
+pub const CACHE_WRITE_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Applies updates: the only writer of the runtime slot.
 pub struct Applier {
     pub slot: Arc<RuntimeSlot>,
@@ -113,6 +118,9 @@ impl Applier {
                     // plane would miss this revision.
                     tracing::warn!(error = %e, "cannot write the snapshot cache");
                 }
+                // At most one write per interval: a burst of updates costs
+                // one write of the newest, not one per update.
+                tokio::time::sleep(CACHE_WRITE_INTERVAL).await;
             }
         });
         Arc::new(Applier {
@@ -221,6 +229,15 @@ impl Applier {
     /// Queues the held state for the cache (written in the background).
     pub fn persist(&self) {
         self.persist.send_replace(self.held());
+    }
+
+    /// Writes the held state to the cache now (on a clean shutdown).
+    pub fn write_cache(&self) {
+        if let Some(held) = self.held() {
+            if let Err(e) = self.cache.store(&held.set.to_snapshot(held.revision)) {
+                tracing::warn!(error = %e, "cannot write the snapshot cache");
+            }
+        }
     }
 
     /// Boots from the cached snapshot, if any. Returns its revision.

@@ -299,6 +299,15 @@ impl DataPlane {
         format!("http://{}{path}", self.http)
     }
 
+    /// The revision in the data plane's snapshot cache (0 if none yet).
+    pub fn cached_revision(&self) -> u64 {
+        use prost::Message;
+        std::fs::read(self.cache_dir.join("snapshot.pb"))
+            .ok()
+            .and_then(|b| nio_proto::v1::Snapshot::decode(b.as_slice()).ok())
+            .map_or(0, |s| s.revision)
+    }
+
     /// GET `path` through the proxy; returns (status, body).
     pub async fn get(&self, client: &reqwest::Client, path: &str) -> Result<(u16, String)> {
         let r = client.get(self.url(path)).send().await?;

@@ -203,8 +203,14 @@ async fn data_planes_survive_control_plane_outage() -> anyhow::Result<()> {
         }
     }
 
-    // Restart dp-1 with the control plane still down: it serves its cache.
+    // Restart dp-1 with the control plane still down: it serves its cache
+    // (written in the background at most every 500 ms: wait for it).
     let cache = s.dps[0].cache_dir.clone();
+    wait_for("the cache to hold the revision", DEADLINE, || {
+        let cached = s.dps[0].cached_revision();
+        async move { Ok((cached >= rev).then_some(())) }
+    })
+    .await?;
     s.dps[0].proc.kill9();
     let cp_url = s.cp.grpc_url();
     s.dps[0] = DataPlane::start_with(&cp_url, &s.cp.join_token_file(), "dp-1", &cache, &[]).await?;
