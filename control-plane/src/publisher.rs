@@ -219,6 +219,9 @@ impl Publisher {
 
     /// Subscribes to the updates of the group with these labels.
     pub fn join(&self, labels: &Labels) -> watch::Receiver<Arc<GroupUpdate>> {
+        // Catch up first, so a new stream starts from the current revision
+        // rather than one the throttle has not published yet.
+        self.publish(self.store.current());
         let mut inner = self.lock();
         if let Some(g) = inner.groups.get(labels) {
             return g.tx.subscribe();

@@ -424,6 +424,20 @@ mod tests {
     use super::compatible;
 
     #[test]
+    fn admission_bucket_refills_at_its_rate() {
+        let mut bucket = super::TokenBucket {
+            tokens: 2.0,
+            rate: 1000.0,
+            burst: 2.0,
+            last: std::time::Instant::now(),
+        };
+        assert!(bucket.take() && bucket.take());
+        assert!(!bucket.take(), "burst exhausted");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(bucket.take(), "refilled");
+    }
+
+    #[test]
     fn version_skew() {
         assert!(compatible("0.1.0", "0.1.7"));
         assert!(!compatible("0.1.0", "0.2.0"));

@@ -25,6 +25,9 @@ pub struct SimOptions {
     pub labels: HashMap<String, String>,
     pub join_token: String,
     pub verify: bool,
+    /// Refuse every update (NACK without resync), like a data plane that
+    /// cannot compile what it is sent.
+    pub refuse: bool,
 }
 
 /// What sims report: (sim id, message kind, revision, when).
@@ -112,6 +115,13 @@ pub async fn run(
                 }
             };
             let reply = match result {
+                _ if opts.refuse && kind != "up_to_date" => {
+                    data_plane_message::Msg::Nack(v1::Nack {
+                        revision,
+                        reason: "refused by the test".into(),
+                        resync: false,
+                    })
+                }
                 Ok(hash) => {
                     h.revision = revision;
                     h.hash = hash.clone();

@@ -207,6 +207,7 @@ async fn divergent_inventory_is_resynced() -> anyhow::Result<()> {
         labels: Default::default(),
         join_token: token,
         verify: true,
+        refuse: false,
     };
     let (holding, mut rx, first_stream) = sim::start_one(&cp.grpc_url(), opts.clone()).await?;
     let first = rx.recv().await.unwrap();
@@ -272,6 +273,7 @@ async fn incompatible_versions_are_refused_and_listed() -> anyhow::Result<()> {
         labels: Default::default(),
         join_token: token,
         verify: false,
+        refuse: false,
     };
     let (_, _, task) = sim::start_one(&cp.grpc_url(), opts).await?;
     let status = task.await?.unwrap_err();
@@ -289,5 +291,57 @@ async fn incompatible_versions_are_refused_and_listed() -> anyhow::Result<()> {
         .as_str()
         .unwrap()
         .contains("9.0.0"));
+    Ok(())
+}
+
+/// A data plane that refuses a revision is not sent it again: the next
+/// message it gets is the next revision.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_revision_is_not_resent() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(&dir.path().join("cp")).await?;
+    let admin = cp.admin();
+    admin
+        .create(backend("app", &["http://127.0.0.1:9".into()]))
+        .await?;
+    let token = std::fs::read_to_string(cp.join_token_file())?
+        .trim()
+        .to_string();
+    let opts = SimOptions {
+        id: "stubborn".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        labels: Default::default(),
+        join_token: token,
+        verify: false,
+        refuse: true,
+    };
+    let (_, mut rx, _task) = sim::start_one(&cp.grpc_url(), opts).await?;
+    let first = tokio::time::timeout(DEADLINE, rx.recv()).await?.unwrap();
+    wait_for("the NACK to be recorded", DEADLINE, || async {
+        let planes = admin.dataplanes().await?;
+        Ok(planes
+            .get("stubborn")
+            .filter(|p| p["lastNack"]["revision"].as_u64() == Some(first.revision))
+            .map(|_| ()))
+    })
+    .await?;
+    // Nothing more arrives while nothing changes.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), rx.recv())
+            .await
+            .is_err(),
+        "the refused revision was sent again"
+    );
+    let w = admin.create(route("r", &[], &["/"], "app")).await?;
+    let next: u64 = w["metadata"]["resourceVersion"].as_str().unwrap().parse()?;
+    let second = tokio::time::timeout(DEADLINE, rx.recv()).await?.unwrap();
+    assert_eq!(
+        (second.kind, second.revision),
+        ("full", next),
+        "after a refusal the next revision goes out whole"
+    );
+    assert!(tokio::time::timeout(Duration::from_millis(500), rx.recv())
+        .await
+        .is_err());
     Ok(())
 }

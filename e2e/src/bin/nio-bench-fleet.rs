@@ -365,6 +365,7 @@ async fn main() -> Result<()> {
                 labels: Default::default(),
                 join_token: token.clone(),
                 verify: false,
+                refuse: false,
             };
             let (channel, report) = (channel.clone(), report_tx.clone());
             sims.spawn(async move {
@@ -406,6 +407,7 @@ async fn main() -> Result<()> {
             labels: Default::default(),
             join_token: token.clone(),
             verify: true,
+            refuse: false,
         },
     )
     .await?;
