@@ -173,13 +173,7 @@ impl Store {
     ) -> Result<Written, WriteError> {
         let _guard = self.write_lock.lock().await;
         let state = self.current();
-        let existing = state
-            .config
-            .get(resource.kind(), resource.name())
-            .ok_or_else(|| WriteError::NotFound {
-                kind: resource.kind(),
-                name: resource.name().to_string(),
-            })?;
+        let existing = existing(&state, resource.kind(), resource.name())?;
         check_version(existing, &resource, if_match)?;
         self.put(&state, resource, Outcome::Configured).await
     }
@@ -194,13 +188,7 @@ impl Store {
     ) -> Result<Written, WriteError> {
         let _guard = self.write_lock.lock().await;
         let state = self.current();
-        let existing = state
-            .config
-            .get(kind, name)
-            .ok_or_else(|| WriteError::NotFound {
-                kind,
-                name: name.to_string(),
-            })?;
+        let existing = existing(&state, kind, name)?;
         let mut doc = existing.to_value();
         json_patch::merge(&mut doc, patch);
         let patched = AnyResource::from_value(doc)?;
@@ -223,14 +211,7 @@ impl Store {
     ) -> Result<Written, WriteError> {
         let _guard = self.write_lock.lock().await;
         let state = self.current();
-        let existing = state
-            .config
-            .get(kind, name)
-            .ok_or_else(|| WriteError::NotFound {
-                kind,
-                name: name.to_string(),
-            })?
-            .clone();
+        let existing = existing(&state, kind, name)?.clone();
         if let Some(expected) = if_match {
             let actual = resource_version(&existing);
             if expected != actual {
@@ -334,6 +315,16 @@ impl Store {
             })??;
         Ok(())
     }
+}
+
+fn existing<'a>(state: &'a State, kind: Kind, name: &str) -> Result<&'a AnyResource, WriteError> {
+    state
+        .config
+        .get(kind, name)
+        .ok_or_else(|| WriteError::NotFound {
+            kind,
+            name: name.to_string(),
+        })
 }
 
 fn resource_version(r: &AnyResource) -> u64 {

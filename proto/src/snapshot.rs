@@ -147,15 +147,17 @@ pub fn decode_resource(index: usize, r: &v1::Resource) -> Result<AnyResource, Sn
     Ok(resource)
 }
 
+fn invalid(errs: Vec<crate::model::ValidationError>) -> SnapshotError {
+    SnapshotError::Invalid(
+        errs.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
+}
+
 fn validated(config: Config) -> Result<Config, SnapshotError> {
-    config.validate().map_err(|errs| {
-        SnapshotError::Invalid(
-            errs.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
-    })?;
+    config.validate().map_err(invalid)?;
     Ok(config)
 }
 
@@ -393,14 +395,7 @@ pub fn apply_to_config(config: &Config, delta: &v1::Delta) -> Result<Config, Sna
             .filter_map(|k| Some((Kind::from_kind_field(&k.kind)?, k.name.clone()))),
     );
     // The rest was validated when it arrived.
-    next.validate_changed(&changed).map_err(|errs| {
-        SnapshotError::Invalid(
-            errs.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
-    })?;
+    next.validate_changed(&changed).map_err(invalid)?;
     Ok(next)
 }
 

@@ -15,7 +15,6 @@ use clap::Parser;
 use nio_e2e::sim::{self, Holding, Received, SimOptions};
 use nio_e2e::*;
 use prost::Message;
-use serde_json::json;
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -526,7 +525,6 @@ async fn main() -> Result<()> {
         args.routes,
         t.elapsed().as_secs_f64() * 1000.0
     ));
-    drop(json!(null));
     Ok(())
 }
 
