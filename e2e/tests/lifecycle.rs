@@ -37,17 +37,18 @@ fn health_checker(
             .build()
             .unwrap();
         while !stop.load(Ordering::Relaxed) {
+            // All data planes at once, so one slow answer delays no verdict.
             let planes = known.read().unwrap().clone();
-            let mut up = Vec::new();
+            let mut checks = tokio::task::JoinSet::new();
             for (http, ops) in planes {
-                let ok = client
-                    .get(format!("http://{ops}/readyz"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200);
-                if ok {
-                    up.push(http);
-                }
+                let req = client.get(format!("http://{ops}/readyz")).send();
+                checks.spawn(
+                    async move { req.await.is_ok_and(|r| r.status() == 200).then_some(http) },
+                );
+            }
+            let mut up = Vec::new();
+            while let Some(result) = checks.join_next().await {
+                up.extend(result.ok().flatten());
             }
             *ready.write().unwrap() = up;
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -62,7 +63,8 @@ fn health_checker(
 async fn scale_out_and_in_under_load_drops_nothing() -> anyhow::Result<()> {
     let (dir, cp, _backend, revision) = gateway("app").await?;
     let admin = cp.admin();
-    let drain = ["--drain-delay", "1", "--drain-timeout", "5"];
+    // The drain delay must exceed the health checker's reaction time.
+    let drain = ["--drain-delay", "2", "--drain-timeout", "5"];
     let (cp_url, token) = (cp.grpc_url(), cp.join_token_file());
     let start = |id: String| {
         let (cp_url, token, cache) = (cp_url.clone(), token.clone(), dir.path().join(&id));
