@@ -81,6 +81,9 @@ pub async fn run(
     let sync_task = tokio::spawn(sync::run(opts.sync.clone(), applier.clone(), leave_rx));
     let draining = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The ops listener outlives the drain: /readyz must say "draining" (and
+    // /metrics stay scrapeable) until the process is about to exit.
+    let (ops_stop_tx, ops_stop_rx) = watch::channel(false);
 
     let health = Health {
         applier: applier.clone(),
@@ -88,7 +91,7 @@ pub async fn run(
         started,
         startup_sync_timeout: opts.startup_sync_timeout,
     };
-    let ops_task = tokio::spawn(serve_ops(ops, health, metrics.clone(), stop_rx.clone()));
+    let ops_task = tokio::spawn(serve_ops(ops, health, metrics.clone(), ops_stop_rx));
     let proxy = Arc::new(Proxy::new(
         slot,
         metrics,
@@ -114,6 +117,7 @@ pub async fn run(
     {
         tracing::warn!("could not say goodbye to the control plane in time");
     }
+    let _ = ops_stop_tx.send(true);
     let _ = ops_task.await;
     tracing::info!("drained; bye");
     Ok(())
