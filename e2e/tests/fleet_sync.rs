@@ -16,8 +16,9 @@ fn metric(text: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("metric {name} missing"))
 }
 
-async fn metrics(ops: std::net::SocketAddr) -> anyhow::Result<String> {
-    Ok(reqwest::get(format!("http://{ops}/metrics"))
+/// `/metrics` of a data plane (ops address) or a control plane (admin address).
+async fn metrics(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    Ok(reqwest::get(format!("http://{addr}/metrics"))
         .await?
         .text()
         .await?)
@@ -145,14 +146,14 @@ async fn reconnect_after_100_writes_gets_a_delta() -> anyhow::Result<()> {
             .await?;
     }
     let revision = admin.revision().await?;
-    let cp_before = metrics_cp(&cp).await?;
+    let cp_before = metrics(cp.admin).await?;
 
     let dp = DataPlane::start(&cp, "dp-1", &cache).await?;
     admin.wait_applied(&["dp-1"], revision, DEADLINE).await?;
     let text = metrics(dp.ops).await?;
     assert_eq!(metric(&text, "nio_sync_delta_updates_total"), 1, "{text}");
     assert_eq!(metric(&text, "nio_sync_full_updates_total"), 0, "{text}");
-    let cp_after = metrics_cp(&cp).await?;
+    let cp_after = metrics(cp.admin).await?;
     assert_eq!(
         metric(&cp_after, "nio_sync_pushes_total{type=\"delta\"}"),
         metric(&cp_before, "nio_sync_pushes_total{type=\"delta\"}") + 1
@@ -178,13 +179,6 @@ async fn reconnect_after_100_writes_gets_a_delta() -> anyhow::Result<()> {
         planes["dp-fresh"]["appliedHash"]
     );
     Ok(())
-}
-
-async fn metrics_cp(cp: &ControlPlane) -> anyhow::Result<String> {
-    Ok(reqwest::get(format!("http://{}/metrics", cp.admin))
-        .await?
-        .text()
-        .await?)
 }
 
 /// A data plane whose held state diverged (it claims resources it does not
