@@ -46,10 +46,36 @@ impl<R> std::fmt::Debug for Entry<R> {
     }
 }
 
+/// The routes of one host group: entries sorted longest prefix first, and a
+/// trie of path segments over them, so a lookup walks the request path's
+/// segments once instead of trying every prefix.
 #[derive(Debug)]
 struct Group<R> {
     /// Longest prefix first, then by route name.
     entries: Vec<Entry<R>>,
+    root: Node,
+}
+
+/// One path segment. `exact`: the entry whose prefix ends here (`/a/b`);
+/// `trailing`: the entry whose prefix ends here with a slash (`/a/b/`).
+/// Both index `entries`; for equal prefixes the first entry (smallest route
+/// name) wins.
+#[derive(Debug, Default)]
+struct Node {
+    children: std::collections::BTreeMap<Box<str>, Node>,
+    exact: Option<u32>,
+    trailing: Option<u32>,
+}
+
+/// `/a/b` → (["a", "b"], false); `/a/b/` → (["a", "b"], true); `/` → ([], true).
+fn prefix_segments(prefix: &str) -> (Vec<&str>, bool) {
+    let body = prefix.strip_prefix('/').unwrap_or(prefix);
+    let trailing = body.is_empty() || body.ends_with('/');
+    let body = body.strip_suffix('/').unwrap_or(body);
+    if prefix.len() <= 1 {
+        return (Vec::new(), true);
+    }
+    (body.split('/').collect(), trailing)
 }
 
 impl<R> Group<R> {
@@ -60,19 +86,70 @@ impl<R> Group<R> {
                 .cmp(&a.prefix.len())
                 .then_with(|| a.name.cmp(&b.name))
         });
-        Group { entries }
+        let mut root = Node::default();
+        for (i, e) in entries.iter().enumerate() {
+            let (segments, trailing) = prefix_segments(&e.prefix);
+            let mut node = &mut root;
+            for seg in segments {
+                node = node.children.entry(seg.into()).or_default();
+            }
+            let slot = if trailing {
+                &mut node.trailing
+            } else {
+                &mut node.exact
+            };
+            slot.get_or_insert(i as u32);
+        }
+        Group { entries, root }
     }
 
     fn find(&self, path: &str) -> Option<Match<'_, R>> {
+        // A short scan beats walking the trie for small groups (measured:
+        // docs/benchmarks.md); both give the same answer.
+        let i = if self.entries.len() <= LINEAR_MAX {
+            self.scan(path)
+        } else {
+            self.walk(path)
+        }?;
+        let e = &self.entries[i];
+        Some(Match {
+            route: &e.route,
+            prefix: &e.prefix,
+        })
+    }
+
+    /// Longest prefix first: the first entry that matches.
+    fn scan(&self, path: &str) -> Option<usize> {
         self.entries
             .iter()
-            .find(|e| prefix_matches(&e.prefix, path))
-            .map(|e| Match {
-                route: &e.route,
-                prefix: &e.prefix,
-            })
+            .position(|e| prefix_matches(&e.prefix, path))
+    }
+
+    /// The longest matching prefix by the trie: deeper beats shallower; at
+    /// the same depth `/a/` beats `/a` (it is longer) when the path goes on.
+    fn walk(&self, path: &str) -> Option<usize> {
+        let rest = path.strip_prefix('/')?;
+        let mut best = self.root.trailing;
+        let mut node = &self.root;
+        let mut segments = rest.split('/').peekable();
+        while let Some(seg) = segments.next() {
+            let Some(child) = node.children.get(seg) else {
+                break;
+            };
+            node = child;
+            if node.exact.is_some() {
+                best = node.exact;
+            }
+            if segments.peek().is_some() && node.trailing.is_some() {
+                best = node.trailing;
+            }
+        }
+        best.map(|i| i as usize)
     }
 }
+
+/// Groups up to this size are scanned instead of walked.
+const LINEAR_MAX: usize = 16;
 
 /// Segment-aware prefix match.
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
@@ -398,6 +475,53 @@ mod tests {
             Some("b"),
             "the old router is unchanged"
         );
+    }
+
+    /// The trie agrees with the plain rule (longest matching prefix, then
+    /// name) on every combination of these prefixes and paths.
+    #[test]
+    fn trie_matches_the_linear_rule() {
+        let prefixes = [
+            "/", "/a", "/a/", "/a/b", "/a/b/", "/ab", "/a/b/c", "//", "/x/",
+        ];
+        let paths = [
+            "/", "/a", "/a/", "/a/b", "/a/bc", "/a/b/", "/a/b/c/d", "/ab", "/abc", "//", "//z",
+            "/x", "/x/", "/x/y", "", "*",
+        ];
+        for n in 1..=prefixes.len() {
+            for start in 0..prefixes.len() {
+                let chosen: Vec<&str> = prefixes
+                    .iter()
+                    .cycle()
+                    .skip(start)
+                    .take(n)
+                    .copied()
+                    .collect();
+                let entries = chosen
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| Entry {
+                        prefix: p.to_string(),
+                        name: format!("r{i}"),
+                        route: Arc::new(i),
+                    })
+                    .collect();
+                let group = Group::new(entries);
+                for path in paths {
+                    let linear = group
+                        .entries
+                        .iter()
+                        .find(|e| prefix_matches(&e.prefix, path))
+                        .map(|e| &e.prefix);
+                    let trie = group.find(path).map(|m| m.prefix);
+                    assert_eq!(
+                        trie,
+                        linear.map(String::as_str),
+                        "prefixes {chosen:?}, path {path:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
