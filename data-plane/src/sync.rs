@@ -80,6 +80,14 @@ impl Refusal {
     }
 }
 
+fn write_cache(cache: &Cache, held: &Held) {
+    if let Err(e) = cache.store(&held.set.to_snapshot(held.revision)) {
+        // Serving goes on; only a restart without the control plane would
+        // miss this revision.
+        tracing::warn!(error = %e, "cannot write the snapshot cache");
+    }
+}
+
 /// Shortest time between two writes of the snapshot cache. A data plane
 /// restarted without its control plane may serve a configuration up to this
 /// old; with the control plane it catches up by delta anyway.
@@ -109,15 +117,7 @@ impl Applier {
                     continue;
                 };
                 let writer = writer.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    writer.store(&held.set.to_snapshot(held.revision))
-                })
-                .await;
-                if let Ok(Err(e)) = result {
-                    // Serving goes on; only a restart without the control
-                    // plane would miss this revision.
-                    tracing::warn!(error = %e, "cannot write the snapshot cache");
-                }
+                let _ = tokio::task::spawn_blocking(move || write_cache(&writer, &held)).await;
                 // At most one write per interval: a burst of updates costs
                 // one write of the newest, not one per update.
                 tokio::time::sleep(CACHE_WRITE_INTERVAL).await;
@@ -234,9 +234,7 @@ impl Applier {
     /// Writes the held state to the cache now (on a clean shutdown).
     pub fn write_cache(&self) {
         if let Some(held) = self.held() {
-            if let Err(e) = self.cache.store(&held.set.to_snapshot(held.revision)) {
-                tracing::warn!(error = %e, "cannot write the snapshot cache");
-            }
+            write_cache(&self.cache, &held);
         }
     }
 
