@@ -239,6 +239,13 @@ impl ControlPlane {
         self.data_dir.join("join-token")
     }
 
+    /// The join token the control plane created.
+    pub fn join_token(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(self.join_token_file())?
+            .trim()
+            .to_string())
+    }
+
     pub fn admin(&self) -> Admin {
         Admin {
             base: format!("http://{}", self.admin),

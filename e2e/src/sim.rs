@@ -30,6 +30,20 @@ pub struct SimOptions {
     pub refuse: bool,
 }
 
+impl SimOptions {
+    /// A trusting sim of this build's version, without labels.
+    pub fn new(id: impl Into<String>, join_token: impl Into<String>) -> SimOptions {
+        SimOptions {
+            id: id.into(),
+            version: nio_proto::VERSION.into(),
+            labels: HashMap::new(),
+            join_token: join_token.into(),
+            verify: false,
+            refuse: false,
+        }
+    }
+}
+
 /// What sims report: (sim id, message kind, revision, when).
 #[derive(Debug, Clone)]
 pub struct Received {

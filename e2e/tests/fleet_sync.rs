@@ -192,16 +192,10 @@ async fn divergent_inventory_is_resynced() -> anyhow::Result<()> {
         .create(backend("app", &["http://127.0.0.1:9".into()]))
         .await?;
     admin.create(route("r", &[], &["/"], "app")).await?;
-    let token = std::fs::read_to_string(cp.join_token_file())?
-        .trim()
-        .to_string();
+    let token = cp.join_token()?;
     let opts = SimOptions {
-        id: "sim-1".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        labels: Default::default(),
-        join_token: token,
         verify: true,
-        refuse: false,
+        ..SimOptions::new("sim-1", token)
     };
     let (holding, mut rx, first_stream) = sim::start_one(&cp.grpc_url(), opts.clone()).await?;
     let first = rx.recv().await.unwrap();
@@ -258,16 +252,10 @@ async fn divergent_inventory_is_resynced() -> anyhow::Result<()> {
 async fn incompatible_versions_are_refused_and_listed() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let cp = ControlPlane::start(&dir.path().join("cp")).await?;
-    let token = std::fs::read_to_string(cp.join_token_file())?
-        .trim()
-        .to_string();
+    let token = cp.join_token()?;
     let opts = SimOptions {
-        id: "old-plane".into(),
         version: "9.0.0".into(),
-        labels: Default::default(),
-        join_token: token,
-        verify: false,
-        refuse: false,
+        ..SimOptions::new("old-plane", token)
     };
     let (_, _, task) = sim::start_one(&cp.grpc_url(), opts).await?;
     let status = task.await?.unwrap_err();
@@ -298,16 +286,10 @@ async fn a_refused_revision_is_not_resent() -> anyhow::Result<()> {
     admin
         .create(backend("app", &["http://127.0.0.1:9".into()]))
         .await?;
-    let token = std::fs::read_to_string(cp.join_token_file())?
-        .trim()
-        .to_string();
+    let token = cp.join_token()?;
     let opts = SimOptions {
-        id: "stubborn".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        labels: Default::default(),
-        join_token: token,
-        verify: false,
         refuse: true,
+        ..SimOptions::new("stubborn", token)
     };
     let (_, mut rx, _task) = sim::start_one(&cp.grpc_url(), opts).await?;
     let first = tokio::time::timeout(DEADLINE, rx.recv()).await?.unwrap();

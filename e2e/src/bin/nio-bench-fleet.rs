@@ -331,9 +331,7 @@ async fn main() -> Result<()> {
 
     // Simulated data planes.
     let revision = admin.revision().await?;
-    let token = std::fs::read_to_string(cp.join_token_file())?
-        .trim()
-        .to_string();
+    let token = cp.join_token()?;
     let tally = Arc::new(Mutex::new(Tally::default()));
     let (report_tx, mut report_rx) = tokio::sync::mpsc::unbounded_channel::<Received>();
     {
@@ -358,14 +356,7 @@ async fn main() -> Result<()> {
             if n >= args.sims {
                 break;
             }
-            let opts = SimOptions {
-                id: format!("sim-{n}"),
-                version: env!("CARGO_PKG_VERSION").into(),
-                labels: Default::default(),
-                join_token: token.clone(),
-                verify: false,
-                refuse: false,
-            };
+            let opts = SimOptions::new(format!("sim-{n}"), token.clone());
             let (channel, report) = (channel.clone(), report_tx.clone());
             sims.spawn(async move {
                 // Reconnect with jittered backoff, like a real data plane.
@@ -401,12 +392,8 @@ async fn main() -> Result<()> {
     let (holding, mut rx, probe) = sim::start_one(
         &url,
         SimOptions {
-            id: "probe".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            labels: Default::default(),
-            join_token: token.clone(),
             verify: true,
-            refuse: false,
+            ..SimOptions::new("probe", token.clone())
         },
     )
     .await?;
