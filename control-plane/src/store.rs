@@ -213,7 +213,7 @@ impl Store {
         let state = self.current();
         let existing = existing(&state, kind, name)?.clone();
         if let Some(expected) = if_match {
-            let actual = resource_version(&existing);
+            let actual = existing.metadata().version();
             if expected != actual {
                 return Err(stale(kind, name, expected, actual));
             }
@@ -327,14 +327,6 @@ fn existing<'a>(state: &'a State, kind: Kind, name: &str) -> Result<&'a AnyResou
         })
 }
 
-fn resource_version(r: &AnyResource) -> u64 {
-    r.metadata()
-        .resource_version
-        .as_deref()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn stale(kind: Kind, name: &str, expected: u64, actual: u64) -> WriteError {
     WriteError::Conflict(format!(
         "{kind} \"{name}\" was changed since you read it: you sent resourceVersion {expected}, the current one is {actual}; GET it again and reapply your change"
@@ -354,7 +346,7 @@ fn check_version(
             .as_deref()
             .and_then(|v| v.parse().ok())
     });
-    let actual = resource_version(existing);
+    let actual = existing.metadata().version();
     match expected {
         Some(expected) if expected != actual => {
             Err(stale(existing.kind(), existing.name(), expected, actual))

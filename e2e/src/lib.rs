@@ -321,13 +321,29 @@ impl DataPlane {
         Ok((r.status().as_u16(), r.text().await?))
     }
 
+    /// `/readyz`: the revision served when ready (200), `None` otherwise.
+    pub async fn readiness(&self, client: &reqwest::Client) -> Result<Option<u64>> {
+        let r = client
+            .get(format!("http://{}/readyz", self.ops))
+            .send()
+            .await?;
+        if r.status() != 200 {
+            return Ok(None);
+        }
+        let body = r.text().await?;
+        let revision = body
+            .trim()
+            .strip_prefix("ready: revision ")
+            .and_then(|r| r.parse().ok())
+            .with_context(|| format!("unexpected /readyz body {body:?}"))?;
+        Ok(Some(revision))
+    }
+
     /// Waits until `/readyz` answers 200.
     pub async fn ready(&self) -> Result<()> {
-        let url = format!("http://{}/readyz", self.ops);
         let client = reqwest::Client::new();
-        wait_for("data plane ready", Duration::from_secs(20), || {
-            let req = client.get(&url).send();
-            async move { Ok(req.await.ok().filter(|r| r.status() == 200).map(|_| ())) }
+        wait_for("data plane ready", Duration::from_secs(20), || async {
+            Ok(self.readiness(&client).await.ok().flatten().map(|_| ()))
         })
         .await
     }

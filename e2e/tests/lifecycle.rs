@@ -124,13 +124,7 @@ async fn scale_out_and_in_under_load_drops_nothing() -> anyhow::Result<()> {
     for i in 2..=5 {
         let dp = start(format!("dp-{i}")).await?;
         dp.ready().await?;
-        let body = http
-            .get(format!("http://{}/readyz", dp.ops))
-            .send()
-            .await?
-            .text()
-            .await?;
-        assert_eq!(body.trim(), format!("ready: revision {revision}"));
+        assert_eq!(dp.readiness(&http).await?, Some(revision));
         let (status, served) = dp.get(&http, "/first").await?;
         assert_eq!((status, served_by(&served).as_str()), (200, "app"));
         known.write().unwrap().push((dp.http, dp.ops));

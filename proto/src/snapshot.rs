@@ -112,10 +112,7 @@ pub fn content_hash(resources: &[v1::Resource]) -> String {
 
 /// Encodes a resource for the wire.
 pub fn encode_resource(r: &AnyResource) -> v1::Resource {
-    let resource_version = match r {
-        AnyResource::Route(x) => x.resource_version(),
-        AnyResource::Backend(x) => x.resource_version(),
-    };
+    let resource_version = r.metadata().version();
     v1::Resource {
         kind: r.kind().as_str().to_string(),
         name: r.name().to_string(),

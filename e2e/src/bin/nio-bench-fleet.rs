@@ -106,19 +106,7 @@ async fn wait_real(http: &reqwest::Client, dps: &[DataPlane], revision: u64) -> 
     while !pending.is_empty() {
         let mut still = Vec::new();
         for dp in pending {
-            let body = http
-                .get(format!("http://{}/readyz", dp.ops))
-                .send()
-                .await?
-                .text()
-                .await?;
-            let rev: u64 = body
-                .trim()
-                .rsplit(' ')
-                .next()
-                .and_then(|r| r.parse().ok())
-                .unwrap_or(0);
-            if rev < revision {
+            if dp.readiness(http).await?.unwrap_or(0) < revision {
                 still.push(dp);
             }
         }

@@ -99,14 +99,19 @@ pub struct Resource<S> {
 pub type Route = Resource<RouteSpec>;
 pub type Backend = Resource<BackendSpec>;
 
-impl<S> Resource<S> {
+impl Metadata {
     /// `resourceVersion` as a number (0 when unset or unparseable).
-    pub fn resource_version(&self) -> u64 {
-        self.metadata
-            .resource_version
+    pub fn version(&self) -> u64 {
+        self.resource_version
             .as_deref()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
+    }
+}
+
+impl<S> Resource<S> {
+    pub fn resource_version(&self) -> u64 {
+        self.metadata.version()
     }
 }
 
