@@ -7,19 +7,30 @@
 //! - [`runtime`]: compiles a snapshot into an immutable [`runtime::Runtime`]
 //!   and holds the current one in an `ArcSwap` slot.
 //! - [`router`]: host and path matching, most specific first.
-//! - [`upstream`]: backend pools and load balancing.
-//! - [`proxy`]: the request path and the single error-to-response mapping.
+//! - [`route`]: a Route compiled for the request path (conditions, rewrites,
+//!   header rules).
+//! - [`upstream`]: backend pools: load balancing, circuit breakers,
+//!   outlier detection, health checks.
+//! - [`proxy`]: the request path, retries, upgrades, and the single
+//!   error-to-response mapping.
+//! - [`body`]: streamed bodies with idle timeouts and byte counts.
+//! - [`forwarded`]: `X-Forwarded-*`/`Forwarded` and trusted proxies.
+//! - [`access_log`]: one JSON line per request, written off the request path.
 //! - [`cache`]: the last good snapshot on disk, for starts without a
 //!   control plane.
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`server`]: listeners, ops endpoints and the shutdown drain.
 //!
-//! The request path never waits on the control plane and takes no lock:
-//! it loads the current runtime (one atomic load) and works from that.
+//! The request path never waits on the control plane and takes no global
+//! lock: it loads the current runtime (one atomic load) and works from that.
 
+pub mod access_log;
+pub mod body;
 pub mod cache;
+pub mod forwarded;
 pub mod metrics;
 pub mod proxy;
+pub mod route;
 pub mod router;
 pub mod runtime;
 pub mod server;

@@ -2,6 +2,8 @@
 
 use anyhow::Context;
 use clap::Parser;
+use nio_data_plane::access_log::Sink;
+use nio_data_plane::forwarded::TrustedProxies;
 use nio_data_plane::proxy::ProxyOptions;
 use nio_data_plane::server::{self, Options};
 use nio_data_plane::sync::SyncOptions;
@@ -58,6 +60,15 @@ struct Args {
     /// plane to confirm the configuration before reporting ready anyway.
     #[arg(long, env = "NIO_STARTUP_SYNC_TIMEOUT", default_value_t = 5)]
     startup_sync_timeout: u64,
+    /// Peers (CIDRs, comma-separated) whose X-Forwarded-For/-Proto/-Host and
+    /// Forwarded headers are believed, e.g. the load balancer in front.
+    /// From anyone else those headers are replaced.
+    #[arg(long, env = "NIO_TRUSTED_PROXIES", default_value = "")]
+    trusted_proxies: TrustedProxies,
+    /// Access log: stdout, off, or a file to append to (one JSON line per
+    /// request; routes can opt out with accessLog: false).
+    #[arg(long, env = "NIO_ACCESS_LOG", default_value = "stdout")]
+    access_log: Sink,
     /// Log format: text or json (level from RUST_LOG, default info).
     #[arg(long, env = "NIO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -101,7 +112,10 @@ fn main() -> anyhow::Result<()> {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
         },
-        proxy: ProxyOptions::default(),
+        proxy: ProxyOptions {
+            trusted_proxies: args.trusted_proxies,
+            access_log: args.access_log,
+        },
         drain_timeout: Duration::from_secs(args.drain_timeout),
         drain_delay: Duration::from_secs(args.drain_delay),
         startup_sync_timeout: Duration::from_secs(args.startup_sync_timeout),

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub revision: AtomicU64,
     /// 1 while the sync stream to the control plane is open.
     pub sync_connected: AtomicU64,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -132,6 +134,12 @@ impl Metrics {
                 "counter",
                 "Configuration snapshots refused (NACK).",
                 g(&self.snapshots_refused),
+            ),
+            (
+                "nio_access_log_dropped_total",
+                "counter",
+                "Access-log lines dropped because the writer fell behind.",
+                g(&self.access_log_dropped),
             ),
             (
                 "nio_config_revision",

@@ -1,67 +1,67 @@
 //! The HTTP data path: one request from accept to response.
 //!
 //! ```text
-//! request ─▶ load runtime (Arc, kept to the end) ─▶ route (host, path)
-//!         ─▶ pick target (weighted round robin) ─▶ rewrite (hop-by-hop out,
-//!            X-Forwarded-*, X-Request-Id, Host) ─▶ call (pooled connection,
-//!            bodies streamed both ways) ─▶ response (hop-by-hop out)
+//! request ─▶ load runtime (Arc, kept to the end)
+//!         ─▶ route (host, path, then method/header/query conditions)
+//!         ─▶ rewrite (path, Host, hop-by-hop out, X-Forwarded-*/Forwarded,
+//!            X-Request-Id, the route's request header rules)
+//!         ─▶ pick target (LB policy over available targets; backups last)
+//!         ─▶ call (pooled connection; connect and request timeouts)
+//!               └─ connection failure, or 502/503 to a bodiless idempotent
+//!                  request: back off, retry on another target
+//!         ─▶ response (hop-by-hop out, response header rules, X-Request-Id;
+//!            body streamed with an idle timeout; 101 → tunnel)
+//!         ─▶ access log line when the body is done
 //! ```
 //!
 //! Every failure becomes a response in one place, [`error_response`]: a
-//! JSON body `{"error", "requestId"}` with 404 (no route), 502 (backend
-//! unreachable or broken), 503 (no configuration yet) or 504 (backend too
-//! slow), and an `X-Nio-Error` header naming the cause.
+//! JSON body `{"error", "requestId"}` with the status of [`ProxyError`]
+//! and an `X-Nio-Error` header naming the cause.
 
+use crate::access_log::{millis, AccessLog, Record, Sink};
+use crate::body::{Counters, DownBody, Replay, UpBody};
+use crate::forwarded::TrustedProxies;
 use crate::metrics::Metrics;
+use crate::route::{CompiledRoute, HostRule};
 use crate::runtime::RuntimeSlot;
+use crate::upstream::balance::hash_key;
+use crate::upstream::health::Outcome;
+use crate::upstream::BackendPool;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme, Uri};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use std::net::SocketAddr;
+use hyper_util::rt::TokioIo;
+use nio_proto::model::PathPattern;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What the proxy answers with: the backend's streamed body, or our own.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<DownBody<Exchange>, Full<Bytes>>;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ProxyOptions {
-    /// Time to connect to a target.
-    pub connect_timeout: Duration,
-    /// Time from sending the request to the backend's response headers.
-    pub response_timeout: Duration,
-}
-
-impl Default for ProxyOptions {
-    fn default() -> Self {
-        ProxyOptions {
-            connect_timeout: Duration::from_secs(5),
-            response_timeout: Duration::from_secs(60),
-        }
-    }
+    /// Peers whose `X-Forwarded-*`/`Forwarded` headers are believed.
+    pub trusted_proxies: TrustedProxies,
+    /// Where access-log lines go (default: off).
+    pub access_log: Sink,
 }
 
 pub struct Proxy {
     runtime: Arc<RuntimeSlot>,
-    client: Client<HttpConnector, Incoming>,
     metrics: Arc<Metrics>,
     /// While draining, HTTP/1.1 responses carry `Connection: close` so
     /// clients move to other data planes.
     draining: Arc<AtomicBool>,
     opts: ProxyOptions,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_NIO_ERROR: HeaderName = HeaderName::from_static("x-nio-error");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
@@ -76,12 +76,14 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// Why a request did not reach a backend response.
+/// Why a request did not get a backend's response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyError {
     NotConfigured,
     NoRoute,
     BadRequest,
+    /// Every target is down, ejected, or behind an open circuit breaker.
+    NoHealthyTarget,
     Unreachable,
     Timeout,
 }
@@ -89,7 +91,9 @@ pub enum ProxyError {
 impl ProxyError {
     fn status(self) -> StatusCode {
         match self {
-            ProxyError::NotConfigured => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NotConfigured | ProxyError::NoHealthyTarget => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::Unreachable => StatusCode::BAD_GATEWAY,
@@ -97,11 +101,12 @@ impl ProxyError {
         }
     }
 
-    fn code(self) -> &'static str {
+    pub fn code(self) -> &'static str {
         match self {
             ProxyError::NotConfigured => "not-configured",
             ProxyError::NoRoute => "no-route",
             ProxyError::BadRequest => "bad-request",
+            ProxyError::NoHealthyTarget => "no-healthy-target",
             ProxyError::Unreachable => "backend-unreachable",
             ProxyError::Timeout => "backend-timeout",
         }
@@ -110,8 +115,9 @@ impl ProxyError {
     fn message(self) -> &'static str {
         match self {
             ProxyError::NotConfigured => "the gateway has no configuration yet",
-            ProxyError::NoRoute => "no route matches this host and path",
+            ProxyError::NoRoute => "no route matches this request",
             ProxyError::BadRequest => "the request cannot be forwarded",
+            ProxyError::NoHealthyTarget => "no healthy target is available for this backend",
             ProxyError::Unreachable => "the backend could not be reached or failed",
             ProxyError::Timeout => "the backend did not answer in time",
         }
@@ -136,32 +142,73 @@ pub fn error_response(err: ProxyError, request_id: &HeaderValue) -> Response<Pro
     resp
 }
 
+/// One request in flight to one target; dropped when the response body is
+/// done (or the client went away): ends the in-flight count and writes the
+/// access-log line.
+pub struct Exchange {
+    pool: Arc<BackendPool>,
+    target: u32,
+    log: Option<(Box<Record>, Arc<AccessLog>)>,
+    counters: Option<Arc<Counters>>,
+}
+
+impl Exchange {
+    fn new(pool: Arc<BackendPool>, target: u32) -> Exchange {
+        if let Some(t) = pool.target(target) {
+            t.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        Exchange {
+            pool,
+            target,
+            log: None,
+            counters: None,
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if let Some(t) = self.pool.target(self.target) {
+            t.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some((mut record, log)) = self.log.take() {
+            if let Some(c) = &self.counters {
+                record.bytes_in = c.bytes_in.load(Ordering::Relaxed);
+                record.bytes_out = c.bytes_out.load(Ordering::Relaxed);
+            }
+            log.send(record);
+        }
+    }
+}
+
+/// What the log needs to know about a request, taken before its parts are
+/// moved into the upstream request.
+struct LogStart {
+    record: Box<Record>,
+    counters: Arc<Counters>,
+    sink: Arc<AccessLog>,
+}
+
 impl Proxy {
     pub fn new(
         runtime: Arc<RuntimeSlot>,
         metrics: Arc<Metrics>,
         draining: Arc<AtomicBool>,
         opts: ProxyOptions,
+        access_log: Option<Arc<AccessLog>>,
     ) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(opts.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
         Proxy {
             runtime,
-            client,
             metrics,
             draining,
             opts,
+            access_log,
         }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let http1 = req.version() <= Version::HTTP_11;
-        let mut resp = self.route_and_forward(req, client).await;
+        let mut resp = self.serve(req, peer).await;
         if http1 && self.draining.load(Ordering::Relaxed) {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -169,53 +216,82 @@ impl Proxy {
         resp
     }
 
-    async fn route_and_forward(
-        &self,
-        req: Request<Incoming>,
-        client: SocketAddr,
-    ) -> Response<ProxyBody> {
+    async fn serve(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let started = Instant::now();
         let request_id = request_id(req.headers());
-        let Some(runtime) = self.runtime.load_full() else {
-            return error_response(ProxyError::NotConfigured, &request_id);
+        let client_ip = self.opts.trusted_proxies.client_ip(peer, req.headers());
+        let host_value = match req.uri().authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => req.headers().get(header::HOST).cloned(),
         };
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
+        let host = host_value
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
             .unwrap_or("");
-        let Some(m) = runtime.router.find(host, req.uri().path()) else {
+        let mut log = self.access_log.as_ref().map(|sink| LogStart {
+            record: Box::new(Record {
+                time: SystemTime::now(),
+                request_id: request_id.to_str().unwrap_or_default().to_string(),
+                client: client_ip,
+                method: req.method().to_string(),
+                host: host.to_string(),
+                path: req.uri().path().to_string(),
+                protocol: protocol(req.version()),
+                route: None,
+                target: None,
+                status: 0,
+                error: None,
+                attempts: 0,
+                bytes_in: 0,
+                bytes_out: 0,
+                upstream_ms: None,
+                duration_ms: 0.0,
+                started,
+            }),
+            counters: Arc::default(),
+            sink: sink.clone(),
+        });
+        let Some(runtime) = self.runtime.load_full() else {
+            return self.fail(ProxyError::NotConfigured, &request_id, log);
+        };
+        let query = req.uri().query();
+        let found = runtime.router.find(host, req.uri().path(), |r| {
+            r.accepts(req.method(), req.headers(), query)
+        });
+        let Some(m) = found else {
             self.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
-            return error_response(ProxyError::NoRoute, &request_id);
+            return self.fail(ProxyError::NoRoute, &request_id, log);
         };
         let route = m.route.clone();
-        let prefix_len = if route.strip_path {
-            m.prefix.trim_end_matches('/').len()
-        } else {
-            0
-        };
-        let target = route.backend.pick();
-
-        let resp = match self
-            .forward(req, client, target, prefix_len, &request_id)
-            .await
-        {
-            Ok(mut resp) => {
-                strip_hop_by_hop(resp.headers_mut());
-                resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
-                resp.map(Either::Left)
+        if let Some(l) = &mut log {
+            if route.access_log {
+                l.record.route = Some(route.name.clone());
+            } else {
+                log = None;
             }
+        }
+        let on_upgrade = upgrade_requested(&req).then(|| hyper::upgrade::on(&mut req));
+        let resp = self
+            .forward(
+                req,
+                &route,
+                m.pattern,
+                peer,
+                client_ip,
+                host_value.as_ref(),
+                &request_id,
+                on_upgrade,
+                &mut log,
+            )
+            .await;
+        let resp = match resp {
+            Ok(resp) => resp,
             Err(e) => {
                 self.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
                 if e != ProxyError::BadRequest {
-                    tracing::warn!(route = %route.name, target = %target.url, error = e.code(), request_id = ?request_id, "backend call failed");
+                    tracing::warn!(route = %route.name, backend = %route.backend.name, error = e.code(), request_id = ?request_id, "backend call failed");
                 }
-                error_response(e, &request_id)
+                self.fail(e, &request_id, log)
             }
         };
         route
@@ -224,65 +300,315 @@ impl Proxy {
         resp
     }
 
+    /// An error response, logged.
+    fn fail(
+        &self,
+        err: ProxyError,
+        request_id: &HeaderValue,
+        log: Option<LogStart>,
+    ) -> Response<ProxyBody> {
+        if let Some(mut l) = log {
+            l.record.status = err.status().as_u16();
+            l.record.error = Some(err.code());
+            l.record.bytes_in = l.counters.bytes_in.load(Ordering::Relaxed);
+            l.sink.send(l.record);
+        }
+        error_response(err, request_id)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         req: Request<Incoming>,
-        client: SocketAddr,
-        target: &crate::upstream::Target,
-        strip: usize,
+        route: &CompiledRoute,
+        pattern: &PathPattern,
+        peer: SocketAddr,
+        client_ip: IpAddr,
+        host: Option<&HeaderValue>,
         request_id: &HeaderValue,
-    ) -> Result<Response<Incoming>, ProxyError> {
+        on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        log: &mut Option<LogStart>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let pool = &route.backend;
+        let spec = &pool.spec;
+        let key = match &spec.load_balancing.hash_on {
+            Some(on) => hash_on(on, req.headers(), client_ip),
+            None => 0,
+        };
         let (mut parts, body) = req.into_parts();
-        let original_host = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
+        let pq = match route.rewrite(pattern, parts.uri.path(), parts.uri.query()) {
+            Some(rewritten) => rewritten
+                .parse::<PathAndQuery>()
+                .map_err(|_| ProxyError::BadRequest)?,
+            None => parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        };
+        let method = parts.method.clone();
+        let headers = &mut parts.headers;
+        let upgrade = on_upgrade
+            .as_ref()
+            .and_then(|_| headers.get(header::UPGRADE).cloned());
+        let wants_trailers = headers
+            .get(header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
             });
-        let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        let pq = if strip > 0 {
-            let rest = &pq[strip.min(pq.len())..];
-            if rest.starts_with('/') {
-                rest.parse::<PathAndQuery>()
+        strip_hop_by_hop(headers);
+        if wants_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        if let Some(upgrade) = upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, upgrade);
+        }
+        headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+        self.opts
+            .trusted_proxies
+            .apply(headers, peer, "http", host.and_then(|h| h.to_str().ok()));
+        match route.host_rule() {
+            HostRule::Target => {}
+            HostRule::Preserve => {
+                if let Some(h) = host {
+                    headers.insert(header::HOST, h.clone());
+                }
+            }
+            HostRule::Override(h) => {
+                headers.insert(header::HOST, h.clone());
+            }
+        }
+        route.request_headers.apply(headers);
+
+        let counters = log.as_ref().map(|l| l.counters.clone());
+        let retries = spec.retries.max_retries;
+        let (mut body, mut replay) =
+            UpBody::request(body, spec.timeouts.idle, counters.as_ref(), retries > 0);
+        let mut tried = [0u32; 12];
+        let mut attempts = 0usize;
+        loop {
+            let Some(index) = pool.pick(key, &tried[..attempts]) else {
+                return Err(ProxyError::NoHealthyTarget);
+            };
+            tried[attempts.min(tried.len() - 1)] = index;
+            attempts += 1;
+            let Some(target) = pool.target(index) else {
+                return Err(ProxyError::NoHealthyTarget);
+            };
+            let may_retry = attempts <= retries as usize && (body.is_empty() || replay.is_some());
+            let uri = Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(target.authority.clone())
+                .path_and_query(pq.clone())
+                .build()
+                .map_err(|_| ProxyError::BadRequest)?;
+            let mut up = Request::new(body);
+            *up.method_mut() = method.clone();
+            *up.uri_mut() = uri;
+            *up.version_mut() = pool.version;
+            *up.headers_mut() = if may_retry {
+                parts.headers.clone()
             } else {
-                format!("/{rest}").parse::<PathAndQuery>()
+                std::mem::take(&mut parts.headers)
+            };
+            if matches!(route.host_rule(), HostRule::Target) {
+                up.headers_mut()
+                    .insert(header::HOST, target.host_header.clone());
             }
-        } else {
-            pq.parse::<PathAndQuery>()
-        }
-        .map_err(|_| ProxyError::BadRequest)?;
-        parts.uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(target.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| ProxyError::BadRequest)?;
-        parts.version = Version::HTTP_11;
-
-        let h = &mut parts.headers;
-        strip_hop_by_hop(h);
-        h.insert(header::HOST, target.host_header.clone());
-        h.insert(X_REQUEST_ID.clone(), request_id.clone());
-        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-        if let Some(v) = original_host.and_then(|o| HeaderValue::from_str(&o).ok()) {
-            h.insert(X_FORWARDED_HOST.clone(), v);
-        }
-        append_forwarded_for(h, client);
-
-        let call = self.client.request(Request::from_parts(parts, body));
-        match tokio::time::timeout(self.opts.response_timeout, call).await {
-            Err(_) => Err(ProxyError::Timeout),
-            Ok(Err(e)) => {
-                tracing::debug!(error = ?e, "upstream error");
-                Err(ProxyError::Unreachable)
+            let mut exchange = Exchange::new(pool.clone(), index);
+            let sent = Instant::now();
+            let result = tokio::time::timeout(spec.timeouts.request, pool.client.request(up)).await;
+            let next_body = |replay: &Option<Replay>| -> Option<(UpBody, Option<Replay>)> {
+                if !may_retry {
+                    return None;
+                }
+                match replay {
+                    None => Some((UpBody::empty(spec.timeouts.idle), None)),
+                    Some(r) => r
+                        .take()
+                        .map(|b| UpBody::request(b, spec.timeouts.idle, counters.as_ref(), true)),
+                }
+            };
+            let err = match result {
+                Err(_) => {
+                    pool.record(index, Outcome::Failed);
+                    ProxyError::Timeout
+                }
+                Ok(Err(e)) => {
+                    pool.record(index, Outcome::Failed);
+                    tracing::debug!(error = ?e, target = %target.url, "upstream error");
+                    if e.is_connect() {
+                        if let Some((b, r)) = next_body(&replay) {
+                            (body, replay) = (b, r);
+                            backoff(spec.retries.backoff, attempts).await;
+                            continue;
+                        }
+                    }
+                    if timed_out(&e) {
+                        ProxyError::Timeout
+                    } else {
+                        ProxyError::Unreachable
+                    }
+                }
+                Ok(Ok(mut resp)) => {
+                    let status = resp.status().as_u16();
+                    pool.record(index, Outcome::Answered(status));
+                    if spec.retries.statuses.contains(&status) && idempotent(&method) {
+                        if let Some((b, r)) = next_body(&replay).filter(|(b, _)| b.is_empty()) {
+                            drop(resp);
+                            (body, replay) = (b, r);
+                            backoff(spec.retries.backoff, attempts).await;
+                            continue;
+                        }
+                    }
+                    if let Some(l) = log.take() {
+                        let mut record = l.record;
+                        record.target = Some(target.url.clone());
+                        record.status = status;
+                        record.attempts = attempts as u32;
+                        record.upstream_ms = Some(millis(sent.elapsed()));
+                        exchange.log = Some((record, l.sink));
+                        exchange.counters = Some(l.counters);
+                    }
+                    if status == 101 {
+                        if let Some(client) = on_upgrade {
+                            let backend = hyper::upgrade::on(&mut resp);
+                            tokio::spawn(tunnel(client, backend, exchange));
+                            let (mut parts, _) = resp.into_parts();
+                            parts
+                                .headers
+                                .insert(X_REQUEST_ID.clone(), request_id.clone());
+                            return Ok(Response::from_parts(parts, Either::Right(Full::default())));
+                        }
+                    }
+                    let (mut parts, body) = resp.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    route.response_headers.apply(&mut parts.headers);
+                    parts
+                        .headers
+                        .insert(X_REQUEST_ID.clone(), request_id.clone());
+                    parts.version = Version::HTTP_11;
+                    let counters = exchange.counters.clone();
+                    let body = DownBody::response(body, exchange, spec.timeouts.idle, counters);
+                    return Ok(Response::from_parts(parts, Either::Left(body)));
+                }
+            };
+            if let Some(l) = log.as_mut() {
+                l.record.target = Some(target.url.clone());
+                l.record.attempts = attempts as u32;
             }
-            Ok(Ok(resp)) => Ok(resp),
+            return Err(err);
         }
+    }
+}
+
+/// Both upgraded halves, copied until either side closes.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    exchange: Exchange,
+) {
+    let (client, backend) = tokio::join!(client, backend);
+    match (client, backend) {
+        (Ok(client), Ok(backend)) => {
+            let (mut c, mut b) = (TokioIo::new(client), TokioIo::new(backend));
+            if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut c, &mut b).await {
+                if let Some(counters) = &exchange.counters {
+                    counters.bytes_in.fetch_add(up, Ordering::Relaxed);
+                    counters.bytes_out.fetch_add(down, Ordering::Relaxed);
+                }
+            }
+        }
+        (c, b) => {
+            tracing::debug!(client = ?c.err(), backend = ?b.err(), "upgrade failed");
+        }
+    }
+    drop(exchange);
+}
+
+/// Pause before a retry: the base doubled per attempt, with jitter, at most 2s.
+async fn backoff(base: Duration, attempt: usize) {
+    let exp = base.saturating_mul(1 << attempt.saturating_sub(1).min(10));
+    let cap = exp.min(Duration::from_secs(2));
+    let jitter = rand::random::<f64>() * 0.5 + 0.5;
+    tokio::time::sleep(cap.mul_f64(jitter)).await;
+}
+
+/// Methods that may be sent twice with the same effect (RFC 9110 §9.2.2).
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// HTTP/1.1 `Connection: upgrade` with an `Upgrade` header (WebSockets).
+fn upgrade_requested<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The consistent-hash key: the header or cookie named by the Backend, or
+/// the client's address (also when the header or cookie is missing).
+fn hash_on(on: &nio_proto::model::HashOn, headers: &HeaderMap, client_ip: IpAddr) -> u64 {
+    if let Some(name) = &on.header {
+        if let Some(v) = headers.get(name.as_str()) {
+            return hash_key(v.as_bytes());
+        }
+    }
+    if let Some(name) = &on.cookie {
+        if let Some(v) = cookie(headers, name) {
+            return hash_key(v.as_bytes());
+        }
+    }
+    match client_ip {
+        IpAddr::V4(ip) => hash_key(&ip.octets()),
+        IpAddr::V6(ip) => hash_key(&ip.octets()),
+    }
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
     }
 }
 
@@ -324,17 +650,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
-    let ip = client.ip().to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,10 +686,23 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_appends() {
+    fn cookies_and_hash_keys() {
         let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, "10.0.0.1:5".parse().unwrap());
-        append_forwarded_for(&mut h, "[::1]:5".parse().unwrap());
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, ::1");
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; session=xyz; b=2"),
+        );
+        assert_eq!(cookie(&h, "session"), Some("xyz"));
+        assert_eq!(cookie(&h, "nope"), None);
+        let on = nio_proto::model::HashOn {
+            cookie: Some("session".into()),
+            ..Default::default()
+        };
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(hash_on(&on, &h, ip), hash_key(b"xyz"));
+        assert_eq!(
+            hash_on(&on, &HeaderMap::new(), ip),
+            hash_key(&[10, 0, 0, 1])
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Host and path matching: which route serves a request.
 //!
 //! Lookup order, most specific first, falling through when a group has no
-//! path that matches:
+//! route that matches:
 //!
 //! 1. routes listing the exact host (hash lookup, case-insensitive, port
 //!    ignored);
@@ -9,31 +9,43 @@
 //!    (`*.eu.example.com` before `*.example.com`);
 //! 3. routes that list no host at all.
 //!
-//! Within a group the longest path prefix wins; prefixes match on segment
-//! boundaries (`/orders` matches `/orders` and `/orders/1`, not `/ordersx`).
-//! Ties (the same host and prefix in two routes) go to the route whose name
-//! sorts first, so the outcome never depends on arrival order.
+//! Within a group, of the routes whose path matches and whose method,
+//! header and query conditions hold (checked by the caller's `accept`), the
+//! winner is, in order: the one whose path has more segments; a path ending
+//! in `/` over one that does not; an exact path over a prefix; more literal
+//! segments over `:param` ones; more conditions (methods, headers, query);
+//! the name that sorts first. So the outcome never depends on arrival order.
+//!
+//! Prefixes match on segment boundaries (`/orders` matches `/orders` and
+//! `/orders/1`, not `/ordersx`). Paths are matched as sent, without
+//! percent-decoding.
 
+use nio_proto::model::{PathPattern, Segment};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// What a match yields: the route and the prefix that matched (for strip-path).
+/// What a match yields: the route and the path pattern that matched (for
+/// strip-path and rewrites).
 #[derive(Debug)]
 pub struct Match<'a, R> {
     pub route: &'a Arc<R>,
-    pub prefix: &'a str,
+    pub pattern: &'a PathPattern,
 }
 
 struct Entry<R> {
-    prefix: String,
-    name: String,
+    pattern: Arc<PathPattern>,
+    exact: bool,
+    conditions: u32,
+    name: Arc<str>,
     route: Arc<R>,
 }
 
 impl<R> Clone for Entry<R> {
     fn clone(&self) -> Self {
         Entry {
-            prefix: self.prefix.clone(),
+            pattern: self.pattern.clone(),
+            exact: self.exact,
+            conditions: self.conditions,
             name: self.name.clone(),
             route: self.route.clone(),
         }
@@ -42,121 +54,159 @@ impl<R> Clone for Entry<R> {
 
 impl<R> std::fmt::Debug for Entry<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.prefix, self.name)
+        write!(f, "{:?} {}", self.pattern, self.name)
     }
 }
 
-/// The routes of one host group: entries sorted longest prefix first, and a
-/// trie of path segments over them, so a lookup walks the request path's
-/// segments once instead of trying every prefix.
+impl<R> Entry<R> {
+    /// Sort key: smaller is more specific (see the module docs).
+    fn rank(&self) -> impl Ord + '_ {
+        let p = &self.pattern;
+        let literals = p
+            .segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Literal(_)))
+            .count();
+        (
+            std::cmp::Reverse(p.segments.len()),
+            !p.trailing_slash,
+            !self.exact,
+            std::cmp::Reverse(literals),
+            std::cmp::Reverse(self.conditions),
+            &*self.name,
+        )
+    }
+}
+
+/// The routes of one host group: entries most specific first, and a trie of
+/// path segments over them, so a lookup walks the request path's segments
+/// once instead of trying every route.
 #[derive(Debug)]
 struct Group<R> {
-    /// Longest prefix first, then by route name.
     entries: Vec<Entry<R>>,
     root: Node,
 }
 
-/// One path segment. `exact`: the entry whose prefix ends here (`/a/b`);
-/// `trailing`: the entry whose prefix ends here with a slash (`/a/b/`).
-/// Both index `entries`; for equal prefixes the first entry (smallest route
-/// name) wins.
+/// One path segment. The lists index `entries`, for patterns ending here:
+/// `prefix` (`/a/b`: the path may end here or go on), `trailing` (`/a/b/`:
+/// the path must go on), `exact` (the path must end here) and
+/// `exact_trailing` (the path must be exactly this plus `/`).
 #[derive(Debug, Default)]
 struct Node {
-    children: std::collections::BTreeMap<Box<str>, Node>,
-    exact: Option<u32>,
-    trailing: Option<u32>,
-}
-
-/// `/a/b` → (["a", "b"], false); `/a/b/` → (["a", "b"], true); `/` → ([], true).
-fn prefix_segments(prefix: &str) -> (Vec<&str>, bool) {
-    let body = prefix.strip_prefix('/').unwrap_or(prefix);
-    let trailing = body.is_empty() || body.ends_with('/');
-    let body = body.strip_suffix('/').unwrap_or(body);
-    if prefix.len() <= 1 {
-        return (Vec::new(), true);
-    }
-    (body.split('/').collect(), trailing)
+    literal: HashMap<Box<str>, Node>,
+    param: Option<Box<Node>>,
+    prefix: Vec<u32>,
+    trailing: Vec<u32>,
+    exact: Vec<u32>,
+    exact_trailing: Vec<u32>,
 }
 
 impl<R> Group<R> {
     fn new(mut entries: Vec<Entry<R>>) -> Group<R> {
-        entries.sort_by(|a, b| {
-            b.prefix
-                .len()
-                .cmp(&a.prefix.len())
-                .then_with(|| a.name.cmp(&b.name))
-        });
+        entries.sort_by(|a, b| a.rank().cmp(&b.rank()));
         let mut root = Node::default();
         for (i, e) in entries.iter().enumerate() {
-            let (segments, trailing) = prefix_segments(&e.prefix);
             let mut node = &mut root;
-            for seg in segments {
-                node = node.children.entry(seg.into()).or_default();
+            for seg in &e.pattern.segments {
+                node = match seg {
+                    Segment::Literal(l) => node.literal.entry(l.as_str().into()).or_default(),
+                    Segment::Param(_) => node.param.get_or_insert_with(Default::default),
+                };
             }
-            let slot = if trailing {
-                &mut node.trailing
-            } else {
-                &mut node.exact
+            let list = match (e.exact, e.pattern.trailing_slash) {
+                (false, false) => &mut node.prefix,
+                (false, true) => &mut node.trailing,
+                (true, false) => &mut node.exact,
+                (true, true) => &mut node.exact_trailing,
             };
-            slot.get_or_insert(i as u32);
+            list.push(i as u32);
         }
         Group { entries, root }
     }
 
-    fn find(&self, path: &str) -> Option<Match<'_, R>> {
-        // A short scan beats walking the trie for small groups (measured:
-        // docs/benchmarks.md); both give the same answer.
-        let i = if self.entries.len() <= LINEAR_MAX {
-            self.scan(path)
-        } else {
-            self.walk(path)
-        }?;
-        let e = &self.entries[i];
+    /// The most specific entry whose path matches and that `accept` takes.
+    fn find(&self, path: &str, accept: &mut impl FnMut(&R) -> bool) -> Option<Match<'_, R>> {
+        let rest = path.strip_prefix('/')?;
+        let mut best = u32::MAX;
+        self.visit(&self.root, Some(rest), accept, &mut best);
+        let e = self.entries.get(best as usize)?;
         Some(Match {
             route: &e.route,
-            prefix: &e.prefix,
+            pattern: &e.pattern,
         })
     }
 
-    /// Longest prefix first: the first entry that matches.
-    fn scan(&self, path: &str) -> Option<usize> {
-        self.entries
-            .iter()
-            .position(|e| prefix_matches(&e.prefix, path))
-    }
-
-    /// The longest matching prefix by the trie: deeper beats shallower; at
-    /// the same depth `/a/` beats `/a` (it is longer) when the path goes on.
-    fn walk(&self, path: &str) -> Option<usize> {
-        let rest = path.strip_prefix('/')?;
-        let mut best = self.root.trailing;
-        let mut node = &self.root;
-        let mut segments = rest.split('/').peekable();
-        while let Some(seg) = segments.next() {
-            let Some(child) = node.children.get(seg) else {
-                break;
-            };
-            node = child;
-            if node.exact.is_some() {
-                best = node.exact;
+    /// `rest`: what follows this node's segment after a `/`; `None` when
+    /// the path ends right after it.
+    fn visit(
+        &self,
+        node: &Node,
+        rest: Option<&str>,
+        accept: &mut impl FnMut(&R) -> bool,
+        best: &mut u32,
+    ) {
+        let mut consider = |list: &[u32]| {
+            // Lists are in rank order: the first accepted one is the best here.
+            for &i in list {
+                if i >= *best {
+                    break;
+                }
+                if accept(&self.entries[i as usize].route) {
+                    *best = i;
+                    break;
+                }
             }
-            if segments.peek().is_some() && node.trailing.is_some() {
-                best = node.trailing;
+        };
+        consider(&node.prefix);
+        match rest {
+            None => consider(&node.exact),
+            Some(more) => {
+                consider(&node.trailing);
+                if more.is_empty() {
+                    consider(&node.exact_trailing);
+                }
+                let (seg, next) = match more.split_once('/') {
+                    Some((seg, next)) => (seg, Some(next)),
+                    None => (more, None),
+                };
+                if let Some(child) = node.literal.get(seg) {
+                    self.visit(child, next, accept, best);
+                }
+                if let Some(child) = node.param.as_deref().filter(|_| !seg.is_empty()) {
+                    self.visit(child, next, accept, best);
+                }
             }
         }
-        best.map(|i| i as usize)
     }
 }
 
-/// Groups up to this size are scanned instead of walked.
-const LINEAR_MAX: usize = 16;
+/// Where the part of `path` that `pattern` matched ends (a byte offset):
+/// what follows is kept by strip-path and rewrites.
+pub fn matched_len(pattern: &PathPattern, path: &str) -> usize {
+    let mut end = 0;
+    for _ in &pattern.segments {
+        // Each segment is `/` plus its text; a match guarantees they exist.
+        end = path
+            .get(end + 1..)
+            .and_then(|s| s.find('/'))
+            .map_or(path.len(), |i| end + 1 + i);
+    }
+    end
+}
 
-/// Segment-aware prefix match.
-pub fn prefix_matches(prefix: &str, path: &str) -> bool {
-    path.starts_with(prefix)
-        && (prefix.ends_with('/')
-            || path.len() == prefix.len()
-            || path.as_bytes()[prefix.len()] == b'/')
+/// The value each `:param` of `pattern` took in `path`.
+pub fn params<'p>(
+    pattern: &'p PathPattern,
+    path: &'p str,
+) -> impl Iterator<Item = (&'p str, &'p str)> {
+    pattern
+        .segments
+        .iter()
+        .zip(path.get(1..).unwrap_or("").split('/'))
+        .filter_map(|(seg, value)| match seg {
+            Segment::Param(name) => Some((name.as_str(), value)),
+            Segment::Literal(_) => None,
+        })
 }
 
 /// Which group a host pattern belongs to.
@@ -193,24 +243,35 @@ pub struct RouteEntry<'a, R> {
     /// No hosts: any host.
     pub hosts: &'a [String],
     /// No paths: `/`.
-    pub paths: &'a [String],
+    pub paths: &'a [Arc<PathPattern>],
+    /// The paths must match the whole request path.
+    pub exact: bool,
+    /// How many method, header and query conditions the route has (more
+    /// wins a tie).
+    pub conditions: u32,
     pub route: Arc<R>,
 }
 
 impl<R> RouteEntry<'_, R> {
     fn entries(&self) -> impl Iterator<Item = Entry<R>> + '_ {
-        let root: &[String] = &[];
-        let paths = if self.paths.is_empty() {
-            root
-        } else {
-            self.paths
-        };
-        let default = (self.paths.is_empty()).then(|| "/".to_string());
-        paths.iter().cloned().chain(default).map(|prefix| Entry {
-            prefix,
-            name: self.name.to_string(),
-            route: self.route.clone(),
-        })
+        let root = self.paths.is_empty().then(|| {
+            Arc::new(PathPattern {
+                segments: Vec::new(),
+                trailing_slash: true,
+            })
+        });
+        let name: Arc<str> = self.name.into();
+        self.paths
+            .iter()
+            .cloned()
+            .chain(root)
+            .map(move |pattern| Entry {
+                pattern,
+                exact: self.exact,
+                conditions: self.conditions,
+                name: name.clone(),
+                route: self.route.clone(),
+            })
     }
 }
 
@@ -289,7 +350,7 @@ impl<R> Router<R> {
                 entries.extend(
                     old.entries
                         .iter()
-                        .filter(|e| !gone.contains(&e.name.as_str()))
+                        .filter(|e| !gone.contains(&&*e.name))
                         .cloned(),
                 );
             }
@@ -318,8 +379,15 @@ impl<R> Router<R> {
 }
 
 impl<R> Router<R> {
-    /// `host` is the Host header or :authority (a port is ignored).
-    pub fn find(&self, host: &str, path: &str) -> Option<Match<'_, R>> {
+    /// The route for `host` (the Host header or :authority; a port is
+    /// ignored) and `path`, among those `accept` takes (method, header and
+    /// query conditions).
+    pub fn find(
+        &self,
+        host: &str,
+        path: &str,
+        mut accept: impl FnMut(&R) -> bool,
+    ) -> Option<Match<'_, R>> {
         let host = strip_port(host);
         let lowered;
         let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -328,17 +396,17 @@ impl<R> Router<R> {
         } else {
             host
         };
-        if let Some(m) = self.exact.get(host).and_then(|g| g.find(path)) {
+        if let Some(m) = self.exact.get(host).and_then(|g| g.find(path, &mut accept)) {
             return Some(m);
         }
         for (suffix, group) in &self.wildcard {
             if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
-                if let Some(m) = group.find(path) {
+                if let Some(m) = group.find(path, &mut accept) {
                     return Some(m);
                 }
             }
         }
-        self.any_host.find(path)
+        self.any_host.find(path, &mut accept)
     }
 }
 
@@ -354,42 +422,73 @@ fn strip_port(host: &str) -> &str {
 mod tests {
     use super::*;
 
-    fn router(routes: &[(&str, &[&str], &[&str])]) -> Router<String> {
-        let owned: Vec<(Vec<String>, Vec<String>)> = routes
+    /// (name, hosts, paths, exact, methods)
+    type Spec<'a> = (&'a str, &'a [&'a str], &'a [&'a str], bool, &'a [&'a str]);
+
+    struct TestRoute {
+        name: String,
+        methods: Vec<String>,
+    }
+
+    fn router(routes: &[Spec]) -> Router<TestRoute> {
+        let owned: Vec<(Vec<String>, Vec<Arc<PathPattern>>)> = routes
             .iter()
-            .map(|(_, h, p)| {
+            .map(|(_, h, p, _, _)| {
                 (
                     h.iter().map(|s| s.to_string()).collect(),
-                    p.iter().map(|s| s.to_string()).collect(),
+                    p.iter()
+                        .map(|s| Arc::new(PathPattern::parse(s).unwrap()))
+                        .collect(),
                 )
             })
             .collect();
-        Router::build(
-            routes
-                .iter()
-                .zip(&owned)
-                .map(|((name, _, _), (hosts, paths))| RouteEntry {
-                    name,
-                    hosts,
-                    paths,
-                    route: Arc::new(name.to_string()),
+        Router::build(routes.iter().zip(&owned).map(
+            |((name, _, _, exact, methods), (hosts, paths))| RouteEntry {
+                name,
+                hosts,
+                paths,
+                exact: *exact,
+                conditions: u32::from(!methods.is_empty()),
+                route: Arc::new(TestRoute {
+                    name: name.to_string(),
+                    methods: methods.iter().map(|m| m.to_string()).collect(),
                 }),
-        )
+            },
+        ))
     }
 
-    fn find<'a>(r: &'a Router<String>, host: &str, path: &str) -> Option<&'a str> {
-        r.find(host, path).map(|m| m.route.as_str())
+    fn simple<'a>(routes: &'a [(&'a str, &'a [&'a str], &'a [&'a str])]) -> Vec<Spec<'a>> {
+        routes
+            .iter()
+            .map(|(n, h, p)| (*n, *h, *p, false, &[][..]))
+            .collect()
+    }
+
+    fn find<'a>(r: &'a Router<TestRoute>, host: &str, path: &str) -> Option<&'a str> {
+        find_method(r, host, "GET", path)
+    }
+
+    fn find_method<'a>(
+        r: &'a Router<TestRoute>,
+        host: &str,
+        method: &str,
+        path: &str,
+    ) -> Option<&'a str> {
+        r.find(host, path, |route| {
+            route.methods.is_empty() || route.methods.iter().any(|m| m == method)
+        })
+        .map(|m| m.route.name.as_str())
     }
 
     #[test]
-    fn precedence() {
-        let r = router(&[
+    fn host_precedence() {
+        let r = router(&simple(&[
             ("exact-orders", &["api.example.com"], &["/orders"]),
             ("exact-root", &["api.example.com"], &["/"]),
             ("wild", &["*.example.com"], &["/"]),
             ("wild-eu", &["*.eu.example.com"], &["/"]),
             ("any", &[], &["/status"]),
-        ]);
+        ]));
         assert_eq!(
             find(&r, "api.example.com", "/orders/1"),
             Some("exact-orders")
@@ -407,53 +506,91 @@ mod tests {
     }
 
     #[test]
-    fn host_groups_fall_through_and_ties_are_deterministic() {
+    fn path_precedence() {
         let r = router(&[
+            ("users", &[], &["/users"], false, &[]),
+            ("user", &[], &["/users/:id"], false, &[]),
+            ("me", &[], &["/users/me"], false, &[]),
+            ("orders", &[], &["/users/:id/orders"], false, &[]),
+            ("health", &[], &["/health"], true, &[]),
+            ("health-any", &[], &["/health"], false, &[]),
+            ("writes", &[], &["/users"], false, &["POST", "PUT"]),
+        ]);
+        assert_eq!(find(&r, "h", "/users"), Some("users"));
+        assert_eq!(find_method(&r, "h", "POST", "/users"), Some("writes"));
+        assert_eq!(find_method(&r, "h", "DELETE", "/users"), Some("users"));
+        assert_eq!(find(&r, "h", "/users/42"), Some("user"));
+        assert_eq!(find(&r, "h", "/users/me"), Some("me"));
+        assert_eq!(find(&r, "h", "/users/me/orders/1"), Some("orders"));
+        assert_eq!(find(&r, "h", "/users/me/cart"), Some("me"));
+        assert_eq!(
+            find(&r, "h", "/users//orders"),
+            Some("users"),
+            "a param is never empty"
+        );
+        assert_eq!(find(&r, "h", "/health"), Some("health"));
+        assert_eq!(find(&r, "h", "/health/deep"), Some("health-any"));
+        assert_eq!(find(&r, "h", "/other"), None);
+    }
+
+    #[test]
+    fn host_groups_fall_through_and_ties_are_deterministic() {
+        let r = router(&simple(&[
             ("b", &[], &["/api"]),
             ("a", &[], &["/api"]),
             ("h", &["h.test"], &["/only"]),
-        ]);
+        ]));
         assert_eq!(find(&r, "h.test", "/api/x"), Some("a"));
         assert_eq!(find(&r, "h.test", "/only"), Some("h"));
+        // A host group whose only route refuses the method falls through.
+        let r = router(&[
+            ("post-only", &["h.test"], &["/"], false, &["POST"]),
+            ("fallback", &[], &["/"], false, &[]),
+        ]);
+        assert_eq!(find(&r, "h.test", "/x"), Some("fallback"));
+        assert_eq!(find_method(&r, "h.test", "POST", "/x"), Some("post-only"));
     }
 
     #[test]
     fn updates_equal_a_rebuild() {
         let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let r = router(&[
+        let patterns = |v: &[&str]| {
+            v.iter()
+                .map(|s| Arc::new(PathPattern::parse(s).unwrap()))
+                .collect::<Vec<_>>()
+        };
+        let r = router(&simple(&[
             ("a", &["x.test"], &["/a"]),
             ("b", &["x.test", "*.test"], &["/b"]),
             ("c", &[], &["/c"]),
-        ]);
+        ]));
         // b moves to another host and path, c goes away, d arrives.
         let (bh, bp, dh) = (
             strings(&["y.test"]),
-            strings(&["/b2"]),
+            patterns(&["/b2"]),
             strings(&["*.test"]),
         );
         let old_b = strings(&["x.test", "*.test"]);
+        let entry = |name: &'static str, hosts, paths| RouteEntry {
+            name,
+            hosts,
+            paths,
+            exact: false,
+            conditions: 0,
+            route: Arc::new(TestRoute {
+                name: name.to_string(),
+                methods: Vec::new(),
+            }),
+        };
         let updated = r.update(
             &[("b", &old_b), ("c", &[])],
-            [
-                RouteEntry {
-                    name: "b",
-                    hosts: &bh,
-                    paths: &bp,
-                    route: Arc::new("b".to_string()),
-                },
-                RouteEntry {
-                    name: "d",
-                    hosts: &dh,
-                    paths: &[],
-                    route: Arc::new("d".to_string()),
-                },
-            ],
+            [entry("b", &bh, &bp), entry("d", &dh, &[])],
         );
-        let rebuilt = router(&[
+        let rebuilt = router(&simple(&[
             ("a", &["x.test"], &["/a"]),
             ("b", &["y.test"], &["/b2"]),
             ("d", &["*.test"], &[]),
-        ]);
+        ]));
         for (host, path) in [
             ("x.test", "/a"),
             ("x.test", "/b"),
@@ -477,60 +614,105 @@ mod tests {
         );
     }
 
-    /// The trie agrees with the plain rule (longest matching prefix, then
-    /// name) on every combination of these prefixes and paths.
+    /// The plain rule, one pattern at a time.
+    fn reference_matches(pattern: &PathPattern, exact: bool, path: &str) -> bool {
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let segs: Vec<&str> = rest.split('/').collect();
+        let n = pattern.segments.len();
+        let segment_ok = |(p, s): (&Segment, &&str)| match p {
+            Segment::Literal(l) => l == s,
+            Segment::Param(_) => !s.is_empty(),
+        };
+        // "/" splits into one empty segment: the root pattern consumes none.
+        let (consumed, remaining) = if n == 0 {
+            (true, segs.len())
+        } else {
+            (
+                segs.len() >= n && pattern.segments.iter().zip(&segs).all(segment_ok),
+                segs.len() - n.min(segs.len()),
+            )
+        };
+        if !consumed {
+            return false;
+        }
+        let ends_with_slash = remaining == 1 && segs.last() == Some(&"");
+        match (exact, pattern.trailing_slash) {
+            (false, false) => n == 0 || remaining == 0 || remaining > 0,
+            (false, true) => remaining > 0,
+            (true, false) => remaining == 0,
+            (true, true) => ends_with_slash,
+        }
+    }
+
+    /// The trie agrees with the plain rule (every pattern tried, the most
+    /// specific match wins) on every combination of these patterns and paths.
     #[test]
-    fn trie_matches_the_linear_rule() {
-        let prefixes = [
-            "/", "/a", "/a/", "/a/b", "/a/b/", "/ab", "/a/b/c", "//", "/x/",
+    fn trie_matches_the_plain_rule() {
+        let patterns = [
+            ("/", false),
+            ("/a", false),
+            ("/a/", false),
+            ("/a/b", false),
+            ("/a/:x", false),
+            ("/a/b/", true),
+            ("/ab", false),
+            ("/:p/b/c", false),
+            ("//", false),
+            ("/x/", false),
+            ("/a", true),
+            ("/", true),
         ];
         let paths = [
             "/", "/a", "/a/", "/a/b", "/a/bc", "/a/b/", "/a/b/c/d", "/ab", "/abc", "//", "//z",
-            "/x", "/x/", "/x/y", "", "*",
+            "/x", "/x/", "/x/y", "", "*", "/q/b/c", "/a//",
         ];
-        for n in 1..=prefixes.len() {
-            for start in 0..prefixes.len() {
-                let chosen: Vec<&str> = prefixes
+        for n in 1..=patterns.len() {
+            for start in 0..patterns.len() {
+                let chosen: Vec<(Arc<PathPattern>, bool)> = patterns
                     .iter()
                     .cycle()
                     .skip(start)
                     .take(n)
-                    .copied()
+                    .map(|(p, e)| (Arc::new(PathPattern::parse(p).unwrap()), *e))
                     .collect();
                 let entries = chosen
                     .iter()
                     .enumerate()
-                    .map(|(i, p)| Entry {
-                        prefix: p.to_string(),
-                        name: format!("r{i}"),
+                    .map(|(i, (p, exact))| Entry {
+                        pattern: p.clone(),
+                        exact: *exact,
+                        conditions: 0,
+                        name: format!("r{i:02}").into(),
                         route: Arc::new(i),
                     })
                     .collect();
                 let group = Group::new(entries);
                 for path in paths {
-                    let linear = group
+                    let plain = group
                         .entries
                         .iter()
-                        .find(|e| prefix_matches(&e.prefix, path))
-                        .map(|e| &e.prefix);
-                    let trie = group.find(path).map(|m| m.prefix);
-                    assert_eq!(
-                        trie,
-                        linear.map(String::as_str),
-                        "prefixes {chosen:?}, path {path:?}"
-                    );
+                        .find(|e| reference_matches(&e.pattern, e.exact, path))
+                        .map(|e| *e.route);
+                    let trie = group.find(path, &mut |_| true).map(|m| **m.route);
+                    assert_eq!(trie, plain, "patterns {chosen:?}, path {path:?}");
                 }
             }
         }
     }
 
     #[test]
-    fn segment_prefixes() {
-        assert!(prefix_matches("/", "/anything"));
-        assert!(prefix_matches("/a", "/a"));
-        assert!(prefix_matches("/a", "/a/b"));
-        assert!(!prefix_matches("/a", "/ab"));
-        assert!(prefix_matches("/a/", "/a/b"));
+    fn matched_part_and_params() {
+        let p = PathPattern::parse("/users/:id/").unwrap();
+        assert_eq!(matched_len(&p, "/users/7/cart"), "/users/7".len());
+        assert_eq!(
+            params(&p, "/users/7/cart").collect::<Vec<_>>(),
+            [("id", "7")]
+        );
+        let root = PathPattern::parse("/").unwrap();
+        assert_eq!(matched_len(&root, "/x"), 0);
+        assert_eq!(matched_len(&p, "/short"), "/short".len(), "never panics");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("h:80"), "h");
     }

@@ -6,7 +6,8 @@
 //! atomically. A request loads the current `Arc<Runtime>` once and keeps it
 //! to the end, so a swap never changes the rules under a request in flight.
 
-use crate::metrics::{Metrics, RouteStats};
+use crate::metrics::Metrics;
+use crate::route::CompiledRoute;
 use crate::router::{RouteEntry, Router};
 use crate::upstream::BackendPool;
 use arc_swap::ArcSwapOption;
@@ -16,18 +17,6 @@ use std::sync::Arc;
 
 /// Where the current runtime lives; `None` until the first configuration.
 pub type RuntimeSlot = ArcSwapOption<Runtime>;
-
-#[derive(Debug)]
-pub struct CompiledRoute {
-    pub name: String,
-    /// The Route's resourceVersion this was compiled from.
-    pub version: u64,
-    pub hosts: Vec<String>,
-    pub paths: Vec<String>,
-    pub backend: Arc<BackendPool>,
-    pub strip_path: bool,
-    pub stats: Arc<RouteStats>,
-}
 
 #[derive(Debug)]
 pub struct Runtime {
@@ -101,10 +90,8 @@ pub fn compile(
                     Some(pool) => pool,
                     None => {
                         changed_pools.insert(name.clone());
-                        Arc::new(
-                            BackendPool::new(name, &b.spec)
-                                .map_err(|e| err(format!("backend \"{name}\": {e}")))?,
-                        )
+                        BackendPool::new(name, &b.spec)
+                            .map_err(|e| err(format!("backend \"{name}\": {e}")))?
                     }
                 };
                 backends.insert(name.clone(), pool);
@@ -151,15 +138,10 @@ pub fn compile(
                     .get(name)
                     .map(|old| old.stats.clone())
                     .unwrap_or_else(|| metrics.route(name));
-                let route = Arc::new(CompiledRoute {
-                    name: name.clone(),
-                    version: r.resource_version(),
-                    hosts: r.spec.frontend.hosts.clone(),
-                    paths: r.spec.frontend.paths.clone(),
-                    backend,
-                    strip_path: r.spec.frontend.strip_path,
-                    stats,
-                });
+                let route = Arc::new(
+                    CompiledRoute::new(name, r.resource_version(), &r.spec, backend, stats)
+                        .map_err(|e| err(format!("route \"{name}\": {e}")))?,
+                );
                 routes.insert(name.clone(), route.clone());
                 added.push(route);
             }
@@ -178,6 +160,8 @@ pub fn compile(
             name: &r.name,
             hosts: &r.hosts,
             paths: &r.paths,
+            exact: r.exact,
+            conditions: r.conditions(),
             route: r.clone(),
         }),
     );

@@ -3,6 +3,7 @@
 //! shutdown (stop accepting, report not ready, let requests in flight
 //! finish within the drain deadline).
 
+use crate::access_log::AccessLog;
 use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyOptions};
@@ -50,6 +51,8 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("access log: {0}")]
+    AccessLog(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -92,11 +95,16 @@ pub async fn run(
         startup_sync_timeout: opts.startup_sync_timeout,
     };
     let ops_task = tokio::spawn(serve_ops(ops, health, metrics.clone(), ops_stop_rx));
+    let access_log = AccessLog::start(&opts.proxy.access_log, metrics.clone())
+        .await
+        .map_err(ServerError::AccessLog)?
+        .map(Arc::new);
     let proxy = Arc::new(Proxy::new(
         slot,
         metrics,
         draining.clone(),
         opts.proxy.clone(),
+        access_log,
     ));
     let proxy_task = tokio::spawn(serve_proxy(http, proxy, stop_rx, opts.drain_timeout));
 
@@ -262,11 +270,13 @@ fn ops_response(path: &str, health: &Health, metrics: &Metrics) -> Response<Full
                 format!("not ready: {why}\n"),
             ),
         },
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics.render(),
-        ),
+        "/metrics" => {
+            let mut text = metrics.render();
+            if let Some(rt) = health.applier.slot.load_full() {
+                crate::upstream::render_metrics(&rt.backends, &mut text);
+            }
+            (StatusCode::OK, "text/plain; version=0.0.4", text)
+        }
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -11,9 +11,15 @@ mod backend;
 mod config;
 mod route;
 
-pub use backend::{parse_target_url, BackendSpec, TargetAddr, TargetSpec};
+pub use backend::{
+    parse_target_url, BackendSpec, CircuitBreaker, HashOn, HealthCheck, LoadBalancing,
+    OutlierDetection, Policy, Protocol, Retries, StatusRange, TargetAddr, TargetSpec, Timeouts,
+};
 pub use config::Config;
-pub use route::{FrontendSpec, LabelSelector, RouteSpec};
+pub use route::{
+    compile_regex, is_header_name, FrontendSpec, HeaderRules, LabelSelector, Matcher, PathPattern,
+    RouteSpec, Segment,
+};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

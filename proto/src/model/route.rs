@@ -1,4 +1,5 @@
-//! `Route`: which requests (host, path) go to which Backend.
+//! `Route`: which requests (host, path, method, headers, query) go to which
+//! Backend, and how the request and response are rewritten on the way.
 
 use super::FieldError;
 use serde::{Deserialize, Serialize};
@@ -10,9 +11,34 @@ pub struct RouteSpec {
     pub frontend: FrontendSpec,
     /// Name of the Backend that serves this route.
     pub backend: String,
+    /// Send the client's Host header to the backend instead of the target's
+    /// `host:port`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preserve_host: bool,
+    /// Send this Host header to the backend (virtual hosting behind the
+    /// target address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_override: Option<String>,
+    /// Changes to the request before it goes to the backend.
+    #[serde(default, skip_serializing_if = "HeaderRules::is_empty")]
+    pub request_headers: HeaderRules,
+    /// Changes to the backend's response before it goes to the client.
+    #[serde(default, skip_serializing_if = "HeaderRules::is_empty")]
+    pub response_headers: HeaderRules,
+    /// One access-log line per request on this route (default on).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub access_log: bool,
     /// Which data planes receive this route (by their labels). Absent: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_plane_selector: Option<LabelSelector>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// Selects data planes by label, Kubernetes style.
@@ -39,25 +65,216 @@ pub struct FrontendSpec {
     /// which matches any name ending in `.example.com`). Empty: any host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
-    /// Path prefixes, matched on segment boundaries: `/orders` matches
-    /// `/orders` and `/orders/42`, not `/ordersx`. Empty: `/` (everything).
+    /// Path patterns. A literal segment matches itself, a `:name` segment
+    /// matches any one non-empty segment. Prefixes match on segment
+    /// boundaries: `/orders` matches `/orders` and `/orders/42`, not
+    /// `/ordersx`. Empty: `/` (everything).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<String>,
-    /// Remove the matched prefix before calling the backend.
+    /// The paths must match the whole request path, not a prefix of it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exact: bool,
+    /// HTTP methods this route accepts (`GET`, `POST`…). Empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Conditions on request headers; all must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<Matcher>,
+    /// Conditions on query parameters; all must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<Matcher>,
+    /// Remove the matched path before calling the backend.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strip_path: bool,
+    /// Replace the matched path with this one before calling the backend;
+    /// `:name` inserts the segment the path's `:name` matched. What follows
+    /// the matched prefix is kept: paths `/api/users/:id`, rewrite
+    /// `/v2/u/:id` sends `/api/users/7/cart` as `/v2/u/7/cart`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<String>,
+}
+
+/// A condition on one header or query parameter: exactly one of `value`
+/// (equal), `regex` (matches), or `present` (true: must be there, false:
+/// must be absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Matcher {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+}
+
+/// Header changes, applied in this order: remove, set (replace), add
+/// (append another value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderRules {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+}
+
+impl HeaderRules {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
+    fn validate(&self, field: &str, errors: &mut Vec<FieldError>) {
+        for (i, name) in self.remove.iter().enumerate() {
+            if !is_header_name(name) {
+                errors.push(FieldError::new(
+                    format!("{field}.remove[{i}]"),
+                    bad_header_name(name),
+                ));
+            }
+        }
+        for (op, map) in [("set", &self.set), ("add", &self.add)] {
+            for (name, value) in map {
+                if !is_header_name(name) {
+                    errors.push(FieldError::new(
+                        format!("{field}.{op}.{name}"),
+                        bad_header_name(name),
+                    ));
+                }
+                if !is_header_value(value) {
+                    errors.push(FieldError::new(
+                        format!("{field}.{op}.{name}"),
+                        "header values are visible ASCII, spaces and tabs, at most 4096 bytes",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// A header name as HTTP allows it (RFC 9110 token), at most 256 bytes.
+pub fn is_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 256
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn is_header_value(s: &str) -> bool {
+    s.len() <= 4096 && s.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
+fn bad_header_name(name: &str) -> String {
+    format!("\"{name}\" is not a valid header name; use letters, digits and '-'")
+}
+
+/// Methods a route may list.
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// Longest accepted regex, and the compiled-size cap, so a route cannot
+/// make the data plane build a huge automaton.
+const MAX_REGEX_LEN: usize = 1024;
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// Compiles a matcher's regex with the same limits on both planes.
+pub fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
+    if pattern.len() > MAX_REGEX_LEN {
+        return Err(format!("regexes are at most {MAX_REGEX_LEN} characters"));
+    }
+    regex::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("invalid regex: {e}"))
+}
+
+impl Matcher {
+    fn validate(&self, field: &str, header: bool, errors: &mut Vec<FieldError>) {
+        if header && !is_header_name(&self.name) {
+            errors.push(FieldError::new(
+                format!("{field}.name"),
+                bad_header_name(&self.name),
+            ));
+        }
+        if !header && (self.name.is_empty() || self.name.len() > 256) {
+            errors.push(FieldError::new(
+                format!("{field}.name"),
+                "query parameter names are 1-256 characters",
+            ));
+        }
+        let set = [
+            self.value.is_some(),
+            self.regex.is_some(),
+            self.present.is_some(),
+        ];
+        if set.iter().filter(|s| **s).count() != 1 {
+            errors.push(FieldError::new(
+                field.to_string(),
+                "give exactly one of value (equals), regex (matches) or present (true: must be there, false: must be absent)",
+            ));
+        }
+        if let Some(re) = &self.regex {
+            if let Err(msg) = compile_regex(re) {
+                errors.push(FieldError::new(format!("{field}.regex"), msg));
+            }
+        }
+    }
 }
 
 impl RouteSpec {
     pub(super) fn validate(&self, errors: &mut Vec<FieldError>) {
-        for (i, host) in self.frontend.hosts.iter().enumerate() {
+        let f = &self.frontend;
+        for (i, host) in f.hosts.iter().enumerate() {
             if let Err(msg) = validate_host_pattern(host) {
                 errors.push(FieldError::new(format!("spec.frontend.hosts[{i}]"), msg));
             }
         }
-        for (i, path) in self.frontend.paths.iter().enumerate() {
-            if let Err(msg) = validate_path(path) {
-                errors.push(FieldError::new(format!("spec.frontend.paths[{i}]"), msg));
+        let mut patterns = Vec::new();
+        for (i, path) in f.paths.iter().enumerate() {
+            match PathPattern::parse(path) {
+                Ok(p) => patterns.push(p),
+                Err(msg) => errors.push(FieldError::new(format!("spec.frontend.paths[{i}]"), msg)),
+            }
+        }
+        for (i, m) in f.methods.iter().enumerate() {
+            if !METHODS.contains(&m.as_str()) {
+                errors.push(FieldError::new(
+                    format!("spec.frontend.methods[{i}]"),
+                    format!("\"{m}\" is not a method; use one of {}", METHODS.join(", ")),
+                ));
+            }
+        }
+        for (i, m) in f.headers.iter().enumerate() {
+            m.validate(&format!("spec.frontend.headers[{i}]"), true, errors);
+        }
+        for (i, m) in f.query.iter().enumerate() {
+            m.validate(&format!("spec.frontend.query[{i}]"), false, errors);
+        }
+        if let Some(rewrite) = &f.rewrite {
+            if f.strip_path {
+                errors.push(FieldError::new(
+                    "spec.frontend.rewrite",
+                    "use either stripPath or rewrite, not both (stripPath is rewrite: /)",
+                ));
+            }
+            match PathPattern::parse(rewrite) {
+                Err(msg) => errors.push(FieldError::new("spec.frontend.rewrite", msg)),
+                Ok(p) => {
+                    for param in p.params() {
+                        let everywhere = !patterns.is_empty()
+                            && patterns.iter().all(|pat| pat.params().any(|q| q == param));
+                        if !everywhere {
+                            errors.push(FieldError::new(
+                                "spec.frontend.rewrite",
+                                format!(":{param} is not a parameter of every path in spec.frontend.paths"),
+                            ));
+                        }
+                    }
+                }
             }
         }
         if let Some(sel) = &self.data_plane_selector {
@@ -70,12 +287,90 @@ impl RouteSpec {
                 }
             }
         }
+        if self.preserve_host && self.host_override.is_some() {
+            errors.push(FieldError::new(
+                "spec.hostOverride",
+                "use either preserveHost or hostOverride, not both",
+            ));
+        }
+        if let Some(h) = &self.host_override {
+            if h.is_empty() || !is_header_value(h) || h.contains([' ', '/']) {
+                errors.push(FieldError::new(
+                    "spec.hostOverride",
+                    format!(
+                        "\"{h}\" is not a host; use a name like api.internal or api.internal:8080"
+                    ),
+                ));
+            }
+        }
+        self.request_headers.validate("spec.requestHeaders", errors);
+        self.response_headers
+            .validate("spec.responseHeaders", errors);
         if self.backend.is_empty() {
             errors.push(FieldError::new(
                 "spec.backend",
                 "missing; name the Backend that serves this route",
             ));
         }
+    }
+}
+
+/// One segment of a path pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Segment {
+    Literal(String),
+    /// `:name`: any one non-empty segment.
+    Param(String),
+}
+
+/// A parsed path: `/users/:id/` is `[Literal(users), Param(id)]` with a
+/// trailing slash. `/` has no segments and a trailing slash.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PathPattern {
+    pub segments: Vec<Segment>,
+    /// The pattern ends with '/': as a prefix it needs more path after it
+    /// (`/a/` matches `/a/b`, not `/a`).
+    pub trailing_slash: bool,
+}
+
+impl PathPattern {
+    pub fn parse(path: &str) -> Result<PathPattern, String> {
+        validate_path(path)?;
+        let body = &path[1..];
+        let trailing_slash = body.is_empty() || body.ends_with('/');
+        let body = body.strip_suffix('/').unwrap_or(body);
+        let mut segments = Vec::new();
+        if path.len() > 1 {
+            for seg in body.split('/') {
+                match seg.strip_prefix(':') {
+                    Some(name) => {
+                        let ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                        if !ok {
+                            return Err(format!(
+                                "\"{path}\": \":{name}\" is not a parameter; name it with letters, digits and '_', like :id"
+                            ));
+                        }
+                        if segments.contains(&Segment::Param(name.to_string())) {
+                            return Err(format!("\"{path}\": parameter :{name} appears twice"));
+                        }
+                        segments.push(Segment::Param(name.to_string()));
+                    }
+                    None => segments.push(Segment::Literal(seg.to_string())),
+                }
+            }
+        }
+        Ok(PathPattern {
+            segments,
+            trailing_slash,
+        })
+    }
+
+    pub fn params(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Param(p) => Some(p.as_str()),
+            Segment::Literal(_) => None,
+        })
     }
 }
 
@@ -151,6 +446,53 @@ mod tests {
         assert!(validate_path("/orders/v1").is_ok());
         for bad in ["orders", "/a b", "/a?b", "/a#"] {
             assert!(validate_path(bad).is_err(), "{bad}");
+        }
+        let p = PathPattern::parse("/users/:id/").unwrap();
+        assert_eq!(
+            p.segments,
+            [
+                Segment::Literal("users".into()),
+                Segment::Param("id".into())
+            ]
+        );
+        assert!(p.trailing_slash);
+        assert_eq!(PathPattern::parse("/").unwrap().segments, []);
+        for bad in ["/a/:", "/a/:1x", "/:id/:id", "/a/:b-c"] {
+            assert!(PathPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn spec(frontend: serde_json::Value) -> Vec<String> {
+        let spec: RouteSpec =
+            serde_json::from_value(serde_json::json!({"frontend": frontend, "backend": "b"}))
+                .unwrap();
+        let mut errors = Vec::new();
+        spec.validate(&mut errors);
+        errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn matchers_and_rewrites_are_checked() {
+        assert!(spec(serde_json::json!({
+            "paths": ["/u/:id"], "methods": ["GET"], "rewrite": "/v2/:id",
+            "headers": [{"name": "x-env", "regex": "^can"}],
+            "query": [{"name": "debug", "present": false}]
+        }))
+        .is_empty());
+        let errors = spec(serde_json::json!({
+            "paths": ["/u/:id", "/x"], "methods": ["get"], "rewrite": "/v2/:id",
+            "headers": [{"name": "x env", "value": "a", "present": true}],
+            "query": [{"name": "q", "regex": "("}]
+        }));
+        let text = errors.join("\n");
+        for expected in [
+            "spec.frontend.methods[0]: \"get\" is not a method",
+            "spec.frontend.headers[0].name",
+            "spec.frontend.headers[0]: give exactly one of",
+            "spec.frontend.query[0].regex: invalid regex",
+            "spec.frontend.rewrite: :id is not a parameter of every path",
+        ] {
+            assert!(text.contains(expected), "{expected} not in\n{text}");
         }
     }
 }

@@ -1,0 +1,134 @@
+//! The access log: one JSON line per request, written by a background task
+//! so the request path only hands a record to a bounded channel. When the
+//! writer falls behind, records are dropped and counted
+//! (`nio_access_log_dropped_total`) rather than slowing requests down.
+
+use crate::metrics::Metrics;
+use serde::Serialize;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+/// Where access-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Sink {
+    #[default]
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+impl std::str::FromStr for Sink {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Sink, Self::Err> {
+        Ok(match s {
+            "off" | "" => Sink::Off,
+            "stdout" | "-" => Sink::Stdout,
+            path => Sink::File(path.into()),
+        })
+    }
+}
+
+/// One request, as logged.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+    pub request_id: String,
+    pub client: IpAddr,
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub protocol: &'static str,
+    pub route: Option<String>,
+    pub target: Option<String>,
+    pub status: u16,
+    /// The gateway's error code when the gateway answered (`X-Nio-Error`).
+    pub error: Option<&'static str>,
+    pub attempts: u32,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Until the backend's response headers.
+    pub upstream_ms: Option<f64>,
+    /// Until the last byte of the response.
+    pub duration_ms: f64,
+    #[serde(skip)]
+    pub started: Instant,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
+}
+
+#[derive(Debug)]
+pub struct AccessLog {
+    tx: mpsc::Sender<Box<Record>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Records waiting for the writer before new ones are dropped.
+const QUEUE: usize = 16_384;
+
+impl AccessLog {
+    /// Starts the writer; `None` when the log is off.
+    pub async fn start(sink: &Sink, metrics: Arc<Metrics>) -> std::io::Result<Option<AccessLog>> {
+        let out: Box<dyn tokio::io::AsyncWrite + Send + Unpin> = match sink {
+            Sink::Off => return Ok(None),
+            Sink::Stdout => Box::new(tokio::io::stdout()),
+            Sink::File(path) => Box::new(
+                tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .await?,
+            ),
+        };
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(write_lines(rx, out));
+        Ok(Some(AccessLog { tx, metrics }))
+    }
+
+    pub fn send(&self, mut record: Box<Record>) {
+        record.duration_ms = millis(record.started.elapsed());
+        if self.tx.try_send(record).is_err() {
+            self.metrics
+                .access_log_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+pub fn millis(d: std::time::Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
+async fn write_lines(
+    mut rx: mpsc::Receiver<Box<Record>>,
+    out: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+) {
+    let mut out = tokio::io::BufWriter::with_capacity(64 * 1024, out);
+    let mut line = Vec::with_capacity(512);
+    while let Some(record) = rx.recv().await {
+        let mut next = Some(record);
+        // Write what is queued, then flush once.
+        while let Some(record) = next {
+            line.clear();
+            if serde_json::to_writer(&mut line, &record).is_ok() {
+                line.push(b'\n');
+                if out.write_all(&line).await.is_err() {
+                    return;
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if out.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = out.flush().await;
+}

@@ -1,0 +1,271 @@
+//! Bodies as the proxy streams them, frame by frame, never buffered whole:
+//! hyper only asks for the next frame when the other side took the last
+//! one, so a slow reader slows the writer (backpressure) instead of
+//! filling memory.
+//!
+//! Both directions get an idle timeout (no frame for `idle` cuts the
+//! exchange) and optional byte counting for the access log. The request
+//! body can be held for a retry until its first frame is read: once
+//! streaming has begun it can no longer be sent again.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Bytes that crossed the proxy for one request, for the access log.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no data for {0:?} (idle timeout)")]
+pub struct IdleTimeout(pub Duration);
+
+/// Where a request body comes from.
+#[derive(Debug)]
+pub enum Source {
+    Empty,
+    Direct(Incoming),
+    /// Held in `slot` until first read, so a failed attempt that never
+    /// read it can hand it to the next attempt.
+    Held {
+        slot: Arc<Mutex<Option<Incoming>>>,
+        taken: Option<Incoming>,
+    },
+}
+
+/// A request body that may be retried: take it back with [`Replay::take`]
+/// after an attempt failed.
+#[derive(Debug, Clone)]
+pub struct Replay(Arc<Mutex<Option<Incoming>>>);
+
+impl Replay {
+    /// The body, if no attempt started reading it.
+    pub fn take(&self) -> Option<Incoming> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// A body with an idle timeout and byte counting around `inner`.
+#[derive(Debug)]
+pub struct Streamed<B> {
+    inner: B,
+    idle: Duration,
+    last: Instant,
+    /// Armed the first time the body has to wait for data.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The counters, and whether this is the request (in) direction.
+    counter: Option<(Arc<Counters>, bool)>,
+}
+
+/// Request body sent upstream.
+pub type UpBody = Streamed<Source>;
+
+impl<B> Streamed<B> {
+    fn wrap(inner: B, idle: Duration, counter: Option<(Arc<Counters>, bool)>) -> Self {
+        Streamed {
+            inner,
+            idle,
+            last: Instant::now(),
+            timer: None,
+            counter,
+        }
+    }
+}
+
+impl UpBody {
+    /// No body (health probes, bodiless requests).
+    pub fn empty(idle: Duration) -> UpBody {
+        Streamed::wrap(Source::Empty, idle, None)
+    }
+
+    /// `body` sent as is; with `replay`, held until read so a retry can
+    /// take it back.
+    pub fn request(
+        body: Incoming,
+        idle: Duration,
+        counters: Option<&Arc<Counters>>,
+        replay: bool,
+    ) -> (UpBody, Option<Replay>) {
+        let counter = counters.map(|c| (c.clone(), true));
+        if body.is_end_stream() {
+            return (Streamed::wrap(Source::Empty, idle, counter), None);
+        }
+        if !replay {
+            return (Streamed::wrap(Source::Direct(body), idle, counter), None);
+        }
+        let slot = Arc::new(Mutex::new(Some(body)));
+        let source = Source::Held {
+            slot: slot.clone(),
+            taken: None,
+        };
+        (Streamed::wrap(source, idle, counter), Some(Replay(slot)))
+    }
+
+    /// Whether a retry may send this body again: it has none.
+    pub fn is_empty(&self) -> bool {
+        matches!(self.inner, Source::Empty)
+    }
+}
+
+/// Response body from a backend, sent to the client. `guard` is dropped
+/// when the body ends or the client goes away (in-flight counts, the
+/// access-log line).
+pub type DownBody<G> = Streamed<Guarded<G>>;
+
+#[derive(Debug)]
+pub struct Guarded<G> {
+    body: Incoming,
+    _guard: G,
+}
+
+impl<G> DownBody<G> {
+    pub fn response(
+        body: Incoming,
+        guard: G,
+        idle: Duration,
+        counters: Option<Arc<Counters>>,
+    ) -> Self {
+        Streamed::wrap(
+            Guarded {
+                body,
+                _guard: guard,
+            },
+            idle,
+            counters.map(|c| (c, false)),
+        )
+    }
+}
+
+/// The frame source under a [`Streamed`] body.
+pub trait Frames {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+    fn end(&self) -> bool;
+    fn hint(&self) -> SizeHint;
+}
+
+impl Frames for Incoming {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(self).poll_frame(cx).map_err(Into::into)
+    }
+    fn end(&self) -> bool {
+        Body::is_end_stream(self)
+    }
+    fn hint(&self) -> SizeHint {
+        Body::size_hint(self)
+    }
+}
+
+impl Frames for Source {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            Source::Empty => Poll::Ready(None),
+            Source::Direct(b) => b.poll_next(cx),
+            Source::Held { slot, taken } => {
+                if taken.is_none() {
+                    *taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                }
+                match taken {
+                    Some(b) => b.poll_next(cx),
+                    // Taken back by a retry: this attempt was abandoned.
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+    }
+    fn end(&self) -> bool {
+        match self {
+            Source::Empty => true,
+            Source::Direct(b) => b.end(),
+            Source::Held { taken, .. } => taken.as_ref().is_some_and(Frames::end),
+        }
+    }
+    fn hint(&self) -> SizeHint {
+        match self {
+            Source::Empty => SizeHint::with_exact(0),
+            Source::Direct(b) => b.hint(),
+            Source::Held { slot, taken } => match taken {
+                Some(b) => b.hint(),
+                None => slot
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map_or_else(SizeHint::default, Frames::hint),
+            },
+        }
+    }
+}
+
+impl<G> Frames for Guarded<G> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.body.poll_next(cx)
+    }
+    fn end(&self) -> bool {
+        self.body.end()
+    }
+    fn hint(&self) -> SizeHint {
+        self.body.hint()
+    }
+}
+
+impl<B: Frames + Unpin> Body for Streamed<B> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match this.inner.poll_next(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.last = Instant::now();
+                if let (Some((counters, up)), Some(data)) = (&this.counter, frame.data_ref()) {
+                    let c = if *up {
+                        &counters.bytes_in
+                    } else {
+                        &counters.bytes_out
+                    };
+                    c.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => Poll::Ready(other),
+            Poll::Pending => {
+                // The timer is only moved when it fires: a busy stream costs
+                // a clock read per frame, not a timer update.
+                let deadline = this.last + this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                loop {
+                    ready!(timer.as_mut().poll(cx));
+                    let deadline = this.last + this.idle;
+                    if deadline <= Instant::now() {
+                        return Poll::Ready(Some(Err(Box::new(IdleTimeout(this.idle)))));
+                    }
+                    timer.as_mut().reset(deadline);
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.end()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.hint()
+    }
+}

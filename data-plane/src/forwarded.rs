@@ -1,0 +1,256 @@
+//! `X-Forwarded-*` and `Forwarded` (RFC 7239), and who the client is.
+//!
+//! A client can write anything in these headers, so they are only believed
+//! when the connection comes from a trusted proxy (`--trusted-proxies`, a
+//! list of CIDRs: the load balancer in front of the data planes). From
+//! anyone else they are replaced with what the data plane saw itself.
+//! Behind trusted proxies, the client is the right-most address in
+//! `X-Forwarded-For` that is not itself a trusted proxy.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// An address range, `10.0.0.0/8` or `2001:db8::/32` (a bare address is a
+/// range of one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let bad = || {
+            format!("\"{s}\" is not an address range; write 10.0.0.0/8, 2001:db8::/32 or 192.0.2.7")
+        };
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(
+                u128::from(u32::from(net)) << 96,
+                u128::from(u32::from(ip)) << 96,
+                self.prefix,
+            ),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_eq(u128::from(net), u128::from(ip), self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn prefix_eq(a: u128, b: u128, prefix: u8) -> bool {
+    prefix == 0 || (a ^ b) >> (128 - u32::from(prefix)) == 0
+}
+
+/// IPv4-mapped IPv6 (`::ffff:10.0.0.1`, what a dual-stack socket reports)
+/// compares as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The proxies whose forwarding headers are believed.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<Cidr>);
+
+impl FromStr for TrustedProxies {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(Cidr::from_str)
+            .collect::<Result<_, _>>()
+            .map(TrustedProxies)
+    }
+}
+
+impl TrustedProxies {
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|c| c.contains(ip))
+    }
+
+    /// The client's address: the peer, or behind trusted proxies the
+    /// right-most untrusted `X-Forwarded-For` entry.
+    pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = canonical(peer.ip());
+        if self.0.is_empty() || !self.trusts(peer) {
+            return peer;
+        }
+        let mut client = peer;
+        for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+            let Ok(value) = value.to_str() else {
+                return client;
+            };
+            for hop in value.rsplit(',') {
+                let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+                    return client;
+                };
+                client = canonical(ip);
+                if !self.trusts(client) {
+                    return client;
+                }
+            }
+        }
+        client
+    }
+
+    /// Rewrites the forwarding headers of a request going to a backend.
+    pub fn apply(
+        &self,
+        headers: &mut HeaderMap,
+        peer: SocketAddr,
+        proto: &'static str,
+        host: Option<&str>,
+    ) {
+        let peer_ip = canonical(peer.ip());
+        let trusted = self.trusts(peer_ip);
+        if !trusted {
+            for name in [
+                &X_FORWARDED_FOR,
+                &X_FORWARDED_PROTO,
+                &X_FORWARDED_HOST,
+                &FORWARDED,
+            ] {
+                headers.remove(name);
+            }
+        }
+        let ip = peer_ip.to_string();
+        let xff = match joined(headers, &X_FORWARDED_FOR) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.clone(),
+        };
+        set(headers, &X_FORWARDED_FOR, &xff);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+        }
+        if let Some(host) = host {
+            if !headers.contains_key(&X_FORWARDED_HOST) {
+                set(headers, &X_FORWARDED_HOST, host);
+            }
+        }
+        let node = match peer_ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(_) => format!("\"[{ip}]\""),
+        };
+        let mut element = format!("for={node};proto={proto}");
+        if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
+            element.push_str(";host=\"");
+            element.push_str(host);
+            element.push('"');
+        }
+        let forwarded = match joined(headers, &FORWARDED) {
+            Some(prev) => format!("{prev}, {element}"),
+            None => element,
+        };
+        set(headers, &FORWARDED, &forwarded);
+    }
+}
+
+/// All values of a header as one comma-separated string, if any.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut out: Option<String> = None;
+    for v in headers.get_all(name) {
+        let Ok(v) = v.to_str() else { continue };
+        match &mut out {
+            Some(s) => {
+                s.push_str(", ");
+                s.push_str(v);
+            }
+            None => out = Some(v.to_string()),
+        }
+    }
+    out.filter(|s| !s.is_empty())
+}
+
+fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name.clone(), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn cidrs() {
+        let c: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(c.contains("10.2.3.4".parse().unwrap()));
+        assert!(c.contains("::ffff:10.2.3.4".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        let c: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(c.contains("2001:db8:1::1".parse().unwrap()));
+        assert!(!c.contains("2001:db9::1".parse().unwrap()));
+        assert!("0.0.0.0/0"
+            .parse::<Cidr>()
+            .unwrap()
+            .contains("1.2.3.4".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0/8", "::/129"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn untrusted_clients_cannot_forge() {
+        let trusted: TrustedProxies = "10.0.0.0/8".parse().unwrap();
+        let forged = [
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+        ];
+        let outsider: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let mut h = headers(&forged);
+        assert_eq!(trusted.client_ip(outsider, &h), outsider.ip());
+        trusted.apply(&mut h, outsider, "http", Some("api.test"));
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "api.test");
+        assert_eq!(h["forwarded"], "for=192.0.2.1;proto=http;host=\"api.test\"");
+
+        // Through the trusted load balancer: kept and appended.
+        let lb: SocketAddr = "10.1.1.1:5000".parse().unwrap();
+        let mut h = headers(&[("x-forwarded-for", "203.0.113.9, 10.9.9.9")]);
+        assert_eq!(
+            trusted.client_ip(lb, &h),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        trusted.apply(&mut h, lb, "http", None);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.9.9.9, 10.1.1.1");
+    }
+}

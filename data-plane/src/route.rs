@@ -1,0 +1,290 @@
+//! A Route compiled for the request path: its conditions (methods, header
+//! and query matchers), how it rewrites the path and the Host header, and
+//! its header rules. Built once per snapshot from the spec, so a request
+//! never parses configuration: regexes are compiled, header names parsed.
+
+use crate::metrics::RouteStats;
+use crate::router::{matched_len, params};
+use crate::upstream::BackendPool;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::Method;
+use nio_proto::model::{compile_regex, HeaderRules, Matcher, PathPattern, RouteSpec, Segment};
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct CompiledRoute {
+    pub name: String,
+    /// The Route's resourceVersion this was compiled from.
+    pub version: u64,
+    pub hosts: Vec<String>,
+    pub paths: Vec<Arc<PathPattern>>,
+    pub exact: bool,
+    methods: Vec<Method>,
+    headers: Vec<(HeaderName, Test)>,
+    query: Vec<(String, Test)>,
+    pub backend: Arc<BackendPool>,
+    /// `stripPath` is a rewrite to `/`.
+    rewrite: Option<PathPattern>,
+    host: HostRule,
+    pub request_headers: CompiledRules,
+    pub response_headers: CompiledRules,
+    pub access_log: bool,
+    pub stats: Arc<RouteStats>,
+}
+
+#[derive(Debug)]
+enum Test {
+    Equals(String),
+    Regex(regex::Regex),
+    Present(bool),
+}
+
+impl Test {
+    fn check(&self, value: Option<&[u8]>) -> bool {
+        match (self, value) {
+            (Test::Present(want), v) => v.is_some() == *want,
+            (Test::Equals(s), Some(v)) => s.as_bytes() == v,
+            (Test::Regex(re), Some(v)) => std::str::from_utf8(v).is_ok_and(|v| re.is_match(v)),
+            (_, None) => false,
+        }
+    }
+}
+
+/// What Host header the backend sees.
+#[derive(Debug)]
+pub enum HostRule {
+    /// The target's `host:port`.
+    Target,
+    /// The client's.
+    Preserve,
+    Override(HeaderValue),
+}
+
+/// Header rules with names and values parsed.
+#[derive(Debug, Default)]
+pub struct CompiledRules {
+    remove: Vec<HeaderName>,
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl CompiledRules {
+    fn new(rules: &HeaderRules) -> Result<CompiledRules, String> {
+        let name = |n: &str| HeaderName::from_bytes(n.as_bytes()).map_err(|e| format!("{n}: {e}"));
+        let pair = |(n, v): (&String, &String)| -> Result<_, String> {
+            Ok((
+                name(n)?,
+                HeaderValue::from_str(v).map_err(|e| format!("{n}: {e}"))?,
+            ))
+        };
+        Ok(CompiledRules {
+            remove: rules
+                .remove
+                .iter()
+                .map(|n| name(n))
+                .collect::<Result<_, _>>()?,
+            set: rules.set.iter().map(pair).collect::<Result<_, _>>()?,
+            add: rules.add.iter().map(pair).collect::<Result<_, _>>()?,
+        })
+    }
+
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for n in &self.remove {
+            headers.remove(n);
+        }
+        for (n, v) in &self.set {
+            headers.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            headers.append(n.clone(), v.clone());
+        }
+    }
+}
+
+impl CompiledRoute {
+    pub fn new(
+        name: &str,
+        version: u64,
+        spec: &RouteSpec,
+        backend: Arc<BackendPool>,
+        stats: Arc<RouteStats>,
+    ) -> Result<CompiledRoute, String> {
+        let f = &spec.frontend;
+        let paths = f
+            .paths
+            .iter()
+            .map(|p| PathPattern::parse(p).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        let methods = f
+            .methods
+            .iter()
+            .map(|m| Method::from_bytes(m.as_bytes()).map_err(|e| format!("{m}: {e}")))
+            .collect::<Result<_, _>>()?;
+        let headers = f
+            .headers
+            .iter()
+            .map(|m| {
+                let name = HeaderName::from_bytes(m.name.as_bytes())
+                    .map_err(|e| format!("{}: {e}", m.name))?;
+                Ok((name, test(m)?))
+            })
+            .collect::<Result<_, String>>()?;
+        let query = f
+            .query
+            .iter()
+            .map(|m| Ok((m.name.clone(), test(m)?)))
+            .collect::<Result<_, String>>()?;
+        let rewrite = match (&f.rewrite, f.strip_path) {
+            (Some(r), _) => Some(PathPattern::parse(r)?),
+            (None, true) => Some(PathPattern::parse("/")?),
+            (None, false) => None,
+        };
+        let host = match (&spec.host_override, spec.preserve_host) {
+            (Some(h), _) => HostRule::Override(
+                HeaderValue::from_str(h).map_err(|e| format!("hostOverride: {e}"))?,
+            ),
+            (None, true) => HostRule::Preserve,
+            (None, false) => HostRule::Target,
+        };
+        Ok(CompiledRoute {
+            name: name.to_string(),
+            version,
+            hosts: f.hosts.clone(),
+            paths,
+            exact: f.exact,
+            methods,
+            headers,
+            query,
+            backend,
+            rewrite,
+            host,
+            request_headers: CompiledRules::new(&spec.request_headers)?,
+            response_headers: CompiledRules::new(&spec.response_headers)?,
+            access_log: spec.access_log,
+            stats,
+        })
+    }
+
+    /// Method, header and query conditions, for ranking ties.
+    pub fn conditions(&self) -> u32 {
+        u32::from(!self.methods.is_empty()) + self.headers.len() as u32 + self.query.len() as u32
+    }
+
+    /// Whether the request meets this route's conditions.
+    pub fn accepts(&self, method: &Method, headers: &HeaderMap, query: Option<&str>) -> bool {
+        (self.methods.is_empty() || self.methods.contains(method))
+            && self
+                .headers
+                .iter()
+                .all(|(name, t)| t.check(headers.get(name).map(HeaderValue::as_bytes)))
+            && self.query.iter().all(|(name, t)| {
+                let value = query.and_then(|q| query_param(q, name));
+                t.check(value.as_deref().map(str::as_bytes))
+            })
+    }
+
+    pub fn host_rule(&self) -> &HostRule {
+        &self.host
+    }
+
+    /// The path and query the backend gets, when the route changes it.
+    /// `None`: the request's own.
+    pub fn rewrite(
+        &self,
+        pattern: &PathPattern,
+        path: &str,
+        query: Option<&str>,
+    ) -> Option<String> {
+        let template = self.rewrite.as_ref()?;
+        let mut out = String::with_capacity(path.len() + 16);
+        for seg in &template.segments {
+            out.push('/');
+            match seg {
+                Segment::Literal(l) => out.push_str(l),
+                Segment::Param(p) => {
+                    if let Some((_, v)) = params(pattern, path).find(|(n, _)| n == p) {
+                        out.push_str(v);
+                    }
+                }
+            }
+        }
+        let rest = &path[matched_len(pattern, path).min(path.len())..];
+        if rest.is_empty()
+            && (out.is_empty() || template.trailing_slash && !template.segments.is_empty())
+        {
+            out.push('/');
+        }
+        out.push_str(rest);
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        Some(out)
+    }
+}
+
+fn test(m: &Matcher) -> Result<Test, String> {
+    Ok(match (&m.value, &m.regex, m.present) {
+        (Some(v), _, _) => Test::Equals(v.clone()),
+        (_, Some(re), _) => Test::Regex(compile_regex(re)?),
+        (_, _, Some(p)) => Test::Present(p),
+        _ => return Err(format!("{}: no condition", m.name)),
+    })
+}
+
+/// The first value of `name` in a query string, percent-decoded (`+` is a
+/// space). A name without `=` has the empty value.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(k) == name).then(|| decode(v))
+    })
+}
+
+fn decode(s: &str) -> String {
+    if !s.contains(['%', '+']) {
+        return s.to_string();
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = match bytes[i] {
+            b'%' => bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| Some(hex(h[0])? << 4 | hex(h[1])?)),
+            _ => None,
+        };
+        match (decoded, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, b) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_decoded() {
+        assert_eq!(query_param("a=1&b=x%20y+z", "b").as_deref(), Some("x y z"));
+        assert_eq!(query_param("flag&a=1", "flag").as_deref(), Some(""));
+        assert_eq!(query_param("a=%zz%4", "a").as_deref(), Some("%zz%4"));
+        assert_eq!(query_param("a=1", "b"), None);
+        assert_eq!(query_param("a=%C3%A9%", "a").as_deref(), Some("é%"));
+        assert_eq!(query_param("a=é%é", "a").as_deref(), Some("é%é"));
+    }
+}

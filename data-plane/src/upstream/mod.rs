@@ -1,0 +1,330 @@
+//! Backend pools: the targets of one Backend, the connections to them, and
+//! the state that decides which target takes a request.
+//!
+//! A pool is built when a Backend's spec first appears or changes, and is
+//! shared by every runtime compiled while the spec stays the same — so its
+//! connection pool, load-balancing position, breakers and health survive
+//! configuration swaps. Dropping the last runtime that uses it stops its
+//! health checks.
+//!
+//! Layout: [`balance`] (the policies), [`health`] (breaker, outlier
+//! detection, probe results), this file (the pool, picking, probing).
+
+pub mod balance;
+pub mod health;
+
+use crate::body::UpBody;
+use balance::{Balancer, Targets};
+use health::{now_ms, Condition, Outcome, TargetState};
+use http::uri::{Authority, Scheme, Uri};
+use http::{HeaderValue, Method, Request, Version};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use nio_proto::model::{parse_target_url, BackendSpec, HealthCheck, Protocol};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+#[derive(Debug)]
+pub struct Target {
+    pub url: String,
+    pub authority: Authority,
+    /// The Host header sent to this target (its host and port).
+    pub host_header: HeaderValue,
+    pub backup: bool,
+    pub state: TargetState,
+}
+
+pub type UpstreamClient = Client<HttpConnector, UpBody>;
+
+#[derive(Debug)]
+pub struct BackendPool {
+    pub name: String,
+    pub spec: BackendSpec,
+    pub targets: Vec<Target>,
+    primaries: Balancer,
+    backups: Balancer,
+    pub client: UpstreamClient,
+    /// The HTTP version requests to the targets carry.
+    pub version: Version,
+}
+
+/// How long an unused pooled connection stays open.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+
+impl BackendPool {
+    /// Builds the pool and, when the spec asks for it, starts its health
+    /// checks (they stop when the pool is dropped).
+    pub fn new(name: &str, spec: &BackendSpec) -> Result<Arc<BackendPool>, String> {
+        let mut targets = Vec::with_capacity(spec.targets.len());
+        for (i, t) in spec.targets.iter().enumerate() {
+            let bad = |e: String| format!("spec.targets[{i}].url: {e}");
+            let addr = parse_target_url(&t.url).map_err(bad)?;
+            let authority: Authority = addr.authority.parse().map_err(|e| bad(format!("{e}")))?;
+            let host_header =
+                HeaderValue::from_str(&addr.authority).map_err(|e| bad(format!("{e}")))?;
+            targets.push(Target {
+                url: t.url.clone(),
+                authority,
+                host_header,
+                backup: t.backup,
+                state: TargetState::default(),
+            });
+        }
+        if targets.is_empty() {
+            return Err("spec.targets: no targets".into());
+        }
+        let tier = |backup: bool| {
+            let members: Vec<(u32, u32, &str)> = spec
+                .targets
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.backup == backup)
+                .map(|(i, t)| (i as u32, t.weight, t.url.as_str()))
+                .collect();
+            Balancer::new(spec.load_balancing.policy, &members)
+        };
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(spec.timeouts.connect));
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(1024);
+        let version = match spec.protocol {
+            Protocol::Http1 => Version::HTTP_11,
+            Protocol::Http2 => {
+                builder.http2_only(true).timer(TokioTimer::new());
+                Version::HTTP_2
+            }
+        };
+        let pool = Arc::new(BackendPool {
+            name: name.to_string(),
+            spec: spec.clone(),
+            primaries: tier(false),
+            backups: tier(true),
+            targets,
+            client: builder.build(connector),
+            version,
+        });
+        if let Some(hc) = &spec.health_check {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                for index in 0..pool.targets.len() {
+                    rt.spawn(probe_loop(Arc::downgrade(&pool), index, hc.clone()));
+                }
+            }
+        }
+        Ok(pool)
+    }
+
+    /// A target for this request: the primaries by the Backend's policy,
+    /// and only when none is available the backups. Targets in `tried` are
+    /// avoided while another is available. `None`: nothing available (all
+    /// down, ejected or with an open breaker).
+    pub fn pick(&self, key: u64, tried: &[u32]) -> Option<u32> {
+        let view = View(self);
+        for balancer in [&self.primaries, &self.backups] {
+            if balancer.is_empty() {
+                continue;
+            }
+            if let Some(i) = balancer.pick(&view, key, tried) {
+                return Some(i);
+            }
+            // A retry may go back to a target it tried rather than fail.
+            if !tried.is_empty() {
+                if let Some(i) = balancer.pick(&view, key, &[]) {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// Records how a request to `target` ended, and logs a change of state.
+    pub fn record(&self, target: u32, outcome: Outcome) {
+        let Some(t) = self.targets.get(target as usize) else {
+            return;
+        };
+        let now = now_ms();
+        let may_eject = || {
+            let cap = self
+                .spec
+                .outlier_detection
+                .as_ref()
+                .map_or(0, |o| o.max_ejected_percent as usize);
+            let ejected = self
+                .targets
+                .iter()
+                .filter(|t| t.state.is_ejected(now))
+                .count();
+            (ejected + 1) * 100 <= cap * self.targets.len()
+        };
+        let changed = t.state.record(
+            outcome,
+            now,
+            &self.spec.circuit_breaker,
+            self.spec.outlier_detection.as_ref(),
+            may_eject,
+        );
+        if let Some(condition) = changed {
+            log_change(&self.name, &t.url, condition);
+        }
+    }
+
+    pub fn target(&self, index: u32) -> Option<&Target> {
+        self.targets.get(index as usize)
+    }
+}
+
+fn log_change(backend: &str, target: &str, condition: Condition) {
+    match condition {
+        Condition::Up => tracing::info!(backend, target, "target is back in the pool"),
+        other => {
+            tracing::warn!(
+                backend,
+                target,
+                state = other.as_str(),
+                "target taken out of the pool"
+            )
+        }
+    }
+}
+
+/// Per-target gauges and counters for `/metrics`.
+pub fn render_metrics(pools: &imbl::HashMap<String, Arc<BackendPool>>, out: &mut String) {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut pools: Vec<_> = pools.values().collect();
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    let now = now_ms();
+    type Read = fn(&Target, u64) -> u64;
+    let metrics: [(&str, &str, &str, Read); 4] = [
+        (
+            "nio_backend_target_up",
+            "gauge",
+            "1 when the target takes requests; 0 when unhealthy, ejected or its circuit is open.",
+            |t, now| u64::from(t.state.condition(now) == Condition::Up),
+        ),
+        (
+            "nio_backend_target_in_flight",
+            "gauge",
+            "Requests in flight to the target.",
+            |t, _| u64::from(t.state.in_flight.load(Relaxed)),
+        ),
+        (
+            "nio_backend_target_requests_total",
+            "counter",
+            "Requests sent to the target.",
+            |t, _| t.state.requests.load(Relaxed),
+        ),
+        (
+            "nio_backend_target_failures_total",
+            "counter",
+            "Requests to the target that failed to connect, broke or timed out.",
+            |t, _| t.state.failures.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, value) in metrics {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for pool in &pools {
+            for t in &pool.targets {
+                let _ = writeln!(
+                    out,
+                    "{name}{{backend=\"{}\",target=\"{}\"}} {}",
+                    pool.name,
+                    t.url,
+                    value(t, now)
+                );
+            }
+        }
+    }
+}
+
+struct View<'a>(&'a BackendPool);
+
+impl Targets for View<'_> {
+    fn load(&self, index: u32) -> u32 {
+        self.0.targets[index as usize]
+            .state
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn usable(&self, index: u32) -> bool {
+        self.0.targets[index as usize]
+            .state
+            .try_use(now_ms(), &self.0.spec.circuit_breaker)
+    }
+}
+
+/// Probes one target every `interval` while its pool lives.
+async fn probe_loop(pool: Weak<BackendPool>, index: usize, hc: HealthCheck) {
+    let mut tick = tokio::time::interval(hc.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let ok = probe(&pool, index, &hc).await;
+        let target = &pool.targets[index];
+        if let Some(condition) = target.state.record_probe(ok, &hc) {
+            log_change(&pool.name, &target.url, condition);
+        }
+    }
+}
+
+async fn probe(pool: &BackendPool, index: usize, hc: &HealthCheck) -> bool {
+    let target = &pool.targets[index];
+    let uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(target.authority.clone())
+        .path_and_query(hc.path.as_str())
+        .build();
+    let Ok(uri) = uri else {
+        return false;
+    };
+    let mut req = Request::new(UpBody::empty(hc.timeout));
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = uri;
+    *req.version_mut() = pool.version;
+    req.headers_mut()
+        .insert(http::header::HOST, target.host_header.clone());
+    req.headers_mut().insert(
+        http::header::USER_AGENT,
+        HeaderValue::from_static("nio-health-check"),
+    );
+    match tokio::time::timeout(hc.timeout, pool.client.request(req)).await {
+        Ok(Ok(resp)) => hc.expects(resp.status().as_u16()),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: serde_json::Value) -> BackendSpec {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[tokio::test]
+    async fn backups_only_when_primaries_are_out() {
+        let pool = BackendPool::new(
+            "b",
+            &spec(serde_json::json!({
+                "targets": [
+                    {"url": "http://127.0.0.1:1"},
+                    {"url": "http://127.0.0.1:2", "backup": true}
+                ],
+                "circuitBreaker": {"consecutiveFailures": 1, "openFor": "1h"}
+            })),
+        )
+        .unwrap();
+        assert!((0..10).all(|_| pool.pick(0, &[]) == Some(0)));
+        pool.record(0, Outcome::Failed);
+        assert!((0..10).all(|_| pool.pick(0, &[]) == Some(1)));
+        assert_eq!(pool.target(1).unwrap().host_header, "127.0.0.1:2");
+    }
+}
