@@ -398,7 +398,8 @@ impl Proxy {
             let Some(target) = pool.target(index) else {
                 return Err(ProxyError::NoHealthyTarget);
             };
-            let may_retry = attempts <= retries as usize && (body.is_empty() || replay.is_some());
+            let bodyless = body.is_empty();
+            let may_retry = attempts <= retries as usize && (bodyless || replay.is_some());
             let uri = Uri::builder()
                 .scheme(Scheme::HTTP)
                 .authority(target.authority.clone())
@@ -440,7 +441,11 @@ impl Proxy {
                 Ok(Err(e)) => {
                     pool.record(index, Outcome::Failed);
                     tracing::debug!(error = ?e, target = %target.url, "upstream error");
-                    if e.is_connect() {
+                    // A connection that failed before the request left is
+                    // always safe to retry; one that broke after, only for
+                    // an idempotent request without a body (a pooled
+                    // connection the target had just closed, say).
+                    if e.is_connect() || (bodyless && idempotent(&method)) {
                         if let Some((b, r)) = next_body(&replay) {
                             (body, replay) = (b, r);
                             backoff(spec.retries.backoff, attempts).await;
@@ -456,8 +461,8 @@ impl Proxy {
                 Ok(Ok(mut resp)) => {
                     let status = resp.status().as_u16();
                     pool.record(index, Outcome::Answered(status));
-                    if spec.retries.statuses.contains(&status) && idempotent(&method) {
-                        if let Some((b, r)) = next_body(&replay).filter(|(b, _)| b.is_empty()) {
+                    if spec.retries.statuses.contains(&status) && bodyless && idempotent(&method) {
+                        if let Some((b, r)) = next_body(&replay) {
                             drop(resp);
                             (body, replay) = (b, r);
                             backoff(spec.retries.backoff, attempts).await;

@@ -466,12 +466,135 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// Creates the resource, or replaces it when it exists; returns the
+    /// revision of the write.
+    pub async fn apply(&self, resource: &Value) -> Result<u64> {
+        let plural = plural(resource)?;
+        let (s, mut v) = Self::json(
+            self.request(reqwest::Method::POST, &format!("/apis/nio.dev/v1/{plural}"))
+                .json(resource),
+        )
+        .await?;
+        if s == 409 {
+            v = self.replace(resource.clone()).await?;
+        } else if s != 201 {
+            bail!("create {plural}: {s} {v}");
+        }
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .context("resourceVersion in the answer")
+    }
+}
+
+/// One control plane and one data plane (id `dp`, access log in a file),
+/// for tests of the data path.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub cp: ControlPlane,
+    pub dp: DataPlane,
+    pub admin: Admin,
+    pub client: reqwest::Client,
+}
+
+impl Gateway {
+    /// `extra`: more data-plane flags.
+    pub async fn start(extra: &[&str]) -> Result<Gateway> {
+        let dir = tempfile::tempdir()?;
+        let cp = ControlPlane::start(&dir.path().join("cp")).await?;
+        let log = dir.path().join("access.log");
+        let mut args = vec!["--access-log", log.to_str().context("temp path")?];
+        args.extend_from_slice(extra);
+        let dp = DataPlane::start_with(
+            &cp.grpc_url(),
+            &cp.join_token_file(),
+            "dp",
+            &dir.path().join("dp"),
+            &args,
+        )
+        .await?;
+        let admin = cp.admin();
+        Ok(Gateway {
+            dir,
+            cp,
+            dp,
+            admin,
+            client: reqwest::Client::new(),
+        })
+    }
+
+    /// Creates or replaces each resource in order, then waits until the
+    /// data plane serves the last revision.
+    pub async fn apply(&self, resources: &[Value]) -> Result<u64> {
+        let mut revision = 0;
+        for r in resources {
+            revision = self.admin.apply(r).await?;
+        }
+        self.admin
+            .wait_applied(&["dp"], revision, Duration::from_secs(20))
+            .await?;
+        Ok(revision)
+    }
+
+    /// A request through the data plane with this Host header.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        host: &str,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.dp.url(path))
+            .header("host", host)
+    }
+
+    /// GET through the data plane: (status, body as JSON or a string).
+    pub async fn get(&self, host: &str, path: &str) -> Result<(u16, Value)> {
+        let r = self
+            .request(reqwest::Method::GET, host, path)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        let text = r.text().await?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
+    /// The access-log lines written so far.
+    pub fn access_log(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The data plane's `/metrics` text.
+    pub async fn metrics(&self) -> Result<String> {
+        Ok(self
+            .client
+            .get(format!("http://{}/metrics", self.dp.ops))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+}
+
 fn plural(resource: &Value) -> Result<String> {
     Ok(match resource["kind"].as_str().context("kind")? {
         "Route" => "routes".into(),
         "Backend" => "backends".into(),
         k => bail!("unknown kind {k}"),
     })
+}
+
+/// Any resource from its kind, name and spec.
+pub fn resource(kind: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "nio.dev/v1", "kind": kind, "metadata": {"name": name}, "spec": spec})
 }
 
 pub fn backend(name: &str, urls: &[String]) -> Value {
@@ -491,12 +614,27 @@ pub fn route(name: &str, hosts: &[&str], paths: &[&str], backend: &str) -> Value
 }
 
 /// A real HTTP server that answers every request with JSON naming itself
-/// and echoing what it received (`/slow/<ms>` answers after a delay).
+/// and echoing what it received: method, path, headers and the body's
+/// length. Paths: `/slow/<ms>` answers after a delay, `/status/<code>`
+/// answers with that status, `/health` answers with the status set by
+/// [`TestBackend::set_health`]. [`TestBackend::set_status`] and
+/// [`TestBackend::set_delay`] change every answer; [`TestBackend::stop`]
+/// closes the listener and every open connection (a dead target).
 pub struct TestBackend {
     pub name: String,
     pub addr: SocketAddr,
     pub hits: Arc<AtomicU64>,
+    behaviour: Arc<Behaviour>,
+    stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Behaviour {
+    /// 0: answer normally.
+    status: AtomicU64,
+    health: AtomicU64,
+    delay_ms: AtomicU64,
 }
 
 impl TestBackend {
@@ -510,52 +648,29 @@ impl TestBackend {
             .with_context(|| format!("binding {addr}"))?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicU64::new(0));
-        let (n, h) = (name.to_string(), hits.clone());
+        let behaviour = Arc::new(Behaviour::default());
+        behaviour.health.store(200, Ordering::Relaxed);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (n, h, b) = (name.to_string(), hits.clone(), behaviour.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (n, h) = (n.clone(), h.clone());
+                let (n, h, b) = (n.clone(), h.clone(), b.clone());
+                let mut stopped = stopped.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        h.fetch_add(1, Ordering::Relaxed);
-                        let headers: serde_json::Map<String, Value> = req
-                            .headers()
-                            .iter()
-                            .map(|(k, v)| {
-                                (
-                                    k.to_string(),
-                                    Value::String(v.to_str().unwrap_or("").to_string()),
-                                )
-                            })
-                            .collect();
-                        let body = json!({
-                            "backend": n,
-                            "method": req.method().as_str(),
-                            "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
-                            "headers": headers,
-                        });
-                        // `/slow/<ms>` answers after that many milliseconds.
-                        let delay = body["path"]
-                            .as_str()
-                            .and_then(|p| p.strip_prefix("/slow/"))
-                            .and_then(|ms| ms.parse().ok())
-                            .map(Duration::from_millis);
-                        async move {
-                            if let Some(d) = delay {
-                                tokio::time::sleep(d).await;
-                            }
-                            let mut resp =
-                                hyper::Response::new(Full::new(Bytes::from(body.to_string())));
-                            resp.headers_mut()
-                                .insert("content-type", "application/json".parse().unwrap());
-                            Ok::<_, Infallible>(resp)
-                        }
+                        let (n, h, b) = (n.clone(), h.clone(), b.clone());
+                        async move { Ok::<_, Infallible>(answer(req, &n, &h, &b).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stopped.wait_for(|s| *s) => {}
+                    }
                 });
             }
         });
@@ -563,12 +678,46 @@ impl TestBackend {
             name: name.to_string(),
             addr,
             hits,
+            behaviour,
+            stop,
             task,
         })
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Every answer gets this status (0: back to normal).
+    pub fn set_status(&self, status: u16) {
+        self.behaviour
+            .status
+            .store(u64::from(status), Ordering::Relaxed);
+    }
+
+    /// What `/health` answers.
+    pub fn set_health(&self, status: u16) {
+        self.behaviour
+            .health
+            .store(u64::from(status), Ordering::Relaxed);
+    }
+
+    /// Every answer is delayed this long.
+    pub fn set_delay(&self, delay: Duration) {
+        self.behaviour
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Requests received, health probes excluded.
+    pub fn hit_count(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Closes the listener and every connection: the target is dead.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+        self.task.abort();
     }
 
     /// Serves until the process ends.
@@ -578,9 +727,73 @@ impl TestBackend {
     }
 }
 
+async fn answer(
+    req: hyper::Request<hyper::body::Incoming>,
+    name: &str,
+    hits: &AtomicU64,
+    b: &Behaviour,
+) -> hyper::Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let health = path == "/health";
+    if !health {
+        hits.fetch_add(1, Ordering::Relaxed);
+    }
+    let headers: serde_json::Map<String, Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                Value::String(v.to_str().unwrap_or("").to_string()),
+            )
+        })
+        .collect();
+    let method = req.method().to_string();
+    // Read the whole body (test bodies are small) to report its size.
+    let body_len = req
+        .into_body()
+        .collect()
+        .await
+        .map_or(0, |b| b.to_bytes().len());
+    let mut delay = Duration::from_millis(b.delay_ms.load(Ordering::Relaxed));
+    if let Some(ms) = path.strip_prefix("/slow/").and_then(|ms| ms.parse().ok()) {
+        delay = Duration::from_millis(ms);
+    }
+    let forced = b.status.load(Ordering::Relaxed) as u16;
+    let status = if health {
+        b.health.load(Ordering::Relaxed) as u16
+    } else if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse().ok()) {
+        code
+    } else if forced != 0 {
+        forced
+    } else {
+        200
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let body = json!({
+        "backend": name,
+        "method": method,
+        "path": path,
+        "headers": headers,
+        "bodyLength": body_len,
+    });
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    resp
+}
+
 impl Drop for TestBackend {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
     }
 }
 

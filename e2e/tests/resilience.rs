@@ -1,0 +1,291 @@
+//! What the gateway does when backends are slow, dead or failing, through
+//! a real data plane: timeouts (504), dead targets (502) skipped once the
+//! circuit breaker opens and tried again after it half-opens, active
+//! health checks taking a target out and back in, outlier ejection, and
+//! retries that go to another target but never re-send a streamed body.
+//! Every gateway error is JSON with the request id and an `X-Nio-Error`
+//! header.
+
+#![allow(clippy::unwrap_used)]
+
+use nio_e2e::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+
+async fn setup(gw: &Gateway, urls: &[String], extra: Value) -> anyhow::Result<()> {
+    let targets: Vec<Value> = urls.iter().map(|u| json!({"url": u})).collect();
+    let mut spec = json!({"targets": targets});
+    spec.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    gw.apply(&[
+        resource("Backend", "svc", spec),
+        route("svc", &["svc.test"], &["/"], "svc"),
+    ])
+    .await?;
+    Ok(())
+}
+
+/// A URL where nothing listens.
+async fn dead_url() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    format!("http://{}", l.local_addr().unwrap())
+}
+
+struct Answer {
+    status: u16,
+    error: Option<String>,
+    body: Value,
+}
+
+async fn call(gw: &Gateway, method: Method, path: &str) -> Answer {
+    let r = gw
+        .request(method, "svc.test", path)
+        .header("x-request-id", "req-1")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let error = r
+        .headers()
+        .get("x-nio-error")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = r.text().await.unwrap();
+    Answer {
+        status,
+        error,
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    }
+}
+
+async fn spread(gw: &Gateway, n: usize) -> HashMap<String, usize> {
+    let mut c = HashMap::new();
+    for _ in 0..n {
+        let a = call(gw, Method::GET, "/").await;
+        let who = match a.error {
+            Some(e) => e,
+            None => a.body["backend"].as_str().unwrap_or("?").to_string(),
+        };
+        *c.entry(who).or_default() += 1;
+    }
+    c
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_backend_gives_504() -> anyhow::Result<()> {
+    let gw = Gateway::start(&[]).await?;
+    let b = TestBackend::start("slow").await?;
+    setup(
+        &gw,
+        &[b.url()],
+        json!({"timeouts": {"request": "300ms"}, "retries": {"maxRetries": 0}}),
+    )
+    .await?;
+    let a = call(&gw, Method::GET, "/slow/3000").await;
+    assert_eq!(a.status, 504);
+    assert_eq!(a.error.as_deref(), Some("backend-timeout"));
+    assert_eq!(a.body["requestId"], "req-1");
+    assert_eq!(a.body["error"], "the backend did not answer in time");
+    assert_eq!(call(&gw, Method::GET, "/fast").await.status, 200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_target_gives_502_then_is_skipped_until_it_recovers() -> anyhow::Result<()> {
+    let gw = Gateway::start(&[]).await?;
+    let live = TestBackend::start("live").await?;
+    let dead = dead_url().await;
+    setup(
+        &gw,
+        &[dead.clone(), live.url()],
+        json!({
+            "loadBalancing": {"policy": "roundRobin"},
+            "retries": {"maxRetries": 0},
+            "circuitBreaker": {"consecutiveFailures": 2, "openFor": "1s"}
+        }),
+    )
+    .await?;
+    // Round robin: every other request goes to the dead target until its
+    // breaker opens after two failures.
+    let before = spread(&gw, 4).await;
+    assert_eq!(
+        (before.get("backend-unreachable"), before.get("live")),
+        (Some(&2), Some(&2)),
+        "{before:?}"
+    );
+    let a = call(&gw, Method::GET, "/").await;
+    assert_eq!(a.body["backend"], "live");
+    let after = spread(&gw, 20).await;
+    assert_eq!(after.get("live"), Some(&20), "breaker open: {after:?}");
+    let m = gw.metrics().await?;
+    assert!(
+        m.contains(&format!(
+            "nio_backend_target_up{{backend=\"svc\",target=\"{dead}\"}} 0"
+        )),
+        "{m}"
+    );
+
+    // The dead target comes back on its address; after openFor one probe
+    // request closes the breaker and it takes traffic again.
+    let revived =
+        TestBackend::start_on(dead.trim_start_matches("http://").parse()?, "revived").await?;
+    wait_for(
+        "the revived target to serve",
+        Duration::from_secs(10),
+        || async { Ok(spread(&gw, 2).await.contains_key("revived").then_some(())) },
+    )
+    .await?;
+    let c = spread(&gw, 10).await;
+    assert_eq!(
+        (c.get("revived"), c.get("live")),
+        (Some(&5), Some(&5)),
+        "{c:?}"
+    );
+    drop(revived);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_every_breaker_open_the_answer_is_503() -> anyhow::Result<()> {
+    let gw = Gateway::start(&[]).await?;
+    setup(
+        &gw,
+        &[dead_url().await],
+        json!({"retries": {"maxRetries": 0}, "circuitBreaker": {"consecutiveFailures": 1, "openFor": "1h"}}),
+    )
+    .await?;
+    let first = call(&gw, Method::GET, "/").await;
+    assert_eq!(
+        (first.status, first.error.as_deref()),
+        (502, Some("backend-unreachable"))
+    );
+    let next = call(&gw, Method::GET, "/").await;
+    assert_eq!(
+        (next.status, next.error.as_deref()),
+        (503, Some("no-healthy-target"))
+    );
+    assert_eq!(next.body["requestId"], "req-1");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_checks_take_a_target_out_and_bring_it_back() -> anyhow::Result<()> {
+    let gw = Gateway::start(&[]).await?;
+    let (a, b) = (
+        TestBackend::start("a").await?,
+        TestBackend::start("b").await?,
+    );
+    setup(
+        &gw,
+        &[a.url(), b.url()],
+        json!({"healthCheck": {"path": "/health", "interval": "100ms", "timeout": "100ms",
+                               "unhealthyThreshold": 2, "healthyThreshold": 2,
+                               "expectedStatuses": ["2xx"]}}),
+    )
+    .await?;
+    assert_eq!(spread(&gw, 10).await.get("a"), Some(&5));
+    a.set_health(500);
+    wait_for("a taken out", Duration::from_secs(10), || async {
+        Ok((spread(&gw, 4).await.get("b") == Some(&4)).then_some(()))
+    })
+    .await?;
+    assert_eq!(spread(&gw, 20).await.get("b"), Some(&20));
+    a.set_health(204);
+    wait_for("a back in", Duration::from_secs(10), || async {
+        Ok(spread(&gw, 4).await.contains_key("a").then_some(()))
+    })
+    .await?;
+    assert_eq!(spread(&gw, 10).await.get("a"), Some(&5));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outliers_answering_5xx_are_ejected() -> anyhow::Result<()> {
+    let gw = Gateway::start(&[]).await?;
+    let (bad, good) = (
+        TestBackend::start("bad").await?,
+        TestBackend::start("good").await?,
+    );
+    bad.set_status(500);
+    setup(
+        &gw,
+        &[bad.url(), good.url()],
+        json!({"retries": {"maxRetries": 0},
+               "outlierDetection": {"consecutive5xx": 3, "ejectFor": "1h"}}),
+    )
+    .await?;
+    let c = spread(&gw, 6).await;
+    assert_eq!(c.get("bad"), Some(&3), "{c:?}");
+    let c = spread(&gw, 20).await;
+    assert_eq!(c.get("good"), Some(&20), "ejected: {c:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_go_elsewhere_but_never_resend_a_streamed_body() -> anyhow::Result<()> {
+    let gw = Gateway::start(&[]).await?;
+    let (a, b) = (
+        TestBackend::start("a").await?,
+        TestBackend::start("b").await?,
+    );
+    a.set_status(503);
+    setup(
+        &gw,
+        &[a.url(), b.url()],
+        json!({"loadBalancing": {"policy": "roundRobin"}, "retries": {"maxRetries": 1, "backoff": "1ms"}}),
+    )
+    .await?;
+    // A GET that got 503 from "a" is retried on "b".
+    for _ in 0..6 {
+        let r = call(&gw, Method::GET, "/").await;
+        assert_eq!((r.status, r.body["backend"].as_str()), (200, Some("b")));
+    }
+    // Retries advance the rotation too, so how many first attempts landed
+    // on "a" depends on the order; each of those was answered by "b".
+    assert!((3..=6).contains(&a.hit_count()), "a got {}", a.hit_count());
+
+    // A POST with a body that "a" read and answered 503 to is not sent again.
+    b.set_status(503);
+    let (a0, b0) = (a.hit_count(), b.hit_count());
+    for _ in 0..4 {
+        let r = gw
+            .request(Method::POST, "svc.test", "/")
+            .body(vec![7u8; 100_000])
+            .send()
+            .await?;
+        assert_eq!(r.status(), 503);
+    }
+    assert_eq!(
+        a.hit_count() - a0 + b.hit_count() - b0,
+        4,
+        "one attempt per POST"
+    );
+    b.set_status(0);
+
+    // A connection failure happens before the body is read: the body goes
+    // to the next target whole.
+    let dead = dead_url().await;
+    setup(
+        &gw,
+        &[dead, b.url()],
+        json!({"loadBalancing": {"policy": "roundRobin"}, "retries": {"maxRetries": 1, "backoff": "1ms"},
+               "circuitBreaker": {"enabled": false}}),
+    )
+    .await?;
+    for _ in 0..4 {
+        let r = gw
+            .request(Method::POST, "svc.test", "/")
+            .body(vec![7u8; 100_000])
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200);
+        let body: Value = serde_json::from_str(&r.text().await?)?;
+        assert_eq!(
+            (body["backend"].as_str(), body["bodyLength"].as_u64()),
+            (Some("b"), Some(100_000))
+        );
+    }
+    Ok(())
+}
