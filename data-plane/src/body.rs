@@ -8,6 +8,7 @@
 //! body can be held for a retry until its first frame is read: once
 //! streaming has begun it can no longer be sent again.
 
+use crate::upstream::health::now_ms;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -21,11 +22,15 @@ use tokio::time::{Instant, Sleep};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Bytes that crossed the proxy for one request, for the access log.
+/// Bytes that crossed the proxy for one request (for the access log), and
+/// when the request body was sent in full (the request timeout starts
+/// then: a long upload is not a slow backend).
 #[derive(Debug, Default)]
 pub struct Counters {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// [`now_ms`] when the request body ended; 0 while it streams.
+    pub request_sent_ms: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +224,14 @@ impl<G> Frames for Guarded<G> {
     }
 }
 
+impl<B> Streamed<B> {
+    fn mark_sent(&self) {
+        if let Some((c, true)) = &self.counter {
+            c.request_sent_ms.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
 impl<B: Frames + Unpin> Body for Streamed<B> {
     type Data = Bytes;
     type Error = BoxError;
@@ -239,7 +252,15 @@ impl<B: Frames + Unpin> Body for Streamed<B> {
                     };
                     c.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
+                // hyper stops asking once the body says it has ended.
+                if this.inner.end() {
+                    this.mark_sent();
+                }
                 Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.mark_sent();
+                Poll::Ready(None)
             }
             Poll::Ready(other) => Poll::Ready(other),
             Poll::Pending => {

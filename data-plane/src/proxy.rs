@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::route::{CompiledRoute, HostRule};
 use crate::runtime::RuntimeSlot;
 use crate::upstream::balance::hash_key;
-use crate::upstream::health::Outcome;
+use crate::upstream::health::{now_ms, Outcome};
 use crate::upstream::BackendPool;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -36,7 +36,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use nio_proto::model::PathPattern;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -383,7 +383,11 @@ impl Proxy {
         }
         route.request_headers.apply(headers);
 
-        let counters = log.as_ref().map(|l| l.counters.clone());
+        let has_body = !http_body::Body::is_end_stream(&body);
+        let counters = match log.as_ref() {
+            Some(l) => Some(l.counters.clone()),
+            None => has_body.then(Arc::default),
+        };
         let retries = spec.retries.max_retries;
         let (mut body, mut replay) =
             UpBody::request(body, spec.timeouts.idle, counters.as_ref(), retries > 0);
@@ -421,7 +425,12 @@ impl Proxy {
             }
             let mut exchange = Exchange::new(pool.clone(), index);
             let sent = Instant::now();
-            let result = tokio::time::timeout(spec.timeouts.request, pool.client.request(up)).await;
+            let result = until_response(
+                pool.client.request(up),
+                spec.timeouts.request,
+                counters.as_deref().filter(|_| !bodyless),
+            )
+            .await;
             let next_body = |replay: &Option<Replay>| -> Option<(UpBody, Option<Replay>)> {
                 if !may_retry {
                     return None;
@@ -434,11 +443,11 @@ impl Proxy {
                 }
             };
             let err = match result {
-                Err(_) => {
+                None => {
                     pool.record(index, Outcome::Failed);
                     ProxyError::Timeout
                 }
-                Ok(Err(e)) => {
+                Some(Err(e)) => {
                     pool.record(index, Outcome::Failed);
                     tracing::debug!(error = ?e, target = %target.url, "upstream error");
                     // A connection that failed before the request left is
@@ -458,7 +467,7 @@ impl Proxy {
                         ProxyError::Unreachable
                     }
                 }
-                Ok(Ok(mut resp)) => {
+                Some(Ok(mut resp)) => {
                     let status = resp.status().as_u16();
                     pool.record(index, Outcome::Answered(status));
                     if spec.retries.statuses.contains(&status) && bodyless && idempotent(&method) {
@@ -481,7 +490,7 @@ impl Proxy {
                     if status == 101 {
                         if let Some(client) = on_upgrade {
                             let backend = hyper::upgrade::on(&mut resp);
-                            tokio::spawn(tunnel(client, backend, exchange));
+                            tokio::spawn(tunnel(client, backend, exchange, spec.timeouts.idle));
                             let (mut parts, _) = resp.into_parts();
                             parts
                                 .headers
@@ -510,28 +519,101 @@ impl Proxy {
     }
 }
 
-/// Both upgraded halves, copied until either side closes.
+/// The response to `call`, or `None` when it took longer than `timeout`
+/// counted from the end of the request body (`body`: its counters; `None`
+/// for a bodiless request, counted from now). While the body streams, its
+/// idle timeout guards against stalls instead.
+async fn until_response<F: std::future::Future>(
+    call: F,
+    timeout: Duration,
+    body: Option<&Counters>,
+) -> Option<F::Output> {
+    tokio::pin!(call);
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Ok(out) = tokio::time::timeout_at(deadline, &mut call).await {
+            return Some(out);
+        }
+        let sent = body?.request_sent_ms.load(Ordering::Relaxed);
+        let waited = if sent == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(now_ms().saturating_sub(sent))
+        };
+        if waited >= timeout {
+            return None;
+        }
+        deadline = tokio::time::Instant::now() + (timeout - waited);
+    }
+}
+
+/// Both upgraded halves, copied until both sides have closed (a side that
+/// finishes sending half-closes the other), or until nothing crossed in
+/// either direction for `idle`.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     backend: hyper::upgrade::OnUpgrade,
     exchange: Exchange,
+    idle: Duration,
 ) {
-    let (client, backend) = tokio::join!(client, backend);
-    match (client, backend) {
-        (Ok(client), Ok(backend)) => {
-            let (mut c, mut b) = (TokioIo::new(client), TokioIo::new(backend));
-            if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut c, &mut b).await {
-                if let Some(counters) = &exchange.counters {
-                    counters.bytes_in.fetch_add(up, Ordering::Relaxed);
-                    counters.bytes_out.fetch_add(down, Ordering::Relaxed);
-                }
-            }
-        }
+    let (client, backend) = match tokio::join!(client, backend) {
+        (Ok(c), Ok(b)) => (TokioIo::new(c), TokioIo::new(b)),
         (c, b) => {
             tracing::debug!(client = ?c.err(), backend = ?b.err(), "upgrade failed");
+            return;
+        }
+    };
+    let last = AtomicU64::new(now_ms());
+    let (client_read, client_write) = tokio::io::split(client);
+    let (backend_read, backend_write) = tokio::io::split(backend);
+    let both = async {
+        tokio::join!(
+            pipe(client_read, backend_write, &last),
+            pipe(backend_read, client_write, &last)
+        )
+    };
+    let watchdog = async {
+        loop {
+            tokio::time::sleep(idle).await;
+            if now_ms().saturating_sub(last.load(Ordering::Relaxed)) >= idle.as_millis() as u64 {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        (up, down) = both => {
+            if let Some(counters) = &exchange.counters {
+                counters.bytes_in.fetch_add(up, Ordering::Relaxed);
+                counters.bytes_out.fetch_add(down, Ordering::Relaxed);
+            }
+        }
+        () = watchdog => tracing::debug!(?idle, "upgraded connection idle; closed"),
+    }
+}
+
+/// Copies one direction of a tunnel; returns the bytes copied.
+async fn pipe(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    last: &AtomicU64,
+) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut total = 0;
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                total += n as u64;
+                last.store(now_ms(), Ordering::Relaxed);
+            }
         }
     }
-    drop(exchange);
+    let _ = to.shutdown().await;
+    total
 }
 
 /// Pause before a retry: the base doubled per attempt, with jitter, at most 2s.

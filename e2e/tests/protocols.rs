@@ -78,6 +78,41 @@ async fn websocket_messages_and_close_cross_the_gateway() -> Result<()> {
     explain(&gw, result)
 }
 
+/// An upgraded connection with no traffic either way for the Backend's
+/// idle timeout is closed by the gateway.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_websocket_is_closed() -> Result<()> {
+    let gw = Gateway::start(&[]).await?;
+    let backend_url = websocket_echo_server().await?;
+    gw.apply(&[
+        nio_e2e::resource(
+            "Backend",
+            "ws-echo",
+            json!({"targets": [{"url": backend_url}], "timeouts": {"idle": "300ms"}}),
+        ),
+        route("ws", &["ws.test"], &["/chat"], "ws-echo"),
+    ])
+    .await?;
+    let mut request = format!("ws://{}/chat", gw.dp.http).into_client_request()?;
+    request
+        .headers_mut()
+        .insert("host", HeaderValue::from_static("ws.test"));
+    let (mut ws, _) = within("the upgrade", tokio_tungstenite::connect_async(request)).await??;
+    ws.send(Message::text("still here")).await?;
+    assert!(within("an echo", ws.next()).await?.is_some());
+    // Then silence: the stream ends (closed or reset) well before the deadline.
+    let ended = within("the idle close", async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    explain(&gw, ended)
+}
+
 async fn websocket_round_trip(gw: &Gateway) -> Result<()> {
     let mut request = format!("ws://{}/chat/room-1", gw.dp.http).into_client_request()?;
     request

@@ -92,6 +92,36 @@ async fn a_slow_backend_gives_504() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The request timeout counts from the end of the request body: an upload
+/// slower than the timeout is not a slow backend.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_upload_is_not_a_backend_timeout() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start(&[]).await?;
+    let b = TestBackend::start("upload").await?;
+    setup(
+        &gw,
+        &[b.url()],
+        json!({"timeouts": {"request": "300ms"}, "retries": {"maxRetries": 0}}),
+    )
+    .await?;
+    let mut conn = tokio::net::TcpStream::connect(gw.dp.http).await?;
+    conn.write_all(
+        b"POST /up HTTP/1.1\r\nhost: svc.test\r\ncontent-length: 50\r\nconnection: close\r\n\r\n",
+    )
+    .await?;
+    // Five pieces 200 ms apart: a second of upload against a 300 ms timeout.
+    for _ in 0..5 {
+        conn.write_all(&[b'x'; 10]).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"bodyLength\":50"), "{answer}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_target_gives_502_then_is_skipped_until_it_recovers() -> anyhow::Result<()> {
     let gw = Gateway::start(&[]).await?;
