@@ -93,7 +93,7 @@ struct Group<R> {
 /// `exact_trailing` (the path must be exactly this plus `/`).
 #[derive(Debug, Default)]
 struct Node {
-    literal: HashMap<Box<str>, Node>,
+    literal: HashMap<Box<str>, Node, BuildFnv>,
     param: Option<Box<Node>>,
     prefix: Vec<u32>,
     trailing: Vec<u32>,
@@ -177,6 +177,36 @@ impl<R> Group<R> {
                 }
             }
         }
+    }
+}
+
+/// FNV-1a (with a final mix) for the segment maps: segments are short, and SipHash's
+/// flooding resistance buys nothing here — the keys come from the
+/// configuration, so a request can only look up, never add collisions.
+#[derive(Debug, Default, Clone, Copy)]
+struct BuildFnv;
+
+struct Fnv(u64);
+
+impl std::hash::BuildHasher for BuildFnv {
+    type Hasher = Fnv;
+    fn build_hasher(&self) -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        // Spread the bits: the table indexes by the low ones and tags by
+        // the high ones.
+        let h = (self.0 ^ (self.0 >> 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^ (h >> 29)
     }
 }
 

@@ -122,6 +122,40 @@ async fn a_slow_upload_is_not_a_backend_timeout() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A response body that stops flowing for longer than the idle timeout is
+/// cut, so a hung backend cannot hold a client forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_response_body_is_cut() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start(&[]).await?;
+    // A backend that sends headers and 5 of 100 promised bytes, then hangs.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello")
+                    .await;
+                std::future::pending::<()>().await;
+            });
+        }
+    });
+    setup(
+        &gw,
+        &[url],
+        json!({"timeouts": {"idle": "300ms"}, "retries": {"maxRetries": 0}}),
+    )
+    .await?;
+    let r = gw.request(Method::GET, "svc.test", "/").send().await?;
+    assert_eq!(r.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(20), r.bytes()).await?;
+    assert!(body.is_err(), "the body was cut, not completed: {body:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_target_gives_502_then_is_skipped_until_it_recovers() -> anyhow::Result<()> {
     let gw = Gateway::start(&[]).await?;
