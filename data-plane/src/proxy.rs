@@ -181,6 +181,18 @@ impl Drop for Exchange {
     }
 }
 
+/// What the proxy knows about a request besides the request itself.
+struct Ctx {
+    request_id: HeaderValue,
+    peer: SocketAddr,
+    /// The client: the peer, or who trusted proxies say it is.
+    client_ip: IpAddr,
+    /// The `Host` header or `:authority`.
+    host: Option<HeaderValue>,
+    /// The access-log record, until it is handed to the response body.
+    log: Option<LogStart>,
+}
+
 /// What the log needs to know about a request, taken before its parts are
 /// moved into the upstream request.
 struct LogStart {
@@ -228,7 +240,7 @@ impl Proxy {
             .as_ref()
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
-        let mut log = self.access_log.as_ref().map(|sink| LogStart {
+        let log = self.access_log.as_ref().map(|sink| LogStart {
             record: Box::new(Record {
                 time: SystemTime::now(),
                 request_id: request_id.to_str().unwrap_or_default().to_string(),
@@ -251,8 +263,15 @@ impl Proxy {
             counters: Arc::default(),
             sink: sink.clone(),
         });
+        let mut ctx = Ctx {
+            request_id,
+            peer,
+            client_ip,
+            host: host_value.clone(),
+            log,
+        };
         let Some(runtime) = self.runtime.load_full() else {
-            return self.fail(ProxyError::NotConfigured, &request_id, log);
+            return self.fail(ProxyError::NotConfigured, ctx);
         };
         let query = req.uri().query();
         let found = runtime.router.find(host, req.uri().path(), |r| {
@@ -260,38 +279,27 @@ impl Proxy {
         });
         let Some(m) = found else {
             self.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
-            return self.fail(ProxyError::NoRoute, &request_id, log);
+            return self.fail(ProxyError::NoRoute, ctx);
         };
         let route = m.route.clone();
-        if let Some(l) = &mut log {
-            if route.access_log {
-                l.record.route = Some(route.name.clone());
-            } else {
-                log = None;
-            }
+        if let Some(l) = &mut ctx.log {
+            l.record.route = Some(route.name.clone());
+        }
+        if !route.access_log {
+            ctx.log = None;
         }
         let on_upgrade = upgrade_requested(&req).then(|| hyper::upgrade::on(&mut req));
         let resp = self
-            .forward(
-                req,
-                &route,
-                m.pattern,
-                peer,
-                client_ip,
-                host_value.as_ref(),
-                &request_id,
-                on_upgrade,
-                &mut log,
-            )
+            .forward(req, &route, m.pattern, on_upgrade, &mut ctx)
             .await;
         let resp = match resp {
             Ok(resp) => resp,
             Err(e) => {
                 self.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
                 if e != ProxyError::BadRequest {
-                    tracing::warn!(route = %route.name, backend = %route.backend.name, error = e.code(), request_id = ?request_id, "backend call failed");
+                    tracing::warn!(route = %route.name, backend = %route.backend.name, error = e.code(), request_id = ?ctx.request_id, "backend call failed");
                 }
-                self.fail(e, &request_id, log)
+                self.fail(e, ctx)
             }
         };
         route
@@ -301,38 +309,30 @@ impl Proxy {
     }
 
     /// An error response, logged.
-    fn fail(
-        &self,
-        err: ProxyError,
-        request_id: &HeaderValue,
-        log: Option<LogStart>,
-    ) -> Response<ProxyBody> {
-        if let Some(mut l) = log {
+    fn fail(&self, err: ProxyError, ctx: Ctx) -> Response<ProxyBody> {
+        if let Some(mut l) = ctx.log {
             l.record.status = err.status().as_u16();
             l.record.error = Some(err.code());
             l.record.bytes_in = l.counters.bytes_in.load(Ordering::Relaxed);
             l.sink.send(l.record);
         }
-        error_response(err, request_id)
+        error_response(err, &ctx.request_id)
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         req: Request<Incoming>,
         route: &CompiledRoute,
         pattern: &PathPattern,
-        peer: SocketAddr,
-        client_ip: IpAddr,
-        host: Option<&HeaderValue>,
-        request_id: &HeaderValue,
         on_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        log: &mut Option<LogStart>,
+        ctx: &mut Ctx,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (request_id, host) = (&ctx.request_id, ctx.host.as_ref());
+        let log = &mut ctx.log;
         let pool = &route.backend;
         let spec = &pool.spec;
         let key = match &spec.load_balancing.hash_on {
-            Some(on) => hash_on(on, req.headers(), client_ip),
+            Some(on) => hash_on(on, req.headers(), ctx.client_ip),
             None => 0,
         };
         let (mut parts, body) = req.into_parts();
@@ -367,9 +367,12 @@ impl Proxy {
             headers.insert(header::UPGRADE, upgrade);
         }
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-        self.opts
-            .trusted_proxies
-            .apply(headers, peer, "http", host.and_then(|h| h.to_str().ok()));
+        self.opts.trusted_proxies.apply(
+            headers,
+            ctx.peer,
+            "http",
+            host.and_then(|h| h.to_str().ok()),
+        );
         match route.host_rule() {
             HostRule::Target => {}
             HostRule::Preserve => {
