@@ -597,6 +597,16 @@ pub fn resource(kind: &str, name: &str, spec: Value) -> Value {
     json!({"apiVersion": "nio.dev/v1", "kind": kind, "metadata": {"name": name}, "spec": spec})
 }
 
+/// A Backend over `targets` (`{url, weight, backup}` objects) with the
+/// fields of `extra` added to its spec.
+pub fn backend_with(name: &str, targets: Vec<Value>, extra: &Value) -> Value {
+    let mut spec = json!({ "targets": targets });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    resource("Backend", name, spec)
+}
+
 pub fn backend(name: &str, urls: &[String]) -> Value {
     json!({
         "apiVersion": "nio.dev/v1", "kind": "Backend",

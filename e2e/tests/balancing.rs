@@ -27,17 +27,13 @@ async fn pool(
     weights: &[u32],
     extra: Value,
 ) -> anyhow::Result<u64> {
-    let targets: Vec<Value> = backends
+    let targets = backends
         .iter()
         .zip(weights)
         .map(|(b, w)| json!({"url": b.url(), "weight": w}))
         .collect();
-    let mut spec = json!({"targets": targets});
-    spec.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
     gw.apply(&[
-        resource("Backend", "pool", spec),
+        backend_with("pool", targets, &extra),
         route("lb", &["lb.test"], &["/"], "pool"),
     ])
     .await
@@ -158,17 +154,8 @@ async fn consistent_hash_keeps_keys_when_a_target_leaves() -> anyhow::Result<()>
     }
 
     // "b" leaves: only its keys move.
-    let (ab, weights) = ([b[0].url(), b[2].url()], [1, 1]);
-    let targets: Vec<Value> = ab
-        .iter()
-        .zip(weights)
-        .map(|(u, w)| json!({"url": u, "weight": w}))
-        .collect();
-    let mut spec = json!({"targets": targets});
-    spec.as_object_mut()
-        .unwrap()
-        .extend(hashed.as_object().unwrap().clone());
-    gw.apply(&[resource("Backend", "pool", spec)]).await?;
+    let targets = vec![json!({"url": b[0].url()}), json!({"url": b[2].url()})];
+    gw.apply(&[backend_with("pool", targets, &hashed)]).await?;
     for (key, before) in &placed {
         let now = count(&gw, 1, Some(("x-user", key.clone())))
             .await

@@ -15,13 +15,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 async fn setup(gw: &Gateway, urls: &[String], extra: Value) -> anyhow::Result<()> {
-    let targets: Vec<Value> = urls.iter().map(|u| json!({"url": u})).collect();
-    let mut spec = json!({"targets": targets});
-    spec.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
+    let targets = urls.iter().map(|u| json!({ "url": u })).collect();
     gw.apply(&[
-        resource("Backend", "svc", spec),
+        backend_with("svc", targets, &extra),
         route("svc", &["svc.test"], &["/"], "svc"),
     ])
     .await?;
