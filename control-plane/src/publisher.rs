@@ -177,6 +177,15 @@ impl Inner {
                         }
                     }
                 }
+                // Sent to every group, like `Config::select` says.
+                Kind::ApiKey | Kind::JwtVerifier | Kind::GlobalConfig => {
+                    match self.encoded(*kind, name) {
+                        Some(e) => group.set.insert(e),
+                        None => {
+                            group.set.remove(kind.as_str(), name);
+                        }
+                    }
+                }
             }
         }
         for b in backends {

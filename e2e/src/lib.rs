@@ -585,11 +585,10 @@ impl Gateway {
 }
 
 fn plural(resource: &Value) -> Result<String> {
-    Ok(match resource["kind"].as_str().context("kind")? {
-        "Route" => "routes".into(),
-        "Backend" => "backends".into(),
-        k => bail!("unknown kind {k}"),
-    })
+    let kind = resource["kind"].as_str().context("kind")?;
+    nio_proto::model::Kind::from_kind_field(kind)
+        .map(|k| k.plural().to_string())
+        .with_context(|| format!("unknown kind {kind}"))
 }
 
 /// Any resource from its kind, name and spec.

@@ -105,14 +105,14 @@ pub struct HashOn {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Timeouts {
     /// To open a connection to a target.
-    #[serde(default = "Timeouts::connect_default", with = "duration")]
+    #[serde(default = "Timeouts::connect_default", with = "super::duration")]
     pub connect: Duration,
     /// From sending the request to the response headers.
-    #[serde(default = "Timeouts::request_default", with = "duration")]
+    #[serde(default = "Timeouts::request_default", with = "super::duration")]
     pub request: Duration,
     /// Longest pause in a streaming body (either direction) or an upgraded
     /// connection before it is cut.
-    #[serde(default = "Timeouts::idle_default", with = "duration")]
+    #[serde(default = "Timeouts::idle_default", with = "super::duration")]
     pub idle: Duration,
 }
 
@@ -150,7 +150,7 @@ pub struct Retries {
     #[serde(default = "Retries::max_default")]
     pub max_retries: u32,
     /// First pause between attempts; it doubles each time (with jitter).
-    #[serde(default = "Retries::backoff_default", with = "duration")]
+    #[serde(default = "Retries::backoff_default", with = "super::duration")]
     pub backoff: Duration,
     #[serde(default = "Retries::statuses_default")]
     pub statuses: Vec<u16>,
@@ -194,9 +194,9 @@ pub struct CircuitBreaker {
     pub failure_ratio: f64,
     #[serde(default = "CircuitBreaker::min_default")]
     pub min_requests: u32,
-    #[serde(default = "CircuitBreaker::window_default", with = "duration")]
+    #[serde(default = "CircuitBreaker::window_default", with = "super::duration")]
     pub window: Duration,
-    #[serde(default = "CircuitBreaker::open_default", with = "duration")]
+    #[serde(default = "CircuitBreaker::open_default", with = "super::duration")]
     pub open_for: Duration,
 }
 
@@ -246,9 +246,9 @@ impl Default for CircuitBreaker {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HealthCheck {
     pub path: String,
-    #[serde(default = "HealthCheck::interval_default", with = "duration")]
+    #[serde(default = "HealthCheck::interval_default", with = "super::duration")]
     pub interval: Duration,
-    #[serde(default = "HealthCheck::timeout_default", with = "duration")]
+    #[serde(default = "HealthCheck::timeout_default", with = "super::duration")]
     pub timeout: Duration,
     #[serde(default = "HealthCheck::healthy_default")]
     pub healthy_threshold: u32,
@@ -357,7 +357,7 @@ pub struct OutlierDetection {
         rename = "consecutive5xx"
     )]
     pub consecutive_5xx: u32,
-    #[serde(default = "OutlierDetection::eject_default", with = "duration")]
+    #[serde(default = "OutlierDetection::eject_default", with = "super::duration")]
     pub eject_for: Duration,
     #[serde(default = "OutlierDetection::max_default")]
     pub max_ejected_percent: u32,
@@ -372,25 +372,6 @@ impl OutlierDetection {
     }
     fn max_default() -> u32 {
         50
-    }
-}
-
-/// Durations as humane strings: `250ms`, `5s`, `1m 30s`.
-mod duration {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "\"{s}\" is not a duration ({e}); write it like 250ms, 5s or 1m"
-            ))
-        })
     }
 }
 

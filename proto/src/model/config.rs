@@ -1,9 +1,29 @@
 //! [`Config`]: every resource at one revision, and the checks that span
 //! resources (a Route's Backend must exist).
 
-use super::{AnyResource, Backend, FieldError, Kind, Route, ValidationError};
+use super::{AnyResource, Backend, FieldError, Kind, PluginSpec, Route, ValidationError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// The plugin list of a resource that has one.
+fn plugins_of(r: &AnyResource) -> Option<&[PluginSpec]> {
+    match r {
+        AnyResource::Route(r) => Some(&r.spec.plugins),
+        AnyResource::GlobalConfig(g) => Some(&g.spec.plugins),
+        _ => None,
+    }
+}
+
+/// The JwtVerifier a `jwt` plugin names.
+fn verifier_of(p: &PluginSpec) -> Option<&str> {
+    (p.kind == "jwt")
+        .then(|| p.config.get("verifier")?.as_str())
+        .flatten()
+}
+
+fn verifiers(plugins: &[PluginSpec]) -> impl Iterator<Item = &str> {
+    plugins.iter().filter_map(verifier_of)
+}
 
 /// All resources of one revision, ordered by kind then name.
 ///
@@ -104,6 +124,11 @@ impl Config {
         self.iter().filter(move |r| match r {
             AnyResource::Route(route) => selected(route),
             AnyResource::Backend(b) => needed.contains(b.metadata.name.as_str()),
+            // Keys, verifiers and global settings are small and shared by
+            // routes: every data plane gets them.
+            AnyResource::ApiKey(_) | AnyResource::JwtVerifier(_) | AnyResource::GlobalConfig(_) => {
+                true
+            }
         })
     }
 
@@ -115,7 +140,12 @@ impl Config {
                 .filter(|r| r.spec.backend == name)
                 .map(|r| format!("route \"{}\"", r.metadata.name))
                 .collect(),
-            Kind::Route => Vec::new(),
+            Kind::JwtVerifier => self
+                .iter()
+                .filter(|r| plugins_of(r).is_some_and(|p| verifiers(p).any(|v| v == name)))
+                .map(|r| format!("{} \"{}\"", r.kind().as_str().to_ascii_lowercase(), r.name()))
+                .collect(),
+            Kind::Route | Kind::ApiKey | Kind::GlobalConfig => Vec::new(),
         }
     }
 
@@ -131,6 +161,18 @@ impl Config {
                         r.spec.backend
                     ),
                 ));
+            }
+        }
+        if let Some(plugins) = plugins_of(resource) {
+            for (i, p) in plugins.iter().enumerate() {
+                if let Some(v) = verifier_of(p) {
+                    if self.get(Kind::JwtVerifier, v).is_none() {
+                        errors.push(FieldError::new(
+                            format!("spec.plugins[{i}].config.verifier"),
+                            format!("JwtVerifier \"{v}\" does not exist; create it first or fix the name"),
+                        ));
+                    }
+                }
             }
         }
         if errors.is_empty() {

@@ -7,15 +7,29 @@
 //! silently ignored. Validation returns every problem found, each naming the
 //! field (`spec.frontend.hosts[0]`) and what to do about it.
 
+mod apikey;
 mod backend;
+mod cidr;
 mod config;
+mod duration;
+mod global;
+mod jwt;
+mod plugins;
 mod route;
 
 pub use backend::{
     parse_target_url, BackendSpec, CircuitBreaker, HashOn, HealthCheck, LoadBalancing,
     OutlierDetection, Policy, Protocol, Retries, StatusRange, TargetAddr, TargetSpec, Timeouts,
 };
+pub use cidr::{canonical_ip, Cidr};
+pub use apikey::{credential_hash, hmac_finish, hmac_states, parse_time, ApiKeySpec, Credential};
 pub use config::Config;
+pub use global::{GlobalConfigSpec, GLOBAL_NAME};
+pub use jwt::{ClaimCheck, JwtKey, JwtVerifierSpec, TokenSource};
+pub use plugins::{
+    AllowedMethods, ApiKeyAuth, BodySizeLimit, Compression, Cors, IpList, JwtAuth, Maintenance,
+    PluginConfig, PluginSpec, PublicPaths, Redirect, StaticResponse,
+};
 pub use route::{
     compile_regex, is_header_name, FrontendSpec, HeaderRules, LabelSelector, Matcher, PathPattern,
     RouteSpec, Segment,
@@ -30,16 +44,28 @@ use std::fmt;
 pub enum Kind {
     Route,
     Backend,
+    ApiKey,
+    JwtVerifier,
+    GlobalConfig,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Route, Kind::Backend];
+    pub const ALL: [Kind; 5] = [
+        Kind::Route,
+        Kind::Backend,
+        Kind::ApiKey,
+        Kind::JwtVerifier,
+        Kind::GlobalConfig,
+    ];
 
     /// The `kind` field value, e.g. `Route`.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Route => "Route",
             Kind::Backend => "Backend",
+            Kind::ApiKey => "ApiKey",
+            Kind::JwtVerifier => "JwtVerifier",
+            Kind::GlobalConfig => "GlobalConfig",
         }
     }
 
@@ -48,6 +74,9 @@ impl Kind {
         match self {
             Kind::Route => "routes",
             Kind::Backend => "backends",
+            Kind::ApiKey => "apikeys",
+            Kind::JwtVerifier => "jwtverifiers",
+            Kind::GlobalConfig => "globalconfigs",
         }
     }
 
@@ -55,6 +84,9 @@ impl Kind {
         match self {
             Kind::Route => "rt",
             Kind::Backend => "be",
+            Kind::ApiKey => "ak",
+            Kind::JwtVerifier => "jwt",
+            Kind::GlobalConfig => "gc",
         }
     }
 
@@ -104,6 +136,9 @@ pub struct Resource<S> {
 
 pub type Route = Resource<RouteSpec>;
 pub type Backend = Resource<BackendSpec>;
+pub type ApiKey = Resource<ApiKeySpec>;
+pub type JwtVerifier = Resource<JwtVerifierSpec>;
+pub type GlobalConfig = Resource<GlobalConfigSpec>;
 
 impl Metadata {
     /// `resourceVersion` as a number (0 when unset or unparseable).
@@ -175,6 +210,22 @@ pub struct DecodeError(pub FieldError);
 pub enum AnyResource {
     Route(Route),
     Backend(Backend),
+    ApiKey(ApiKey),
+    JwtVerifier(JwtVerifier),
+    GlobalConfig(GlobalConfig),
+}
+
+/// `$body` with `$r` bound to the resource, whatever its kind.
+macro_rules! each_kind {
+    ($value:expr, $r:ident => $body:expr) => {
+        match $value {
+            AnyResource::Route($r) => $body,
+            AnyResource::Backend($r) => $body,
+            AnyResource::ApiKey($r) => $body,
+            AnyResource::JwtVerifier($r) => $body,
+            AnyResource::GlobalConfig($r) => $body,
+        }
+    };
 }
 
 impl AnyResource {
@@ -217,6 +268,9 @@ impl AnyResource {
         Ok(match kind {
             Kind::Route => AnyResource::Route(decode(value)?),
             Kind::Backend => AnyResource::Backend(decode(value)?),
+            Kind::ApiKey => AnyResource::ApiKey(decode(value)?),
+            Kind::JwtVerifier => AnyResource::JwtVerifier(decode(value)?),
+            Kind::GlobalConfig => AnyResource::GlobalConfig(decode(value)?),
         })
     }
 
@@ -224,21 +278,18 @@ impl AnyResource {
         match self {
             AnyResource::Route(_) => Kind::Route,
             AnyResource::Backend(_) => Kind::Backend,
+            AnyResource::ApiKey(_) => Kind::ApiKey,
+            AnyResource::JwtVerifier(_) => Kind::JwtVerifier,
+            AnyResource::GlobalConfig(_) => Kind::GlobalConfig,
         }
     }
 
     pub fn metadata(&self) -> &Metadata {
-        match self {
-            AnyResource::Route(r) => &r.metadata,
-            AnyResource::Backend(r) => &r.metadata,
-        }
+        each_kind!(self, r => &r.metadata)
     }
 
     pub fn metadata_mut(&mut self) -> &mut Metadata {
-        match self {
-            AnyResource::Route(r) => &mut r.metadata,
-            AnyResource::Backend(r) => &mut r.metadata,
-        }
+        each_kind!(self, r => &mut r.metadata)
     }
 
     pub fn name(&self) -> &str {
@@ -252,6 +303,9 @@ impl AnyResource {
         match self {
             AnyResource::Route(r) => r.spec.validate(&mut errors),
             AnyResource::Backend(r) => r.spec.validate(&mut errors),
+            AnyResource::ApiKey(r) => r.spec.validate(&mut errors),
+            AnyResource::JwtVerifier(r) => r.spec.validate(&mut errors),
+            AnyResource::GlobalConfig(r) => r.spec.validate(&r.metadata.name, &mut errors),
         }
         if errors.is_empty() {
             Ok(())
@@ -268,19 +322,11 @@ impl AnyResource {
     /// bytes that are stored, sent, and hashed.
     pub fn to_json_vec(&self) -> Vec<u8> {
         // Serializing these plain structs cannot fail: every map key is a string.
-        match self {
-            AnyResource::Route(r) => serde_json::to_vec(r),
-            AnyResource::Backend(r) => serde_json::to_vec(r),
-        }
-        .unwrap_or_default()
+        each_kind!(self, r => serde_json::to_vec(r)).unwrap_or_default()
     }
 
     pub fn to_value(&self) -> serde_json::Value {
-        match self {
-            AnyResource::Route(r) => serde_json::to_value(r),
-            AnyResource::Backend(r) => serde_json::to_value(r),
-        }
-        .unwrap_or(serde_json::Value::Null)
+        each_kind!(self, r => serde_json::to_value(r)).unwrap_or(serde_json::Value::Null)
     }
 }
 

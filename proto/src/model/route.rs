@@ -25,6 +25,9 @@ pub struct RouteSpec {
     /// Changes to the backend's response before it goes to the client.
     #[serde(default, skip_serializing_if = "HeaderRules::is_empty")]
     pub response_headers: HeaderRules,
+    /// Plugins, run in phase order (then in this order within a phase).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<super::PluginSpec>,
     /// One access-log line per request on this route (default on).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub access_log: bool,
@@ -172,7 +175,7 @@ fn bad_header_name(name: &str) -> String {
 }
 
 /// Methods a route may list.
-const METHODS: [&str; 9] = [
+pub(super) const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
 ];
 
@@ -303,6 +306,7 @@ impl RouteSpec {
                 ));
             }
         }
+        super::plugins::validate_list(&self.plugins, "spec.plugins", errors);
         self.request_headers.validate("spec.requestHeaders", errors);
         self.response_headers
             .validate("spec.responseHeaders", errors);

@@ -251,12 +251,41 @@ fn print_table(kind: Kind, items: &[Value]) {
                         .unwrap_or_default(),
                     rv,
                 ],
+                Kind::ApiKey => vec![
+                    name,
+                    (r["spec"]["enabled"] != false).to_string(),
+                    r["spec"]["expiresAt"].as_str().unwrap_or("-").to_string(),
+                    join(&r["spec"]["routes"]),
+                    rv,
+                ],
+                Kind::JwtVerifier => vec![
+                    name,
+                    join(&r["spec"]["algorithms"]),
+                    r["spec"]["jwksUrl"].as_str().unwrap_or("-").to_string(),
+                    rv,
+                ],
+                Kind::GlobalConfig => vec![
+                    name,
+                    r["spec"]["plugins"]
+                        .as_array()
+                        .map(|p| {
+                            p.iter()
+                                .filter_map(|p| p["kind"].as_str())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .unwrap_or_default(),
+                    rv,
+                ],
             }
         })
         .collect();
     let header: &[&str] = match kind {
         Kind::Route => &["NAME", "HOSTS", "PATHS", "BACKEND", "REVISION"],
         Kind::Backend => &["NAME", "TARGETS", "REVISION"],
+        Kind::ApiKey => &["NAME", "ENABLED", "EXPIRES", "ROUTES", "REVISION"],
+        Kind::JwtVerifier => &["NAME", "ALGORITHMS", "JWKS", "REVISION"],
+        Kind::GlobalConfig => &["NAME", "PLUGINS", "REVISION"],
     };
     print_rows(header, &rows);
 }
