@@ -8,8 +8,8 @@
 //! `X-Forwarded-For` that is not itself a trusted proxy.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use std::net::{IpAddr, SocketAddr};
 use nio_proto::model::{canonical_ip as canonical, Cidr};
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

@@ -11,6 +11,7 @@
 //!   header rules).
 //! - [`upstream`]: backend pools: load balancing, circuit breakers,
 //!   outlier detection, health checks.
+//! - [`plugins`]: the plugin pipeline (API keys, JWT, IP lists, CORS…).
 //! - [`proxy`]: the request path, retries, upgrades, and the single
 //!   error-to-response mapping.
 //! - [`body`]: streamed bodies with idle timeouts and byte counts.
@@ -29,6 +30,7 @@ pub mod body;
 pub mod cache;
 pub mod forwarded;
 pub mod metrics;
+pub mod plugins;
 pub mod proxy;
 pub mod route;
 pub mod router;

@@ -4,6 +4,7 @@
 //! compiled route); the registry's lock is taken when a snapshot is
 //! compiled or `/metrics` is scraped, never per request.
 
+use crate::plugins::Reason;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,9 +17,15 @@ pub struct RouteStats {
     pub by_class: [AtomicU64; 5],
     /// Sum of request durations (microseconds), for the mean latency.
     pub duration_us: AtomicU64,
+    /// Requests refused by a plugin, by reason.
+    pub denials: [AtomicU64; Reason::ALL.len()],
 }
 
 impl RouteStats {
+    pub fn denied(&self, reason: Reason) {
+        self.denials[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn record(&self, status: u16, micros: u64) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].fetch_add(1, Ordering::Relaxed);
@@ -97,6 +104,22 @@ impl Metrics {
                 "nio_request_duration_seconds_sum{{route=\"{name}\"}} {}",
                 g(&stats.duration_us) as f64 / 1e6
             );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP nio_plugin_denials_total Requests refused by a plugin, by route and reason.\n# TYPE nio_plugin_denials_total counter"
+        );
+        for (name, stats) in &routes {
+            for reason in Reason::ALL {
+                let n = g(&stats.denials[reason.index()]);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "nio_plugin_denials_total{{route=\"{name}\",reason=\"{}\"}} {n}",
+                        reason.as_str()
+                    );
+                }
+            }
         }
         for (metric, kind, help, value) in [
             (

@@ -19,10 +19,12 @@
 //! and an `X-Nio-Error` header naming the cause.
 
 use crate::access_log::{millis, AccessLog, Record, Sink};
-use crate::body::{Counters, DownBody, Replay, UpBody};
+use crate::body::{BoxError, Counters, DownBody, Replay, UpBody};
 use crate::forwarded::TrustedProxies;
 use crate::metrics::Metrics;
+use crate::plugins::{self, Chain, Denial, Flow};
 use crate::route::{CompiledRoute, HostRule};
+use crate::runtime::Runtime;
 use crate::runtime::RuntimeSlot;
 use crate::upstream::balance::hash_key;
 use crate::upstream::health::{now_ms, Outcome};
@@ -31,7 +33,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::{Either, Full};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use nio_proto::model::PathPattern;
@@ -40,8 +43,58 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// What the proxy answers with: the backend's streamed body, or our own.
-pub type ProxyBody = Either<DownBody<Exchange>, Full<Bytes>>;
+/// What the proxy answers with.
+pub enum ProxyBody {
+    /// The backend's body, streamed.
+    Backend(DownBody<Exchange>),
+    /// One the gateway wrote.
+    Local(Full<Bytes>),
+    /// The backend's body, transformed (compressed).
+    Transformed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+/// A body the gateway wrote itself.
+fn local(bytes: Bytes) -> ProxyBody {
+    ProxyBody::Local(Full::new(bytes))
+}
+
+impl http_body::Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::pin::Pin;
+        use std::task::Poll;
+        match self.get_mut() {
+            ProxyBody::Backend(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Local(b) => match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(_) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            ProxyBody::Transformed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Backend(b) => b.is_end_stream(),
+            ProxyBody::Local(b) => b.is_end_stream(),
+            ProxyBody::Transformed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            ProxyBody::Backend(b) => b.size_hint(),
+            ProxyBody::Local(b) => b.size_hint(),
+            ProxyBody::Transformed(b) => b.size_hint(),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct ProxyOptions {
@@ -126,20 +179,51 @@ impl ProxyError {
 
 /// The one function that turns a failure into a response.
 pub fn error_response(err: ProxyError, request_id: &HeaderValue) -> Response<ProxyBody> {
+    gateway_error(err.status(), err.code(), err.message(), request_id, &[])
+}
+
+/// A plugin's refusal, in the same format.
+pub fn denial_response(d: &Denial, request_id: &HeaderValue) -> Response<ProxyBody> {
+    gateway_error(
+        d.status,
+        d.reason.as_str(),
+        &d.message,
+        request_id,
+        &d.headers,
+    )
+}
+
+/// Every gateway error: a JSON body with the request id, and `X-Nio-Error`.
+fn gateway_error(
+    status: StatusCode,
+    code: &'static str,
+    message: &str,
+    request_id: &HeaderValue,
+    extra: &[(HeaderName, HeaderValue)],
+) -> Response<ProxyBody> {
     let body = serde_json::json!({
-        "error": err.message(),
+        "error": message,
         "requestId": request_id.to_str().unwrap_or_default(),
     });
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
-    *resp.status_mut() = err.status();
+    let mut resp = Response::new(local(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    h.insert(X_NIO_ERROR.clone(), HeaderValue::from_static(err.code()));
+    h.insert(X_NIO_ERROR.clone(), HeaderValue::from_static(code));
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    for (n, v) in extra {
+        h.append(n.clone(), v.clone());
+    }
     resp
+}
+
+/// Why the plugins stopped a request.
+enum Stop {
+    Deny(Denial),
+    Answer(Response<Bytes>),
 }
 
 /// One request in flight to one target; dropped when the response body is
@@ -289,8 +373,45 @@ impl Proxy {
             ctx.log = None;
         }
         let on_upgrade = upgrade_requested(&req).then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let mut state = plugins::State::default();
+        if !(runtime.global.is_empty() && route.plugins.is_empty()) {
+            let stopped = self
+                .run_plugins(&runtime, &route, &mut parts, &mut state, ctx.client_ip)
+                .await;
+            if let Some(stop) = stopped {
+                let resp = match stop {
+                    Stop::Deny(d) => {
+                        route.stats.denied(d.reason);
+                        // The event feed hooks in here (a denial event).
+                        let resp = denial_response(&d, &ctx.request_id);
+                        self.local_answer(resp, Some(d.reason.as_str()), ctx)
+                    }
+                    Stop::Answer(resp) => {
+                        let (mut parts, body) = resp.into_parts();
+                        parts
+                            .headers
+                            .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+                        self.local_answer(Response::from_parts(parts, local(body)), None, ctx)
+                    }
+                };
+                route
+                    .stats
+                    .record(resp.status().as_u16(), started.elapsed().as_micros() as u64);
+                return resp;
+            }
+        }
         let resp = self
-            .forward(req, &route, m.pattern, on_upgrade, &mut ctx)
+            .forward(
+                parts,
+                body,
+                &route,
+                &runtime.global,
+                m.pattern,
+                on_upgrade,
+                &mut ctx,
+                &mut state,
+            )
             .await;
         let resp = match resp {
             Ok(resp) => resp,
@@ -310,32 +431,80 @@ impl Proxy {
 
     /// An error response, logged.
     fn fail(&self, err: ProxyError, ctx: Ctx) -> Response<ProxyBody> {
+        let resp = error_response(err, &ctx.request_id);
+        self.local_answer(resp, Some(err.code()), ctx)
+    }
+
+    /// A response the gateway made (an error, a denial, a plugin's answer),
+    /// logged.
+    fn local_answer(
+        &self,
+        resp: Response<ProxyBody>,
+        error: Option<&'static str>,
+        ctx: Ctx,
+    ) -> Response<ProxyBody> {
         if let Some(mut l) = ctx.log {
-            l.record.status = err.status().as_u16();
-            l.record.error = Some(err.code());
+            l.record.status = resp.status().as_u16();
+            l.record.error = error;
             l.record.bytes_in = l.counters.bytes_in.load(Ordering::Relaxed);
             l.sink.send(l.record);
         }
-        error_response(err, &ctx.request_id)
+        resp
     }
 
+    /// The request side of the global and route plugins, phase by phase;
+    /// `Some` when one of them stopped the request.
+    async fn run_plugins(
+        &self,
+        runtime: &Arc<Runtime>,
+        route: &CompiledRoute,
+        parts: &mut http::request::Parts,
+        state: &mut plugins::State,
+        client_ip: IpAddr,
+    ) -> Option<Stop> {
+        let mut pctx = plugins::Ctx {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &mut parts.headers,
+            client_ip,
+            route,
+            runtime,
+            state,
+        };
+        for plugin in Chain::merged(&runtime.global, &route.plugins) {
+            let mut flow = plugin.on_request(&mut pctx);
+            loop {
+                match flow {
+                    Flow::Continue => break,
+                    Flow::Later(f) => flow = f.await,
+                    Flow::Deny(d) => return Some(Stop::Deny(d)),
+                    Flow::Answer(resp) => return Some(Stop::Answer(resp)),
+                }
+            }
+        }
+        None
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        mut parts: http::request::Parts,
+        body: Incoming,
         route: &CompiledRoute,
+        global: &Chain,
         pattern: &PathPattern,
         on_upgrade: Option<hyper::upgrade::OnUpgrade>,
         ctx: &mut Ctx,
+        state: &mut plugins::State,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (request_id, host) = (&ctx.request_id, ctx.host.as_ref());
         let log = &mut ctx.log;
         let pool = &route.backend;
         let spec = &pool.spec;
         let key = match &spec.load_balancing.hash_on {
-            Some(on) => hash_on(on, req.headers(), ctx.client_ip),
+            Some(on) => hash_on(on, &parts.headers, ctx.client_ip),
             None => 0,
         };
-        let (mut parts, body) = req.into_parts();
         let pq = match route.rewrite(pattern, parts.uri.path(), parts.uri.query()) {
             Some(rewritten) => rewritten
                 .parse::<PathAndQuery>()
@@ -498,11 +667,14 @@ impl Proxy {
                             parts
                                 .headers
                                 .insert(X_REQUEST_ID.clone(), request_id.clone());
-                            return Ok(Response::from_parts(parts, Either::Right(Full::default())));
+                            return Ok(Response::from_parts(parts, local(Bytes::new())));
                         }
                     }
                     let (mut parts, body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
+                    for plugin in Chain::merged(global, &route.plugins) {
+                        plugin.on_response(state, &mut parts);
+                    }
                     route.response_headers.apply(&mut parts.headers);
                     parts
                         .headers
@@ -510,7 +682,11 @@ impl Proxy {
                     parts.version = Version::HTTP_11;
                     let counters = exchange.counters.clone();
                     let body = DownBody::response(body, exchange, spec.timeouts.idle, counters);
-                    return Ok(Response::from_parts(parts, Either::Left(body)));
+                    let body = match state.encoding {
+                        Some(encoding) => ProxyBody::Transformed(plugins::compress(body, encoding)),
+                        None => ProxyBody::Backend(body),
+                    };
+                    return Ok(Response::from_parts(parts, body));
                 }
             };
             if let Some(l) = log.as_mut() {

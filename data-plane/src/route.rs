@@ -4,11 +4,13 @@
 //! never parses configuration: regexes are compiled, header names parsed.
 
 use crate::metrics::RouteStats;
+use crate::plugins::Chain;
 use crate::router::{matched_len, params};
 use crate::upstream::BackendPool;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Method;
-use nio_proto::model::{compile_regex, HeaderRules, Matcher, PathPattern, RouteSpec, Segment};
+use nio_proto::model::{compile_regex, HeaderRules, Matcher, PathPattern, Route, Segment};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 #[derive(Debug)]
@@ -29,6 +31,9 @@ pub struct CompiledRoute {
     pub request_headers: CompiledRules,
     pub response_headers: CompiledRules,
     pub access_log: bool,
+    /// The Route's labels (API keys may select routes by label).
+    pub labels: BTreeMap<String, String>,
+    pub plugins: Chain,
     pub stats: Arc<RouteStats>,
 }
 
@@ -103,12 +108,11 @@ impl CompiledRules {
 
 impl CompiledRoute {
     pub fn new(
-        name: &str,
-        version: u64,
-        spec: &RouteSpec,
+        route: &Route,
         backend: Arc<BackendPool>,
         stats: Arc<RouteStats>,
     ) -> Result<CompiledRoute, String> {
+        let (name, version, spec) = (&route.metadata.name, route.resource_version(), &route.spec);
         let f = &spec.frontend;
         let paths = f
             .paths
@@ -161,6 +165,8 @@ impl CompiledRoute {
             request_headers: CompiledRules::new(&spec.request_headers)?,
             response_headers: CompiledRules::new(&spec.response_headers)?,
             access_log: spec.access_log,
+            labels: route.metadata.labels.clone(),
+            plugins: Chain::build(&spec.plugins, "spec.plugins")?,
             stats,
         })
     }

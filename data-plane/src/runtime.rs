@@ -7,6 +7,7 @@
 //! to the end, so a swap never changes the rules under a request in flight.
 
 use crate::metrics::Metrics;
+use crate::plugins::{Chain, CompiledKey};
 use crate::route::CompiledRoute;
 use crate::router::{RouteEntry, Router};
 use crate::upstream::BackendPool;
@@ -26,6 +27,10 @@ pub struct Runtime {
     pub backends: imbl::HashMap<String, Arc<BackendPool>>,
     pub routes: imbl::HashMap<String, Arc<CompiledRoute>>,
     pub route_count: usize,
+    /// API keys by client id.
+    pub api_keys: imbl::HashMap<String, Arc<CompiledKey>>,
+    /// The GlobalConfig's plugins.
+    pub global: Arc<Chain>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +64,8 @@ pub fn compile(
         backends: imbl::HashMap::new(),
         routes: imbl::HashMap::new(),
         route_count: 0,
+        api_keys: imbl::HashMap::new(),
+        global: Arc::default(),
     };
     // A full build is an update of an empty runtime with everything changed.
     let (base, changed): (&Runtime, Vec<(Kind, String)>) = match (previous, changed) {
@@ -139,7 +146,7 @@ pub fn compile(
                     .map(|old| old.stats.clone())
                     .unwrap_or_else(|| metrics.route(name));
                 let route = Arc::new(
-                    CompiledRoute::new(name, r.resource_version(), &r.spec, backend, stats)
+                    CompiledRoute::new(r, backend, stats)
                         .map_err(|e| err(format!("route \"{name}\": {e}")))?,
                 );
                 routes.insert(name.clone(), route.clone());
@@ -165,6 +172,28 @@ pub fn compile(
             route: r.clone(),
         }),
     );
+    let mut api_keys = base.api_keys.clone();
+    let mut global = base.global.clone();
+    for (kind, name) in &changed {
+        match (kind, config.get(*kind, name)) {
+            (Kind::ApiKey, Some(AnyResource::ApiKey(k))) => {
+                let key =
+                    CompiledKey::new(k).map_err(|e| err(format!("apikey \"{name}\": {e}")))?;
+                api_keys.insert(name.clone(), Arc::new(key));
+            }
+            (Kind::ApiKey, _) => {
+                api_keys.remove(name);
+            }
+            (Kind::GlobalConfig, Some(AnyResource::GlobalConfig(g))) => {
+                global = Arc::new(
+                    Chain::build(&g.spec.plugins, "spec.plugins")
+                        .map_err(|e| err(format!("globalconfig \"{name}\": {e}")))?,
+                );
+            }
+            (Kind::GlobalConfig, _) => global = Arc::default(),
+            _ => {}
+        }
+    }
     Ok(Runtime {
         revision,
         hash: hash.to_string(),
@@ -172,5 +201,7 @@ pub fn compile(
         backends,
         route_count: routes.len(),
         routes,
+        api_keys,
+        global,
     })
 }

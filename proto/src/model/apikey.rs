@@ -93,7 +93,8 @@ impl ApiKeySpec {
             }
         }
         for (i, c) in self.credentials.iter().enumerate() {
-            let hex_len = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+            let hex_len =
+                |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
             if !hex_len(&c.salt, 32) || !hex_len(&c.hash, 64) {
                 errors.push(FieldError::new(
                     format!("spec.credentials[{i}]"),
@@ -172,7 +173,11 @@ mod tests {
         spec.validate(&mut errors);
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         let text = text.join("\n");
-        for expected in ["spec.expiresAt", "spec.credentials[0]: credentials are managed", "spec.metadata.bad key"] {
+        for expected in [
+            "spec.expiresAt",
+            "spec.credentials[0]: credentials are managed",
+            "spec.metadata.bad key",
+        ] {
             assert!(text.contains(expected), "{expected} not in {text}");
         }
         assert!(parse_time("2027-01-31T00:00:00Z").is_ok());

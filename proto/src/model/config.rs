@@ -143,7 +143,13 @@ impl Config {
             Kind::JwtVerifier => self
                 .iter()
                 .filter(|r| plugins_of(r).is_some_and(|p| verifiers(p).any(|v| v == name)))
-                .map(|r| format!("{} \"{}\"", r.kind().as_str().to_ascii_lowercase(), r.name()))
+                .map(|r| {
+                    format!(
+                        "{} \"{}\"",
+                        r.kind().as_str().to_ascii_lowercase(),
+                        r.name()
+                    )
+                })
                 .collect(),
             Kind::Route | Kind::ApiKey | Kind::GlobalConfig => Vec::new(),
         }

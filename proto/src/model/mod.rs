@@ -17,12 +17,12 @@ mod jwt;
 mod plugins;
 mod route;
 
+pub use apikey::{credential_hash, hmac_finish, hmac_states, parse_time, ApiKeySpec, Credential};
 pub use backend::{
     parse_target_url, BackendSpec, CircuitBreaker, HashOn, HealthCheck, LoadBalancing,
     OutlierDetection, Policy, Protocol, Retries, StatusRange, TargetAddr, TargetSpec, Timeouts,
 };
 pub use cidr::{canonical_ip, Cidr};
-pub use apikey::{credential_hash, hmac_finish, hmac_states, parse_time, ApiKeySpec, Credential};
 pub use config::Config;
 pub use global::{GlobalConfigSpec, GLOBAL_NAME};
 pub use jwt::{ClaimCheck, JwtKey, JwtVerifierSpec, TokenSource};

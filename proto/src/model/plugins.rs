@@ -201,7 +201,11 @@ impl PluginConfig {
                         "browsers refuse credentials with origin \"*\"; list the origins".into(),
                     );
                 }
-                check_methods(&c.allowed_methods, &format!("{field}.allowedMethods"), &mut err);
+                check_methods(
+                    &c.allowed_methods,
+                    &format!("{field}.allowedMethods"),
+                    &mut err,
+                );
                 for (name, list) in [
                     ("allowedHeaders", &c.allowed_headers),
                     ("exposedHeaders", &c.exposed_headers),
@@ -218,11 +222,16 @@ impl PluginConfig {
             }
             PluginConfig::AllowedMethods(c) => {
                 if c.methods.is_empty() {
-                    err(format!("{field}.methods"), "list at least one method".into());
+                    err(
+                        format!("{field}.methods"),
+                        "list at least one method".into(),
+                    );
                 }
                 check_methods(&c.methods, &format!("{field}.methods"), &mut err);
             }
-            PluginConfig::Maintenance(c) => check_status(c.status, &format!("{field}.status"), &mut err),
+            PluginConfig::Maintenance(c) => {
+                check_status(c.status, &format!("{field}.status"), &mut err)
+            }
             PluginConfig::Redirect(c) => {
                 if ![301, 302, 303, 307, 308].contains(&c.status) {
                     err(
@@ -253,7 +262,10 @@ impl PluginConfig {
             }
             PluginConfig::PublicPaths(c) => {
                 if c.paths.is_empty() {
-                    err(format!("{field}.paths"), "list at least one path prefix".into());
+                    err(
+                        format!("{field}.paths"),
+                        "list at least one path prefix".into(),
+                    );
                 }
                 for (i, p) in c.paths.iter().enumerate() {
                     if let Err(m) = super::route::validate_path(p) {
@@ -495,25 +507,72 @@ mod tests {
         };
         match spec.parse("spec.plugins[0]") {
             Ok(_) => String::new(),
-            Err(e) => e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"),
+            Err(e) => e
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
         }
     }
 
     #[test]
     fn configs_are_checked_with_field_paths() {
-        assert_eq!(errors("cors", json!({"allowedOrigins": ["https://a.test"]})), "");
+        assert_eq!(
+            errors("cors", json!({"allowedOrigins": ["https://a.test"]})),
+            ""
+        );
         assert_eq!(errors("apiKey", serde_json::Value::Null), "");
         for (kind, config, expected) in [
-            ("nope", json!({}), "spec.plugins[0].kind: unknown plugin \"nope\""),
-            ("ipAllowList", json!({"cidrs": ["10.0.0.0/33"]}), "spec.plugins[0].config.cidrs[0]"),
-            ("ipBlockList", json!({"cidr": []}), "spec.plugins[0].config.cidr: unknown field `cidr`"),
-            ("cors", json!({"allowedOrigins": ["*"], "allowCredentials": true}), "config.allowCredentials"),
-            ("cors", json!({"allowedOrigins": ["https://a.test/"]}), "config.allowedOrigins[0]"),
-            ("allowedMethods", json!({"methods": ["FETCH"]}), "config.methods[0]"),
-            ("redirect", json!({"to": "https://x.test", "status": 200}), "config.status"),
-            ("compression", json!({"algorithms": ["zstd"]}), "config.algorithms[0]"),
-            ("bodySizeLimit", json!({"maxBytes": "big"}), "config.maxBytes: invalid type"),
-            ("cors", json!({"allowedOrigins": ["https://a.test"], "maxAge": "soon"}), "config.maxAge"),
+            (
+                "nope",
+                json!({}),
+                "spec.plugins[0].kind: unknown plugin \"nope\"",
+            ),
+            (
+                "ipAllowList",
+                json!({"cidrs": ["10.0.0.0/33"]}),
+                "spec.plugins[0].config.cidrs[0]",
+            ),
+            (
+                "ipBlockList",
+                json!({"cidr": []}),
+                "spec.plugins[0].config.cidr: unknown field `cidr`",
+            ),
+            (
+                "cors",
+                json!({"allowedOrigins": ["*"], "allowCredentials": true}),
+                "config.allowCredentials",
+            ),
+            (
+                "cors",
+                json!({"allowedOrigins": ["https://a.test/"]}),
+                "config.allowedOrigins[0]",
+            ),
+            (
+                "allowedMethods",
+                json!({"methods": ["FETCH"]}),
+                "config.methods[0]",
+            ),
+            (
+                "redirect",
+                json!({"to": "https://x.test", "status": 200}),
+                "config.status",
+            ),
+            (
+                "compression",
+                json!({"algorithms": ["zstd"]}),
+                "config.algorithms[0]",
+            ),
+            (
+                "bodySizeLimit",
+                json!({"maxBytes": "big"}),
+                "config.maxBytes: invalid type",
+            ),
+            (
+                "cors",
+                json!({"allowedOrigins": ["https://a.test"], "maxAge": "soon"}),
+                "config.maxAge",
+            ),
         ] {
             let e = errors(kind, config);
             assert!(e.contains(expected), "{kind}: {expected} not in {e}");

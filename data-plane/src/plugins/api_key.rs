@@ -1,0 +1,266 @@
+//! `apiKey`: the caller must present an API key that exists, is enabled,
+//! not expired, and may call this route.
+//!
+//! Accepted forms, first found wins: `Nio-Client-Id` + `Nio-Client-Secret`
+//! headers; `Authorization: Basic base64(id:secret)`; `Authorization:
+//! Bearer id.secret`; and, when the plugin names one, a query parameter
+//! `?<queryParam>=id.secret`. Missing or wrong: 401. Disabled, expired or
+//! not allowed on the route: 403. The secret is checked against the key's
+//! salted HMAC in constant time; the credentials are removed before the
+//! request goes on, and the key's id and metadata are forwarded instead
+//! (`Nio-Client-Id`, `Nio-Client-Meta-<key>`) unless `forwardIdentity` is
+//! off.
+
+use super::{Ctx, Denial, Flow, Phase, Plugin, Reason};
+use crate::route::CompiledRoute;
+use base64::Engine;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::StatusCode;
+use nio_proto::model::{hmac_finish, hmac_states, parse_time, ApiKey, ApiKeyAuth, LabelSelector};
+use sha2::Sha256;
+use std::time::SystemTime;
+use subtle::ConstantTimeEq;
+
+static CLIENT_ID: HeaderName = HeaderName::from_static("nio-client-id");
+static CLIENT_SECRET: HeaderName = HeaderName::from_static("nio-client-secret");
+const META_PREFIX: &str = "nio-client-meta-";
+
+/// An ApiKey as the request path checks it.
+pub struct CompiledKey {
+    pub name: String,
+    enabled: bool,
+    expires: Option<SystemTime>,
+    routes: Vec<String>,
+    selector: Option<LabelSelector>,
+    /// `Nio-Client-Meta-*` headers to forward.
+    meta: Vec<(HeaderName, HeaderValue)>,
+    secrets: Vec<Secret>,
+}
+
+impl std::fmt::Debug for CompiledKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the hashes.
+        write!(
+            f,
+            "CompiledKey({}, {} secrets)",
+            self.name,
+            self.secrets.len()
+        )
+    }
+}
+
+/// One valid secret: the HMAC states keyed with its salt, and the hash.
+struct Secret {
+    inner: Sha256,
+    outer: Sha256,
+    hash: [u8; 32],
+    not_after: Option<SystemTime>,
+}
+
+impl CompiledKey {
+    pub fn new(key: &ApiKey) -> Result<CompiledKey, String> {
+        let spec = &key.spec;
+        let time = |t: &Option<String>| t.as_deref().map(parse_time).transpose();
+        let mut secrets = Vec::new();
+        for c in &spec.credentials {
+            let salt = hex::decode(&c.salt).map_err(|e| format!("credential salt: {e}"))?;
+            let hash: [u8; 32] = hex::decode(&c.hash)
+                .ok()
+                .and_then(|h| h.try_into().ok())
+                .ok_or("credential hash: not 32 bytes of hex")?;
+            let (inner, outer) = hmac_states(&salt);
+            secrets.push(Secret {
+                inner,
+                outer,
+                hash,
+                not_after: time(&c.not_after)?,
+            });
+        }
+        let meta = spec
+            .metadata
+            .iter()
+            .filter_map(|(k, v)| {
+                let name = HeaderName::from_bytes(
+                    format!("{META_PREFIX}{k}").to_ascii_lowercase().as_bytes(),
+                )
+                .ok()?;
+                Some((name, HeaderValue::from_str(v).ok()?))
+            })
+            .collect();
+        Ok(CompiledKey {
+            name: key.metadata.name.clone(),
+            enabled: spec.enabled,
+            expires: time(&spec.expires_at)?,
+            routes: spec.routes.clone(),
+            selector: spec.route_selector.clone(),
+            meta,
+            secrets,
+        })
+    }
+
+    /// Whether `secret` is one of the key's valid secrets (constant time in
+    /// the secret's content).
+    fn check(&self, secret: &[u8], now: SystemTime) -> bool {
+        let mut ok = false;
+        for s in &self.secrets {
+            let mac = hmac_finish(s.inner.clone(), s.outer.clone(), secret);
+            let current = s.not_after.is_none_or(|t| now <= t);
+            ok |= bool::from(mac.ct_eq(&s.hash)) && current;
+        }
+        ok
+    }
+
+    fn may_call(&self, route: &CompiledRoute) -> bool {
+        if self.routes.is_empty() && self.selector.is_none() {
+            return true;
+        }
+        self.routes.contains(&route.name)
+            || self
+                .selector
+                .as_ref()
+                .is_some_and(|s| s.matches(|k| route.labels.get(k).map(String::as_str)))
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiKeyPlugin {
+    config: ApiKeyAuth,
+}
+
+impl ApiKeyPlugin {
+    pub fn new(config: ApiKeyAuth) -> ApiKeyPlugin {
+        ApiKeyPlugin { config }
+    }
+}
+
+/// Where the key came from, so it can be removed before forwarding.
+enum Found {
+    Headers,
+    Authorization,
+    Query,
+}
+
+/// `(id, secret)` from the request, in the documented order.
+fn credentials(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    param: Option<&str>,
+) -> Option<(String, Vec<u8>, Found)> {
+    if let (Some(id), Some(secret)) = (headers.get(&CLIENT_ID), headers.get(&CLIENT_SECRET)) {
+        return Some((
+            id.to_str().ok()?.to_string(),
+            secret.as_bytes().to_vec(),
+            Found::Headers,
+        ));
+    }
+    if let Some(auth) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let (scheme, value) = auth.split_once(' ')?;
+        let value = value.trim();
+        if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(value)
+                .ok()?;
+            let decoded = String::from_utf8(decoded).ok()?;
+            let (id, secret) = decoded.split_once(':')?;
+            return Some((
+                id.to_string(),
+                secret.as_bytes().to_vec(),
+                Found::Authorization,
+            ));
+        }
+        if scheme.eq_ignore_ascii_case("bearer") {
+            let (id, secret) = value.split_once('.')?;
+            return Some((
+                id.to_string(),
+                secret.as_bytes().to_vec(),
+                Found::Authorization,
+            ));
+        }
+    }
+    let param = param?;
+    let value = crate::route::query_param(query?, param)?;
+    let (id, secret) = value.split_once('.')?;
+    Some((id.to_string(), secret.as_bytes().to_vec(), Found::Query))
+}
+
+fn unauthorized(reason: Reason, message: &str) -> Flow {
+    Flow::Deny(
+        Denial::new(StatusCode::UNAUTHORIZED, reason, message).with_header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"nio\", charset=\"UTF-8\""),
+        ),
+    )
+}
+
+impl Plugin for ApiKeyPlugin {
+    fn phase(&self) -> Phase {
+        Phase::Access
+    }
+
+    fn on_request(&self, ctx: &mut Ctx<'_>) -> Flow {
+        if ctx.state.public {
+            return Flow::Continue;
+        }
+        let Some((id, secret, found)) = credentials(
+            ctx.headers,
+            ctx.uri.query(),
+            self.config.query_param.as_deref(),
+        ) else {
+            return unauthorized(Reason::ApiKeyMissing, "an API key is required");
+        };
+        let now = SystemTime::now();
+        let Some(key) = ctx.runtime.api_keys.get(id.as_str()) else {
+            return unauthorized(Reason::ApiKeyInvalid, "the API key is not valid");
+        };
+        if !key.check(&secret, now) {
+            return unauthorized(Reason::ApiKeyInvalid, "the API key is not valid");
+        }
+        let forbidden =
+            |reason, message| Flow::Deny(Denial::new(StatusCode::FORBIDDEN, reason, message));
+        if !key.enabled {
+            return forbidden(Reason::ApiKeyDisabled, "this API key is disabled");
+        }
+        if key.expires.is_some_and(|t| now > t) {
+            return forbidden(Reason::ApiKeyExpired, "this API key has expired");
+        }
+        if !key.may_call(ctx.route) {
+            return forbidden(
+                Reason::ApiKeyForbidden,
+                "this API key may not call this route",
+            );
+        }
+        // The secret goes no further; the identity does.
+        let h = &mut *ctx.headers;
+        match found {
+            Found::Headers => {
+                h.remove(&CLIENT_SECRET);
+            }
+            Found::Authorization => {
+                h.remove(header::AUTHORIZATION);
+            }
+            Found::Query => {}
+        }
+        let spoofed: Vec<HeaderName> = h
+            .keys()
+            .filter(|n| n.as_str().starts_with(META_PREFIX))
+            .cloned()
+            .collect();
+        for n in spoofed {
+            h.remove(n);
+        }
+        h.remove(&CLIENT_ID);
+        if self.config.forward_identity {
+            if let Ok(v) = HeaderValue::from_str(&key.name) {
+                h.insert(CLIENT_ID.clone(), v);
+            }
+            for (n, v) in &key.meta {
+                h.insert(n.clone(), v.clone());
+            }
+        }
+        ctx.state.consumer = Some(key.name.clone());
+        Flow::Continue
+    }
+}
