@@ -14,7 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -31,7 +31,18 @@ pub struct Counters {
     pub bytes_out: AtomicU64,
     /// [`now_ms`] when the request body ended; 0 while it streams.
     pub request_sent_ms: AtomicU64,
+    /// [`now_ms`] when the backend last took a piece of the request body.
+    pub request_progress_ms: AtomicU64,
+    /// The client's side of the request body failed (broken, stalled): the
+    /// backend is not to blame.
+    pub client_failed: AtomicBool,
+    /// The request body went over its size limit.
+    pub too_large: AtomicBool,
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than {0} bytes")]
+pub struct TooLarge(pub u64);
 
 #[derive(Debug, thiserror::Error)]
 #[error("no data for {0:?} (idle timeout)")]
@@ -70,21 +81,28 @@ pub struct Streamed<B> {
     last: Instant,
     /// Armed the first time the body has to wait for data.
     timer: Option<Pin<Box<Sleep>>>,
-    /// The counters, and whether this is the request (in) direction.
-    counter: Option<(Arc<Counters>, bool)>,
+    counters: Option<Arc<Counters>>,
+    /// The request (client to backend) direction.
+    up: bool,
+    /// Request bodies: the most bytes allowed, and how many went by.
+    limit: Option<u64>,
+    seen: u64,
 }
 
 /// Request body sent upstream.
 pub type UpBody = Streamed<Source>;
 
 impl<B> Streamed<B> {
-    fn wrap(inner: B, idle: Duration, counter: Option<(Arc<Counters>, bool)>) -> Self {
+    fn wrap(inner: B, idle: Duration, counters: Option<Arc<Counters>>, up: bool) -> Self {
         Streamed {
             inner,
             idle,
             last: Instant::now(),
             timer: None,
-            counter,
+            counters,
+            up,
+            limit: None,
+            seen: 0,
         }
     }
 }
@@ -92,7 +110,13 @@ impl<B> Streamed<B> {
 impl UpBody {
     /// No body (health probes, bodiless requests).
     pub fn empty(idle: Duration) -> UpBody {
-        Streamed::wrap(Source::Empty, idle, None)
+        Streamed::wrap(Source::Empty, idle, None, true)
+    }
+
+    /// Refuses bodies longer than `limit` bytes (an error mid-stream).
+    pub fn limited(mut self, limit: Option<u64>) -> UpBody {
+        self.limit = limit;
+        self
     }
 
     /// `body` sent as is; with `replay`, held until read so a retry can
@@ -103,19 +127,25 @@ impl UpBody {
         counters: Option<&Arc<Counters>>,
         replay: bool,
     ) -> (UpBody, Option<Replay>) {
-        let counter = counters.map(|c| (c.clone(), true));
+        let counters = counters.cloned();
         if body.is_end_stream() {
-            return (Streamed::wrap(Source::Empty, idle, counter), None);
+            return (Streamed::wrap(Source::Empty, idle, counters, true), None);
         }
         if !replay {
-            return (Streamed::wrap(Source::Direct(body), idle, counter), None);
+            return (
+                Streamed::wrap(Source::Direct(body), idle, counters, true),
+                None,
+            );
         }
         let slot = Arc::new(Mutex::new(Some(body)));
         let source = Source::Held {
             slot: slot.clone(),
             taken: None,
         };
-        (Streamed::wrap(source, idle, counter), Some(Replay(slot)))
+        (
+            Streamed::wrap(source, idle, counters, true),
+            Some(Replay(slot)),
+        )
     }
 
     /// Whether a retry may send this body again: it has none.
@@ -148,7 +178,8 @@ impl<G> DownBody<G> {
                 _guard: guard,
             },
             idle,
-            counters.map(|c| (c, false)),
+            counters,
+            false,
         )
     }
 }
@@ -226,8 +257,15 @@ impl<G> Frames for Guarded<G> {
 
 impl<B> Streamed<B> {
     fn mark_sent(&self) {
-        if let Some((c, true)) = &self.counter {
+        if let (Some(c), true) = (&self.counters, self.up) {
             c.request_sent_ms.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// The client side of a request body failed.
+    fn client_failed(&self) {
+        if let (Some(c), true) = (&self.counters, self.up) {
+            c.client_failed.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -244,13 +282,21 @@ impl<B: Frames + Unpin> Body for Streamed<B> {
         match this.inner.poll_next(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.last = Instant::now();
-                if let (Some((counters, up)), Some(data)) = (&this.counter, frame.data_ref()) {
-                    let c = if *up {
-                        &counters.bytes_in
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                this.seen += len;
+                if let Some(c) = &this.counters {
+                    if this.up {
+                        c.bytes_in.fetch_add(len, Ordering::Relaxed);
+                        c.request_progress_ms.store(now_ms(), Ordering::Relaxed);
                     } else {
-                        &counters.bytes_out
-                    };
-                    c.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        c.bytes_out.fetch_add(len, Ordering::Relaxed);
+                    }
+                }
+                if let Some(limit) = this.limit.filter(|l| this.seen > *l) {
+                    if let Some(c) = &this.counters {
+                        c.too_large.store(true, Ordering::Relaxed);
+                    }
+                    return Poll::Ready(Some(Err(Box::new(TooLarge(limit)))));
                 }
                 // hyper stops asking once the body says it has ended.
                 if this.inner.end() {
@@ -262,7 +308,10 @@ impl<B: Frames + Unpin> Body for Streamed<B> {
                 this.mark_sent();
                 Poll::Ready(None)
             }
-            Poll::Ready(other) => Poll::Ready(other),
+            Poll::Ready(Some(Err(e))) => {
+                this.client_failed();
+                Poll::Ready(Some(Err(e)))
+            }
             Poll::Pending => {
                 // The timer is only moved when it fires: a busy stream costs
                 // a clock read per frame, not a timer update.
@@ -274,6 +323,7 @@ impl<B: Frames + Unpin> Body for Streamed<B> {
                     ready!(timer.as_mut().poll(cx));
                     let deadline = this.last + this.idle;
                     if deadline <= Instant::now() {
+                        this.client_failed();
                         return Poll::Ready(Some(Err(Box::new(IdleTimeout(this.idle)))));
                     }
                     timer.as_mut().reset(deadline);

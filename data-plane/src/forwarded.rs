@@ -101,7 +101,10 @@ impl TrustedProxies {
             IpAddr::V6(_) => format!("\"[{ip}]\""),
         };
         let mut element = format!("for={node};proto={proto}");
-        if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
+        if let Some(host) = host.filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        }) {
             element.push_str(";host=\"");
             element.push_str(host);
             element.push('"');

@@ -21,6 +21,7 @@
 //!   control plane.
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`server`]: listeners, ops endpoints and the shutdown drain.
+//! - [`stall`]: cutting clients that stop reading.
 //!
 //! The request path never waits on the control plane and takes no global
 //! lock: it loads the current runtime (one atomic load) and works from that.
@@ -36,5 +37,6 @@ pub mod route;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod stall;
 pub mod sync;
 pub mod upstream;

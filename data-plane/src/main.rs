@@ -69,6 +69,10 @@ struct Args {
     /// request; routes can opt out with accessLog: false).
     #[arg(long, env = "NIO_ACCESS_LOG", default_value = "stdout")]
     access_log: Sink,
+    /// Seconds a client may leave response bytes unread before its
+    /// connection is closed (so a stalled reader cannot hold a backend).
+    #[arg(long, env = "NIO_SEND_TIMEOUT", default_value_t = 60)]
+    send_timeout: u64,
     /// Log format: text or json (level from RUST_LOG, default info).
     #[arg(long, env = "NIO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -119,6 +123,7 @@ fn main() -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(args.drain_timeout),
         drain_delay: Duration::from_secs(args.drain_delay),
         startup_sync_timeout: Duration::from_secs(args.startup_sync_timeout),
+        send_timeout: Duration::from_secs(args.send_timeout.max(1)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

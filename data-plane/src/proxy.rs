@@ -135,6 +135,10 @@ pub enum ProxyError {
     NotConfigured,
     NoRoute,
     BadRequest,
+    /// The client's request body broke or stalled before it was sent.
+    RequestBody,
+    /// The request body went over the route's `bodySizeLimit`.
+    PayloadTooLarge,
     /// Every target is down, ejected, or behind an open circuit breaker.
     NoHealthyTarget,
     Unreachable,
@@ -148,7 +152,8 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest | ProxyError::RequestBody => StatusCode::BAD_REQUEST,
+            ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Unreachable => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -159,6 +164,8 @@ impl ProxyError {
             ProxyError::NotConfigured => "not-configured",
             ProxyError::NoRoute => "no-route",
             ProxyError::BadRequest => "bad-request",
+            ProxyError::RequestBody => "request-body-failed",
+            ProxyError::PayloadTooLarge => "body-too-large",
             ProxyError::NoHealthyTarget => "no-healthy-target",
             ProxyError::Unreachable => "backend-unreachable",
             ProxyError::Timeout => "backend-timeout",
@@ -170,6 +177,8 @@ impl ProxyError {
             ProxyError::NotConfigured => "the gateway has no configuration yet",
             ProxyError::NoRoute => "no route matches this request",
             ProxyError::BadRequest => "the request cannot be forwarded",
+            ProxyError::RequestBody => "the request body could not be read in full",
+            ProxyError::PayloadTooLarge => "the request body is too large for this route",
             ProxyError::NoHealthyTarget => "no healthy target is available for this backend",
             ProxyError::Unreachable => "the backend could not be reached or failed",
             ProxyError::Timeout => "the backend did not answer in time",
@@ -305,7 +314,8 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let http1 = req.version() <= Version::HTTP_11;
         let mut resp = self.serve(req, peer).await;
-        if http1 && self.draining.load(Ordering::Relaxed) {
+        let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if http1 && !upgraded && self.draining.load(Ordering::Relaxed) {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -357,6 +367,12 @@ impl Proxy {
         let Some(runtime) = self.runtime.load_full() else {
             return self.fail(ProxyError::NotConfigured, ctx);
         };
+        // `/public/../admin` would match a route on `/public` and reach the
+        // backend as `/admin`: refused rather than normalised, so what is
+        // routed is what the backend sees.
+        if has_dot_segments(req.uri().path()) {
+            return self.fail(ProxyError::BadRequest, ctx);
+        }
         let query = req.uri().query();
         let found = runtime.router.find(host, req.uri().path(), |r| {
             r.accepts(req.method(), req.headers(), query)
@@ -528,6 +544,9 @@ impl Proxy {
                     .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
             });
         strip_hop_by_hop(headers);
+        if pool.version == Version::HTTP_11 {
+            join_cookies(headers);
+        }
         if wants_trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
@@ -561,8 +580,9 @@ impl Proxy {
             None => has_body.then(Arc::default),
         };
         let retries = spec.retries.max_retries;
-        let (mut body, mut replay) =
+        let (body, mut replay) =
             UpBody::request(body, spec.timeouts.idle, counters.as_ref(), retries > 0);
+        let mut body = body.limited(state.max_body);
         let mut tried = [0u32; 12];
         let mut attempts = 0usize;
         loop {
@@ -600,6 +620,7 @@ impl Proxy {
             let result = until_response(
                 pool.client.request(up),
                 spec.timeouts.request,
+                spec.timeouts.idle,
                 counters.as_deref().filter(|_| !bodyless),
             )
             .await;
@@ -609,9 +630,11 @@ impl Proxy {
                 }
                 match replay {
                     None => Some((UpBody::empty(spec.timeouts.idle), None)),
-                    Some(r) => r
-                        .take()
-                        .map(|b| UpBody::request(b, spec.timeouts.idle, counters.as_ref(), true)),
+                    Some(r) => r.take().map(|b| {
+                        let (body, replay) =
+                            UpBody::request(b, spec.timeouts.idle, counters.as_ref(), true);
+                        (body.limited(state.max_body), replay)
+                    }),
                 }
             };
             let err = match result {
@@ -620,6 +643,16 @@ impl Proxy {
                     ProxyError::Timeout
                 }
                 Some(Err(e)) => {
+                    // The client's own body failing is not the target's fault.
+                    if let Some(c) = counters.as_deref() {
+                        if c.too_large.load(Ordering::Relaxed) {
+                            route.stats.denied(plugins::Reason::BodyTooLarge);
+                            return Err(ProxyError::PayloadTooLarge);
+                        }
+                        if c.client_failed.load(Ordering::Relaxed) {
+                            return Err(ProxyError::RequestBody);
+                        }
+                    }
                     pool.record(index, Outcome::Failed);
                     tracing::debug!(error = ?e, target = %target.url, "upstream error");
                     // A connection that failed before the request left is
@@ -705,24 +738,31 @@ impl Proxy {
 async fn until_response<F: std::future::Future>(
     call: F,
     timeout: Duration,
+    idle: Duration,
     body: Option<&Counters>,
 ) -> Option<F::Output> {
+    let started = now_ms();
     tokio::pin!(call);
     let mut deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Ok(out) = tokio::time::timeout_at(deadline, &mut call).await {
             return Some(out);
         }
-        let sent = body?.request_sent_ms.load(Ordering::Relaxed);
-        let waited = if sent == 0 {
-            Duration::ZERO
+        let body = body?;
+        let sent = body.request_sent_ms.load(Ordering::Relaxed);
+        let (since, limit) = if sent != 0 {
+            (sent, timeout)
         } else {
-            Duration::from_millis(now_ms().saturating_sub(sent))
+            // Still uploading: give up if the backend stopped taking the
+            // body (backpressure means nothing else would notice).
+            let progress = body.request_progress_ms.load(Ordering::Relaxed);
+            (progress.max(started), idle)
         };
-        if waited >= timeout {
+        let waited = Duration::from_millis(now_ms().saturating_sub(since));
+        if waited >= limit {
             return None;
         }
-        deadline = tokio::time::Instant::now() + (timeout - waited);
+        deadline = tokio::time::Instant::now() + (limit - waited).min(timeout);
     }
 }
 
@@ -801,6 +841,31 @@ async fn backoff(base: Duration, attempt: usize) {
     let cap = exp.min(Duration::from_secs(2));
     let jitter = rand::random::<f64>() * 0.5 + 0.5;
     tokio::time::sleep(cap.mul_f64(jitter)).await;
+}
+
+/// Whether a path has `.` or `..` segments, also percent-encoded.
+fn has_dot_segments(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let seg = seg.to_ascii_lowercase().replace("%2e", ".");
+        seg == "." || seg == ".."
+    })
+}
+
+/// HTTP/2 clients may split `Cookie` into one header per cookie; HTTP/1.1
+/// servers expect one line (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 /// Methods that may be sent twice with the same effect (RFC 9110 §9.2.2).
@@ -949,6 +1014,22 @@ mod tests {
         assert_eq!(request_id(&h), "abc-123");
         h.insert("x-request-id", HeaderValue::from_static("has space"));
         assert_ne!(request_id(&h), "has space");
+    }
+
+    #[test]
+    fn dot_segments_and_cookie_crumbs() {
+        for bad in ["/a/../b", "/..", "/a/./b", "/a/%2E%2e/b", "/a/.%2e", "/%2e"] {
+            assert!(has_dot_segments(bad), "{bad}");
+        }
+        for ok in ["/", "/a/b", "/a/..b", "/.well-known/x", "/a/b.."] {
+            assert!(!has_dot_segments(ok), "{ok}");
+        }
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; b=2");
     }
 
     #[test]

@@ -418,7 +418,9 @@ impl<R> Router<R> {
         path: &str,
         mut accept: impl FnMut(&R) -> bool,
     ) -> Option<Match<'_, R>> {
+        // `api.example.com.` (fully qualified) is `api.example.com`.
         let host = strip_port(host);
+        let host = host.strip_suffix('.').unwrap_or(host);
         let lowered;
         let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             lowered = host.to_ascii_lowercase();
@@ -525,6 +527,10 @@ mod tests {
         );
         assert_eq!(
             find(&r, "API.example.com:8080", "/orders"),
+            Some("exact-orders")
+        );
+        assert_eq!(
+            find(&r, "api.example.com.", "/orders"),
             Some("exact-orders")
         );
         assert_eq!(find(&r, "api.example.com", "/ordersx"), Some("exact-root"));

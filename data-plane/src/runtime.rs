@@ -194,6 +194,15 @@ pub fn compile(
             _ => {}
         }
     }
+    // Pools this runtime no longer uses stop their health checks; it is
+    // installed as soon as it is returned.
+    for name in &changed_pools {
+        if let Some(old) = reuse_from.backends.get(name) {
+            if !backends.get(name).is_some_and(|new| Arc::ptr_eq(new, old)) {
+                old.retire();
+            }
+        }
+    }
     Ok(Runtime {
         revision,
         hash: hash.to_string(),

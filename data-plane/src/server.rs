@@ -8,6 +8,7 @@ use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyOptions};
 use crate::runtime::RuntimeSlot;
+use crate::stall::WriteStall;
 use crate::sync::{self, Applier, SyncOptions};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -42,6 +43,9 @@ pub struct Options {
     /// With a cached configuration, how long to wait for the control plane
     /// to confirm it is current before reporting ready anyway.
     pub startup_sync_timeout: Duration,
+    /// How long a client may leave response bytes unread before its
+    /// connection is closed.
+    pub send_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +110,13 @@ pub async fn run(
         opts.proxy.clone(),
         access_log,
     ));
-    let proxy_task = tokio::spawn(serve_proxy(http, proxy, stop_rx, opts.drain_timeout));
+    let proxy_task = tokio::spawn(serve_proxy(
+        http,
+        proxy,
+        stop_rx,
+        opts.drain_timeout,
+        opts.send_timeout,
+    ));
 
     // Drain: not ready at once; keep serving (with Connection: close) for
     // the drain delay; stop accepting; let requests in flight finish within
@@ -185,6 +195,7 @@ async fn serve_proxy(
     proxy: Arc<Proxy>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
+    send_timeout: Duration,
 ) {
     let graceful = GracefulShutdown::new();
     let builder = conn_builder();
@@ -207,6 +218,7 @@ async fn serve_proxy(
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
         });
+        let stream = WriteStall::new(stream, send_timeout);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {

@@ -149,6 +149,7 @@ async fn bad_snapshots_are_nacked_and_the_previous_one_keeps_serving() {
         drain_timeout: Duration::from_secs(1),
         drain_delay: Duration::ZERO,
         startup_sync_timeout: Duration::from_secs(5),
+        send_timeout: Duration::from_secs(60),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let dp = tokio::spawn(server::run(opts, async move {

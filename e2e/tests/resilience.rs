@@ -118,6 +118,101 @@ async fn a_slow_upload_is_not_a_backend_timeout() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A client whose request body is broken gets 400, and it does not count
+/// against the target: its breaker stays closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_request_body_is_the_clients_fault() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start(&[]).await?;
+    let b = TestBackend::start("b").await?;
+    setup(
+        &gw,
+        &[b.url()],
+        json!({"retries": {"maxRetries": 0}, "circuitBreaker": {"consecutiveFailures": 2, "openFor": "1h"}}),
+    )
+    .await?;
+    for _ in 0..4 {
+        let mut conn = tokio::net::TcpStream::connect(gw.dp.http).await?;
+        conn.write_all(
+            b"POST / HTTP/1.1\r\nhost: svc.test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+        )
+        .await?;
+        let mut answer = String::new();
+        let _ = conn.read_to_string(&mut answer).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("request-body-failed"), "{answer}");
+    }
+    assert_eq!(
+        call(&gw, Method::GET, "/").await.status,
+        200,
+        "breaker still closed"
+    );
+    Ok(())
+}
+
+/// A backend that stops reading an upload (without answering) gives 504
+/// after the idle timeout instead of holding the request forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_that_stops_reading_gives_504() -> anyhow::Result<()> {
+    let gw = Gateway::start(&[]).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (hold_tx, mut hold_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            // Keep the connection open and never read from it.
+            let _ = hold_tx.send(conn);
+        }
+    });
+    setup(
+        &gw,
+        &[url],
+        json!({"timeouts": {"request": "500ms", "idle": "500ms"}, "retries": {"maxRetries": 0}}),
+    )
+    .await?;
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        gw.request(Method::POST, "svc.test", "/")
+            .body(vec![0u8; 32 * 1024 * 1024])
+            .send(),
+    )
+    .await??;
+    assert_eq!(r.status(), 504);
+    assert_eq!(r.headers()["x-nio-error"], "backend-timeout");
+    hold_rx.close();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dot_segments_are_refused() -> anyhow::Result<()> {
+    let gw = Gateway::start(&[]).await?;
+    let b = TestBackend::start("b").await?;
+    gw.apply(&[
+        backend("svc", &[b.url()]),
+        route("public", &["svc.test"], &["/public"], "svc"),
+    ])
+    .await?;
+    // Sent raw: an HTTP client library would resolve the dots itself.
+    for path in ["/public/../admin", "/public/%2e%2E/admin", "/public/./x"] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(gw.dp.http).await?;
+        conn.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: svc.test\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await?;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+        assert!(
+            answer.contains("x-nio-error: bad-request"),
+            "{path}: {answer}"
+        );
+    }
+    assert_eq!(b.hit_count(), 0);
+    Ok(())
+}
+
 /// A response body that stops flowing for longer than the idle timeout is
 /// cut, so a hung backend cannot hold a client forever.
 #[tokio::test(flavor = "multi_thread")]

@@ -33,9 +33,16 @@ pub struct Balancer {
 pub trait Targets {
     /// Requests in flight to the target at this pool index.
     fn load(&self, index: u32) -> u32;
-    /// Whether the target may take this request (claims a half-open probe).
+    /// Whether the target could take a request (asks nothing of it).
+    fn available(&self, index: u32) -> bool;
+    /// Whether the target takes this request: available, and for a
+    /// half-open breaker, claims its one probe.
     fn usable(&self, index: u32) -> bool;
 }
+
+/// How far a policy follows its own order before falling back to trying
+/// every member once (all that matters when most targets are down).
+const ORDER_STEPS: usize = 64;
 
 impl Balancer {
     /// `members`: (pool index, weight, identity used on the hash ring).
@@ -74,13 +81,18 @@ impl Balancer {
         }
         let ok = |i: u32| !tried.contains(&i) && targets.usable(i);
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        match self.policy {
-            Policy::WeightedRoundRobin => (0..self.schedule.len())
-                .map(|k| self.members[self.schedule[(start + k) % self.schedule.len()] as usize])
-                .find(|&i| ok(i)),
-            Policy::RoundRobin => (0..n)
+        // Every member once, from the rotation's position.
+        let scan = || {
+            (0..n)
                 .map(|k| self.members[(start + k) % n])
-                .find(|&i| ok(i)),
+                .find(|&i| ok(i))
+        };
+        match self.policy {
+            Policy::WeightedRoundRobin => (0..self.schedule.len().min(ORDER_STEPS))
+                .map(|k| self.members[self.schedule[(start + k) % self.schedule.len()] as usize])
+                .find(|&i| ok(i))
+                .or_else(scan),
+            Policy::RoundRobin => scan(),
             Policy::Random => {
                 let first = self.weighted_random();
                 (0..n)
@@ -107,10 +119,13 @@ impl Balancer {
                     .or_else(|| self.least_loaded(targets, start, tried))
             }
             Policy::ConsistentHash => {
+                // Clockwise from the key: a down target's keys go to the
+                // next point's target, the rest stay where they are.
                 let from = self.ring.partition_point(|(p, _)| *p < key);
-                (0..self.ring.len())
+                (0..self.ring.len().min(ORDER_STEPS))
                     .map(|k| self.members[self.ring[(from + k) % self.ring.len()].1 as usize])
                     .find(|&i| ok(i))
+                    .or_else(scan)
             }
         }
     }
@@ -127,30 +142,31 @@ impl Balancer {
         0
     }
 
-    /// The usable member with the fewest requests in flight per unit of
-    /// weight; ties go round robin from `start`. Only a member that would
-    /// be the best so far is asked whether it is usable (asking may claim a
-    /// half-open probe).
+    /// The available member with the fewest requests in flight per unit
+    /// of weight (ties go round robin from `start`); only that one is
+    /// claimed, so a half-open probe is never spent on a target not picked.
     fn least_loaded(&self, targets: &impl Targets, start: usize, tried: &[u32]) -> Option<u32> {
         let n = self.members.len();
         let mut best: Option<(u32, u64, u64)> = None;
         for k in 0..n {
             let pos = (start + k) % n;
             let (i, w) = (self.members[pos], self.weights[pos]);
-            if tried.contains(&i) {
+            if tried.contains(&i) || !targets.available(i) {
                 continue;
             }
             let load = u64::from(targets.load(i));
-            if let Some((_, best_load, best_w)) = best {
-                if load * best_w >= best_load * w {
-                    continue;
-                }
-            }
-            if targets.usable(i) {
+            if best.is_none_or(|(_, bl, bw)| load * bw < bl * w) {
                 best = Some((i, load, w));
             }
         }
-        best.map(|b| b.0)
+        let (chosen, _, _) = best?;
+        if targets.usable(chosen) {
+            return Some(chosen);
+        }
+        // Lost the probe to another request: any usable member will do.
+        (0..n)
+            .map(|k| self.members[(start + k) % n])
+            .find(|&i| !tried.contains(&i) && targets.usable(i))
     }
 }
 
@@ -242,8 +258,11 @@ mod tests {
         fn load(&self, i: u32) -> u32 {
             self.load[i as usize]
         }
-        fn usable(&self, i: u32) -> bool {
+        fn available(&self, i: u32) -> bool {
             !self.down.contains(&i)
+        }
+        fn usable(&self, i: u32) -> bool {
+            self.available(i)
         }
     }
 

@@ -96,29 +96,44 @@ impl TargetState {
         }
     }
 
-    /// Whether a request may go to this target now. A half-open breaker
-    /// lets one probe request through per `openFor`; asking claims it.
-    pub fn try_use(&self, now: u64, breaker: &CircuitBreaker) -> bool {
+    /// Whether a request could go to this target now, claiming nothing:
+    /// `Some(probe_at)` when its breaker is closed, or half-open with the
+    /// probe slot free.
+    fn open_slot(&self, now: u64, breaker: &CircuitBreaker) -> Option<u64> {
         if self.unhealthy.load(Ordering::Relaxed)
             || self.ejected_until.load(Ordering::Relaxed) > now
         {
-            return false;
+            return None;
         }
         let open_until = self.open_until.load(Ordering::Relaxed);
+        let probe_at = self.probe_at.load(Ordering::Relaxed);
         if open_until == 0 {
-            return true;
+            return Some(probe_at);
         }
         if now < open_until {
-            return false;
+            return None;
         }
         // Half-open: one probe at a time; a probe that never reported back
         // (cancelled request) frees the slot after openFor.
-        let probe_at = self.probe_at.load(Ordering::Relaxed);
         let free = probe_at < open_until || now >= probe_at + ms(breaker.open_for);
-        free && self
-            .probe_at
-            .compare_exchange(probe_at, now, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
+        free.then_some(probe_at)
+    }
+
+    pub fn available(&self, now: u64, breaker: &CircuitBreaker) -> bool {
+        self.open_slot(now, breaker).is_some()
+    }
+
+    /// Whether a request may go to this target now. A half-open breaker
+    /// lets one probe request through per `openFor`; asking claims it.
+    pub fn try_use(&self, now: u64, breaker: &CircuitBreaker) -> bool {
+        let Some(probe_at) = self.open_slot(now, breaker) else {
+            return false;
+        };
+        self.open_until.load(Ordering::Relaxed) == 0
+            || self
+                .probe_at
+                .compare_exchange(probe_at, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Records how a request ended. Returns what changed, for the log.

@@ -22,6 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use nio_proto::model::{parse_target_url, BackendSpec, HealthCheck, Protocol};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -47,6 +48,9 @@ pub struct BackendPool {
     pub client: UpstreamClient,
     /// The HTTP version requests to the targets carry.
     pub version: Version,
+    /// Replaced by a newer pool (its Backend changed or went away): its
+    /// health checks stop even while old requests still hold it.
+    retired: AtomicBool,
 }
 
 /// How long an unused pooled connection stays open.
@@ -107,6 +111,7 @@ impl BackendPool {
             targets,
             client: builder.build(connector),
             version,
+            retired: AtomicBool::new(false),
         });
         if let Some(hc) = &spec.health_check {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -123,7 +128,10 @@ impl BackendPool {
     /// avoided while another is available. `None`: nothing available (all
     /// down, ejected or with an open breaker).
     pub fn pick(&self, key: u64, tried: &[u32]) -> Option<u32> {
-        let view = View(self);
+        let view = View {
+            pool: self,
+            now: now_ms(),
+        };
         for balancer in [&self.primaries, &self.backups] {
             if balancer.is_empty() {
                 continue;
@@ -174,6 +182,12 @@ impl BackendPool {
 
     pub fn target(&self, index: u32) -> Option<&Target> {
         self.targets.get(index as usize)
+    }
+
+    /// Stops the health checks: a newer runtime no longer uses this pool.
+    pub fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -241,20 +255,30 @@ pub fn render_metrics(pools: &imbl::HashMap<String, Arc<BackendPool>>, out: &mut
     }
 }
 
-struct View<'a>(&'a BackendPool);
+/// The pool as a balancer sees it, at one instant.
+struct View<'a> {
+    pool: &'a BackendPool,
+    now: u64,
+}
 
 impl Targets for View<'_> {
     fn load(&self, index: u32) -> u32 {
-        self.0.targets[index as usize]
+        self.pool.targets[index as usize]
             .state
             .in_flight
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn usable(&self, index: u32) -> bool {
-        self.0.targets[index as usize]
+    fn available(&self, index: u32) -> bool {
+        self.pool.targets[index as usize]
             .state
-            .try_use(now_ms(), &self.0.spec.circuit_breaker)
+            .available(self.now, &self.pool.spec.circuit_breaker)
+    }
+
+    fn usable(&self, index: u32) -> bool {
+        self.pool.targets[index as usize]
+            .state
+            .try_use(self.now, &self.pool.spec.circuit_breaker)
     }
 }
 
@@ -267,6 +291,9 @@ async fn probe_loop(pool: Weak<BackendPool>, index: usize, hc: HealthCheck) {
         let Some(pool) = pool.upgrade() else {
             return;
         };
+        if pool.retired.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let ok = probe(&pool, index, &hc).await;
         let target = &pool.targets[index];
         if let Some(condition) = target.state.record_probe(ok, &hc) {

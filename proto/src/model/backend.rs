@@ -587,8 +587,18 @@ pub fn parse_target_url(url: &str) -> Result<TargetAddr, String> {
             None => (authority, None),
         }
     };
-    if host.is_empty() || host.contains(':') && !authority.starts_with('[') {
-        return Err(format!("\"{url}\": missing or malformed host"));
+    let host_ok = if authority.starts_with('[') {
+        host.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    };
+    if !host_ok {
+        return Err(format!(
+            "\"{url}\": missing or malformed host; use a DNS name or an IP address"
+        ));
     }
     let port = match port {
         None => 80,
@@ -633,6 +643,9 @@ mod tests {
             "http://x/path",
             "http://u@x",
             "http://[::1",
+            "http://a\"b:80",
+            "http://a<b",
+            "http://[zz]:80",
         ] {
             assert!(parse_target_url(bad).is_err(), "{bad}");
         }
