@@ -15,6 +15,7 @@
 //! The binaries in `src/bin` only parse flags and call into this library.
 
 pub mod admin;
+pub mod apikeys;
 pub mod fleet;
 pub mod publisher;
 pub mod server;

@@ -175,7 +175,25 @@ impl Store {
         let state = self.current();
         let existing = existing(&state, resource.kind(), resource.name())?;
         check_version(existing, &resource, if_match)?;
+        let mut resource = resource;
+        keep_credentials(existing, &mut resource);
         self.put(&state, resource, Outcome::Configured).await
+    }
+
+    /// Read, change and write one resource under the write lock: `change`
+    /// sees the stored resource and returns what to report alongside.
+    pub async fn update<T>(
+        &self,
+        kind: Kind,
+        name: &str,
+        change: impl FnOnce(&mut AnyResource) -> T,
+    ) -> Result<(Written, T), WriteError> {
+        let _guard = self.write_lock.lock().await;
+        let state = self.current();
+        let mut resource = existing(&state, kind, name)?.clone();
+        let out = change(&mut resource);
+        let written = self.put(&state, resource, Outcome::Configured).await?;
+        Ok((written, out))
     }
 
     /// Applies a JSON merge patch (RFC 7396) to a stored resource.
@@ -200,6 +218,8 @@ impl Store {
         // The patch may carry its own resourceVersion precondition; the
         // stored one was merged in otherwise and always matches.
         check_version(existing, &patched, if_match)?;
+        let mut patched = patched;
+        keep_credentials(existing, &mut patched);
         self.put(&state, patched, Outcome::Configured).await
     }
 
@@ -314,6 +334,14 @@ impl Store {
                 ))))
             })??;
         Ok(())
+    }
+}
+
+/// An ApiKey's secrets belong to the control plane: a write keeps the
+/// stored ones whatever it says (rotation goes through [`Store::update`]).
+fn keep_credentials(existing: &AnyResource, incoming: &mut AnyResource) {
+    if let (AnyResource::ApiKey(old), AnyResource::ApiKey(new)) = (existing, incoming) {
+        new.spec.credentials = old.spec.credentials.clone();
     }
 }
 

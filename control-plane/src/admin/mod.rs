@@ -26,7 +26,7 @@ use crate::tokens::{bearer, Token};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use std::sync::Arc;
@@ -53,6 +53,10 @@ pub fn router(state: AdminState) -> Router {
                 .put(resources::replace)
                 .patch(resources::patch)
                 .delete(resources::delete),
+        )
+        .route(
+            "/apis/nio.dev/v1/apikeys/{name}/rotate",
+            post(resources::rotate),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

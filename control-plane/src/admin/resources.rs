@@ -1,6 +1,7 @@
 //! `/apis/nio.dev/v1/{plural}[/{name}]`: CRUD on resources, JSON or YAML.
 
 use super::{AdminState, ApiError};
+use crate::apikeys::{self, redact, Issued};
 use crate::store::{Outcome, Written};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
@@ -10,6 +11,7 @@ use nio_proto::model::{AnyResource, Kind};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
 
 fn kind_of(plural: &str) -> Result<Kind, ApiError> {
     Kind::parse(plural).ok_or_else(|| {
@@ -92,6 +94,18 @@ fn respond(headers: &HeaderMap, status: StatusCode, body: &Value, revision: u64)
 }
 
 fn written(headers: &HeaderMap, w: &Written) -> Response {
+    respond_written(headers, w, redact(&w.resource))
+}
+
+/// A write that issued an API-key secret: the resource plus the secret,
+/// this once.
+fn issued(headers: &HeaderMap, w: &Written, secret: &Issued) -> Response {
+    let mut body = redact(&w.resource);
+    body["secret"] = secret.to_value();
+    respond_written(headers, w, body)
+}
+
+fn respond_written(headers: &HeaderMap, w: &Written, body: Value) -> Response {
     tracing::info!(
         kind = %w.resource.kind(),
         name = %w.resource.name(),
@@ -103,11 +117,20 @@ fn written(headers: &HeaderMap, w: &Written) -> Response {
         Outcome::Created => StatusCode::CREATED,
         _ => StatusCode::OK,
     };
-    respond(headers, status, &w.resource.to_value(), w.revision)
+    respond(headers, status, &body, w.revision)
 }
 
-fn decode_for(kind: Kind, value: Value) -> Result<AnyResource, ApiError> {
-    let resource = AnyResource::from_value(value).map_err(crate::store::WriteError::from)?;
+fn decode_for(kind: Kind, mut value: Value) -> Result<AnyResource, ApiError> {
+    // `status` is written by the control plane; a resource read back and
+    // sent again may carry it.
+    if let Some(o) = value.as_object_mut() {
+        o.remove("status");
+    }
+    let mut resource = AnyResource::from_value(value).map_err(crate::store::WriteError::from)?;
+    // API-key secrets are the control plane's to issue.
+    if let AnyResource::ApiKey(k) = &mut resource {
+        k.spec.credentials.clear();
+    }
     if resource.kind() != kind {
         return Err(ApiError::bad_request(format!(
             "the body is a {} but the URL is for {}; send it to /apis/nio.dev/v1/{}",
@@ -161,7 +184,7 @@ pub async fn list(
                 .as_deref()
                 .is_none_or(|s| matches_selector(s, &r.metadata().labels))
         })
-        .map(AnyResource::to_value)
+        .map(redact)
         .collect();
     let body = json!({
         "apiVersion": nio_proto::API_VERSION,
@@ -186,7 +209,7 @@ pub async fn get(
     Ok(respond(
         &headers,
         StatusCode::OK,
-        &resource.to_value(),
+        &redact(resource),
         current.revision,
     ))
 }
@@ -198,9 +221,56 @@ pub async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&plural)?;
-    let resource = decode_for(kind, parse_body(&headers, &body)?)?;
+    let mut resource = decode_for(kind, parse_body(&headers, &body)?)?;
+    if let AnyResource::ApiKey(key) = &mut resource {
+        let secret = apikeys::issue(key, Duration::ZERO, SystemTime::now());
+        let w = state.store.create(resource).await?;
+        return Ok(issued(&headers, &w, &secret));
+    }
     let w = state.store.create(resource).await?;
     Ok(written(&headers, &w))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RotateRequest {
+    /// How long the current secrets keep working (`1h`); default: none.
+    #[serde(default)]
+    grace_period: Option<String>,
+}
+
+/// `POST /apis/nio.dev/v1/apikeys/{name}/rotate`: a new secret, shown once;
+/// the old ones stop now or after `gracePeriod`.
+pub async fn rotate(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateRequest::default()
+    } else {
+        serde_json::from_value(parse_body(&headers, &body)?)
+            .map_err(|e| ApiError::bad_request(format!("rotate: {e}")))?
+    };
+    let grace = match req.grace_period.as_deref() {
+        None => Duration::ZERO,
+        Some(g) => humantime::parse_duration(g).map_err(|e| {
+            ApiError::bad_request(format!(
+                "gracePeriod: \"{g}\" is not a duration ({e}); write it like 30m or 1h"
+            ))
+        })?,
+    };
+    let (w, secret) = state
+        .store
+        .update(Kind::ApiKey, &name, |r| match r {
+            AnyResource::ApiKey(key) => Some(apikeys::issue(key, grace, SystemTime::now())),
+            _ => None,
+        })
+        .await?;
+    let secret =
+        secret.ok_or_else(|| ApiError::not_found(format!("ApiKey \"{name}\" not found")))?;
+    Ok(issued(&headers, &w, &secret))
 }
 
 pub async fn replace(
