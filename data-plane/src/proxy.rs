@@ -489,10 +489,19 @@ impl Proxy {
         };
         for plugin in Chain::merged(&runtime.global, &route.plugins) {
             let mut flow = plugin.on_request(&mut pctx);
+            let mut waited = false;
             loop {
                 match flow {
                     Flow::Continue => break,
-                    Flow::Later(f) => flow = f.await,
+                    // What the plugin waited for is there now: it looks at
+                    // the request again (once; a second wait just decides).
+                    Flow::Later(f) => {
+                        flow = match f.await {
+                            Flow::Continue if !waited => plugin.on_request(&mut pctx),
+                            other => other,
+                        };
+                        waited = true;
+                    }
                     Flow::Deny(d) => return Some(Stop::Deny(d)),
                     Flow::Answer(resp) => return Some(Stop::Answer(resp)),
                 }

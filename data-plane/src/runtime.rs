@@ -7,7 +7,7 @@
 //! to the end, so a swap never changes the rules under a request in flight.
 
 use crate::metrics::Metrics;
-use crate::plugins::{Chain, CompiledKey};
+use crate::plugins::{Chain, CompiledKey, CompiledVerifier};
 use crate::route::CompiledRoute;
 use crate::router::{RouteEntry, Router};
 use crate::upstream::BackendPool;
@@ -29,6 +29,9 @@ pub struct Runtime {
     pub route_count: usize,
     /// API keys by client id.
     pub api_keys: imbl::HashMap<String, Arc<CompiledKey>>,
+    /// JwtVerifiers by name; one is reused while its spec is unchanged, so
+    /// its JWKS cache and refresh task survive swaps.
+    pub jwt_verifiers: imbl::HashMap<String, Arc<CompiledVerifier>>,
     /// The GlobalConfig's plugins.
     pub global: Arc<Chain>,
 }
@@ -65,6 +68,7 @@ pub fn compile(
         routes: imbl::HashMap::new(),
         route_count: 0,
         api_keys: imbl::HashMap::new(),
+        jwt_verifiers: imbl::HashMap::new(),
         global: Arc::default(),
     };
     // A full build is an update of an empty runtime with everything changed.
@@ -173,6 +177,7 @@ pub fn compile(
         }),
     );
     let mut api_keys = base.api_keys.clone();
+    let mut jwt_verifiers = base.jwt_verifiers.clone();
     let mut global = base.global.clone();
     for (kind, name) in &changed {
         match (kind, config.get(*kind, name)) {
@@ -183,6 +188,24 @@ pub fn compile(
             }
             (Kind::ApiKey, _) => {
                 api_keys.remove(name);
+            }
+            (Kind::JwtVerifier, Some(AnyResource::JwtVerifier(v))) => {
+                let reused = reuse_from
+                    .jwt_verifiers
+                    .get(name)
+                    .filter(|old| old.spec == v.spec)
+                    .cloned();
+                let verifier = match reused {
+                    Some(verifier) => verifier,
+                    None => Arc::new(
+                        CompiledVerifier::new(name, &v.spec)
+                            .map_err(|e| err(format!("jwtverifier \"{name}\": {e}")))?,
+                    ),
+                };
+                jwt_verifiers.insert(name.clone(), verifier);
+            }
+            (Kind::JwtVerifier, _) => {
+                jwt_verifiers.remove(name);
             }
             (Kind::GlobalConfig, Some(AnyResource::GlobalConfig(g))) => {
                 global = Arc::new(
@@ -211,6 +234,7 @@ pub fn compile(
         route_count: routes.len(),
         routes,
         api_keys,
+        jwt_verifiers,
         global,
     })
 }

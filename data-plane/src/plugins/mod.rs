@@ -39,6 +39,7 @@ mod static_response;
 pub use api_key::CompiledKey;
 pub use body_limit::too_large;
 pub use compression::{compress, Encoding};
+pub use jwt::CompiledVerifier;
 
 use crate::runtime::Runtime;
 use bytes::Bytes;
@@ -65,8 +66,10 @@ pub enum Flow {
     Deny(Denial),
     /// Answer at the gateway (not an error: a redirect, a preflight…).
     Answer(http::Response<Bytes>),
-    /// Decide later (a plugin that must fetch something first). Allocates;
-    /// for rare paths only.
+    /// Decide later (a plugin that must fetch something first). The
+    /// pipeline awaits the future; when it resolves to `Continue`, the
+    /// plugin's `on_request` runs once more to act on the request with what
+    /// it waited for. Allocates; for rare paths only.
     Later(Pin<Box<dyn Future<Output = Flow> + Send + 'static>>),
 }
 

@@ -25,7 +25,10 @@ pub use backend::{
 pub use cidr::{canonical_ip, Cidr};
 pub use config::Config;
 pub use global::{GlobalConfigSpec, GLOBAL_NAME};
-pub use jwt::{ClaimCheck, JwtKey, JwtVerifierSpec, TokenSource};
+pub use jwt::{
+    check_key, inline_key, parse_algorithm, pem_public_key, ClaimCheck, JwtKey, JwtVerifierSpec,
+    KeyKind, TokenSource,
+};
 pub use plugins::{
     AllowedMethods, ApiKeyAuth, BodySizeLimit, Compression, Cors, IpList, JwtAuth, Maintenance,
     PluginConfig, PluginSpec, PublicPaths, Redirect, StaticResponse,
