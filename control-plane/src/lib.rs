@@ -9,6 +9,8 @@
 //! - [`sync`]: the `ConfigSync` gRPC service that pushes deltas or snapshots
 //!   to data planes and takes their ACK/NACKs; version checks, admission.
 //! - [`fleet`]: what is known of each data plane, for the admin API.
+//! - [`transfer`]: whole-configuration export and import (one transaction).
+//! - [`otoroshi`]: converts an Otoroshi export into Nio resources, with a report.
 //! - [`tokens`]: admin and join tokens (created on first start, never logged).
 //! - [`server`]: wires them together: [`server::run`] serves until shutdown.
 //!
@@ -17,8 +19,10 @@
 pub mod admin;
 pub mod apikeys;
 pub mod fleet;
+pub mod otoroshi;
 pub mod publisher;
 pub mod server;
 pub mod store;
 pub mod sync;
 pub mod tokens;
+pub mod transfer;

@@ -51,6 +51,38 @@ pub enum WriteError {
     Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A batch write (import) whose resulting configuration is invalid:
+    /// every problem, nothing written.
+    #[error("{} problem(s), nothing was written: {}", .0.len(), join_errors(.0))]
+    Batch(Vec<ValidationError>),
+}
+
+fn join_errors(errors: &[ValidationError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What a batch write did (or, for a dry run, would do) to one resource.
+#[derive(Debug, Clone)]
+pub struct BatchItem {
+    pub kind: Kind,
+    pub name: String,
+    pub outcome: Outcome,
+}
+
+/// The result of [`Store::write_batch`].
+#[derive(Debug)]
+pub struct BatchWritten<T> {
+    /// Per resource, in the order given.
+    pub items: Vec<BatchItem>,
+    /// The revision after the write (unchanged when nothing changed or on
+    /// a dry run).
+    pub revision: u64,
+    /// What `prepare` returned.
+    pub prepared: T,
 }
 
 /// What a successful write did.
@@ -253,6 +285,107 @@ impl Store {
             outcome: Outcome::Deleted,
             revision,
             resource: existing,
+        })
+    }
+
+    /// Creates or replaces many resources at once (import): under the write
+    /// lock, `prepare` sees the current configuration and may adjust the
+    /// resources (API-key credentials); then each resource is validated on
+    /// its own and the resulting configuration as a whole (every problem is
+    /// reported, nothing is written if there is one); then everything that
+    /// changed is written in one sled transaction under one new revision,
+    /// flushed, and published. Resources identical to the stored ones are
+    /// `Unchanged`; incoming `resourceVersion`s are ignored. With `dry_run`
+    /// the plan is computed and nothing is written.
+    pub async fn write_batch<T>(
+        &self,
+        mut resources: Vec<AnyResource>,
+        dry_run: bool,
+        prepare: impl FnOnce(&Config, &mut [AnyResource]) -> T,
+    ) -> Result<BatchWritten<T>, WriteError> {
+        let _guard = self.write_lock.lock().await;
+        let state = self.current();
+        let mut seen = std::collections::HashSet::new();
+        for r in &resources {
+            if !seen.insert((r.kind(), r.name().to_string())) {
+                return Err(WriteError::Conflict(format!(
+                    "{} \"{}\" appears twice; keep one of them",
+                    r.kind(),
+                    r.name()
+                )));
+            }
+        }
+        let prepared = prepare(&state.config, &mut resources);
+        let errors: Vec<ValidationError> = resources
+            .iter()
+            .filter_map(|r| r.validate().err())
+            .collect();
+        if !errors.is_empty() {
+            return Err(WriteError::Batch(errors));
+        }
+        let revision = state.revision + 1;
+        let mut config = state.config.clone();
+        let mut items = Vec::with_capacity(resources.len());
+        let mut changed = Vec::new();
+        for mut resource in resources {
+            let (kind, name) = (resource.kind(), resource.name().to_string());
+            let outcome = match state.config.get(kind, &name) {
+                None => Outcome::Created,
+                Some(existing) => {
+                    resource.metadata_mut().resource_version =
+                        existing.metadata().resource_version.clone();
+                    if &resource == existing {
+                        Outcome::Unchanged
+                    } else {
+                        Outcome::Configured
+                    }
+                }
+            };
+            if outcome != Outcome::Unchanged {
+                resource.metadata_mut().resource_version = Some(revision.to_string());
+                changed.push((kind, name.clone()));
+                config.insert(resource);
+            }
+            items.push(BatchItem {
+                kind,
+                name,
+                outcome,
+            });
+        }
+        config
+            .validate_changed(&changed)
+            .map_err(WriteError::Batch)?;
+        if dry_run || changed.is_empty() {
+            return Ok(BatchWritten {
+                items,
+                revision: state.revision,
+                prepared,
+            });
+        }
+        let writes: Vec<(String, Vec<u8>)> = changed
+            .iter()
+            .filter_map(|(k, n)| config.get(*k, n).map(|r| (key(*k, n), r.to_json_vec())))
+            .collect();
+        let result: Result<(), TransactionError<()>> =
+            (&self.resources, &self.meta).transaction(|(tx_resources, meta)| {
+                for (k, v) in &writes {
+                    tx_resources.insert(k.as_bytes(), v.as_slice())?;
+                }
+                meta.insert(REVISION_KEY, &revision.to_be_bytes())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Storage(e)) => return Err(StoreError::from(e).into()),
+            Err(TransactionError::Abort(())) => return Err(StoreError::Aborted.into()),
+        }
+        self.flush().await?;
+        self.state
+            .send_replace(Arc::new(State { revision, config }));
+        Ok(BatchWritten {
+            items,
+            revision,
+            prepared,
         })
     }
 
@@ -467,6 +600,56 @@ mod tests {
         store.delete(Kind::Backend, "b", None).await.unwrap();
         assert_eq!(store.current().revision, 4);
         assert!(store.current().config.is_empty());
+    }
+
+    #[tokio::test]
+    async fn batch_writes_all_or_nothing_under_one_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .create(backend("b", "http://127.0.0.1:1"))
+            .await
+            .unwrap();
+        // A route to a backend that exists neither before nor in the batch.
+        let err = store
+            .write_batch(
+                vec![backend("c", "http://127.0.0.1:2"), route("r", "ghost")],
+                false,
+                |_, _| (),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, WriteError::Batch(_)), "{err}");
+        assert_eq!(store.current().revision, 1);
+        // Dry run: the plan, no write.
+        let batch = vec![
+            backend("b", "http://127.0.0.1:1"),
+            backend("c", "http://127.0.0.1:2"),
+            route("r", "c"),
+        ];
+        let w = store
+            .write_batch(batch.clone(), true, |_, _| ())
+            .await
+            .unwrap();
+        let outcomes: Vec<_> = w.items.iter().map(|i| i.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [Outcome::Unchanged, Outcome::Created, Outcome::Created]
+        );
+        assert_eq!(store.current().revision, 1);
+        let w = store
+            .write_batch(batch.clone(), false, |_, _| ())
+            .await
+            .unwrap();
+        assert_eq!(w.revision, 2);
+        assert_eq!(store.current().config.len(), 3);
+        let w = store.write_batch(batch, false, |_, _| ()).await.unwrap();
+        assert_eq!(w.revision, 2);
+        assert!(w.items.iter().all(|i| i.outcome == Outcome::Unchanged));
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.current().revision, 2);
+        assert_eq!(store.current().config.len(), 3);
     }
 
     #[tokio::test]

@@ -53,6 +53,21 @@ impl From<WriteError> for ApiError {
                 message,
                 details: v.errors,
             },
+            WriteError::Batch(v) => ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                message,
+                details: v
+                    .iter()
+                    .flat_map(|e| {
+                        e.errors.iter().map(|f| {
+                            FieldError::new(
+                                format!("{} \"{}\" {}", e.kind, e.name, f.field),
+                                f.message.clone(),
+                            )
+                        })
+                    })
+                    .collect(),
+            },
             WriteError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, message),
             WriteError::AlreadyExists { .. } | WriteError::Conflict(_) => {
                 ApiError::new(StatusCode::CONFLICT, message)

@@ -6,6 +6,8 @@
 //! GET                      /metrics                      (no auth, Prometheus)
 //! GET                      /api/v1/revision
 //! GET                      /api/v1/dataplanes
+//! GET                      /api/v1/export                [?includeSecrets=true]
+//! POST                     /api/v1/import                [?dryRun=true&from=otoroshi&rewriteTargets=URL]
 //! GET, POST                /apis/nio.dev/v1/{plural}
 //! GET, PUT, PATCH, DELETE  /apis/nio.dev/v1/{plural}/{name}
 //! ```
@@ -17,6 +19,7 @@
 
 mod error;
 mod resources;
+mod transfer;
 
 pub use error::ApiError;
 
@@ -43,6 +46,8 @@ pub fn router(state: AdminState) -> Router {
     let authed = Router::new()
         .route("/api/v1/revision", get(revision))
         .route("/api/v1/dataplanes", get(dataplanes))
+        .route("/api/v1/export", get(transfer::export))
+        .route("/api/v1/import", post(transfer::import))
         .route(
             "/apis/nio.dev/v1/{plural}",
             get(resources::list).post(resources::create),

@@ -30,7 +30,7 @@ fn is_yaml(value: Option<&HeaderValue>) -> bool {
 }
 
 /// Reads a JSON or YAML body (by `Content-Type`; without one, JSON then YAML).
-fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+pub(super) fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(
             "the request body is empty; send the resource as JSON or YAML",
@@ -67,7 +67,12 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 }
 
 /// Answers in YAML when the client accepts it, JSON otherwise.
-fn respond(headers: &HeaderMap, status: StatusCode, body: &Value, revision: u64) -> Response {
+pub(super) fn respond(
+    headers: &HeaderMap,
+    status: StatusCode,
+    body: &Value,
+    revision: u64,
+) -> Response {
     let (content_type, bytes) = if is_yaml(headers.get(header::ACCEPT)) {
         (
             "application/yaml",

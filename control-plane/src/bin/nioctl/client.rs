@@ -38,6 +38,37 @@ impl AdminClient {
         })
     }
 
+    /// Any call; a non-2xx answer is an [`ApiFailure`] with the server's
+    /// message.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        let (s, v) = self.call(method, path, query, body).await?;
+        if !s.is_success() {
+            return Err(Self::failure(s, &v));
+        }
+        Ok(v)
+    }
+
+    /// GET one resource; `None` when it does not exist.
+    pub async fn get_resource(&self, kind: Kind, name: &str) -> Result<Option<Value>> {
+        let path = format!("/apis/nio.dev/v1/{}/{name}", kind.plural());
+        let (s, v) = self.call(Method::GET, &path, &[], None).await?;
+        if s == StatusCode::NOT_FOUND
+            && v["error"].as_str().is_some_and(|e| e.contains("not found"))
+        {
+            return Ok(None);
+        }
+        if !s.is_success() {
+            return Err(Self::failure(s, &v));
+        }
+        Ok(Some(v))
+    }
+
     async fn call(
         &self,
         method: Method,
@@ -77,6 +108,15 @@ impl AdminClient {
             .as_str()
             .map(str::to_string)
             .unwrap_or_else(|| v.to_string());
+        if status == StatusCode::NOT_FOUND
+            && v["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("no such endpoint"))
+        {
+            message.push_str(
+                " (is --server the admin API of a Nio control plane, and is it this version?)",
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             message.push_str(" (is the token for this server?)");
         }

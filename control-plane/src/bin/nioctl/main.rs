@@ -1,15 +1,20 @@
 //! `nioctl`: a kubectl-style client of the admin API (and nothing else).
 //!
-//! Connection: `--server` / `NIO_SERVER` (default `http://127.0.0.1:9000`),
-//! token from `--token` / `NIO_ADMIN_TOKEN`, or the file named by
-//! `--token-file` / `NIO_ADMIN_TOKEN_FILE` (default `./nio-data/admin-token`,
-//! where a control plane started in the same directory writes it).
+//! Connection, first found wins: `--server` / `NIO_SERVER`, then the
+//! current context of the config file (`$NIOCONFIG`, default
+//! `~/.config/nio/config.yaml`), then `http://127.0.0.1:9000`. Token:
+//! `--token` / `NIO_ADMIN_TOKEN`, or the file named by `--token-file` /
+//! `NIO_ADMIN_TOKEN_FILE`, the context's `tokenFile`, or
+//! `./nio-data/admin-token` (where a control plane started in the same
+//! directory writes it).
 
 mod client;
+mod commands;
+mod config;
 mod manifest;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use client::{AdminClient, ApiFailure};
 use nio_proto::model::Kind;
 use serde_json::Value;
@@ -22,26 +27,19 @@ use std::process::ExitCode;
     version,
     about = "Manage a Nio gateway through its admin API"
 )]
-struct Cli {
-    /// Admin API URL.
-    #[arg(
-        long,
-        global = true,
-        env = "NIO_SERVER",
-        default_value = "http://127.0.0.1:9000"
-    )]
-    server: String,
+pub struct Cli {
+    /// Admin API URL (default: the current context's, or http://127.0.0.1:9000).
+    #[arg(long, global = true, env = "NIO_SERVER")]
+    server: Option<String>,
     /// Admin token (prefer --token-file or NIO_ADMIN_TOKEN_FILE: flags show up in `ps`).
     #[arg(long, global = true, env = "NIO_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// File holding the admin token.
-    #[arg(
-        long,
-        global = true,
-        env = "NIO_ADMIN_TOKEN_FILE",
-        default_value = "./nio-data/admin-token"
-    )]
-    token_file: PathBuf,
+    /// File holding the admin token (default: the context's, or ./nio-data/admin-token).
+    #[arg(long, global = true, env = "NIO_ADMIN_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Use this context of the config file instead of the current one.
+    #[arg(long, global = true)]
+    context: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,18 +52,27 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
+    /// Show what apply would change (exit code 1 when something would).
+    Diff {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
     /// List resources of a kind, or show one.
     Get {
-        /// route, routes, rt, backend, backends, be
+        /// route, routes, rt, backend, backends, be, apikey, ak, jwtverifier, jwt, globalconfig, gc
         kind: String,
         name: Option<String>,
         /// Output format.
-        #[arg(short = 'o', long, value_parser = ["table", "json", "yaml"], default_value = "table")]
+        #[arg(short = 'o', long, value_parser = ["table", "wide", "json", "yaml"], default_value = "table")]
         output: String,
         /// Label selector, e.g. team=shop,tier!=edge.
         #[arg(short = 'l', long)]
         selector: Option<String>,
     },
+    /// Show a resource and which data planes applied it.
+    Describe { kind: String, name: String },
+    /// Edit a resource in $EDITOR, then apply it.
+    Edit { kind: String, name: String },
     /// Delete a resource by kind and name, or those named in files.
     Delete {
         kind: Option<String>,
@@ -73,13 +80,78 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         files: Vec<PathBuf>,
     },
+    /// Print the whole configuration as one document.
+    Export {
+        #[arg(short = 'o', long, value_parser = ["yaml", "json"], default_value = "yaml")]
+        output: String,
+        /// Include API-key credentials (salted hashes), so an import keeps the clients' secrets.
+        #[arg(long)]
+        include_secrets: bool,
+    },
+    /// Import an export (all or nothing, one revision), or an Otoroshi export.
+    Import {
+        /// The export file (YAML or JSON), or - for stdin.
+        #[arg(
+            short = 'f',
+            long = "filename",
+            required_unless_present = "from_otoroshi"
+        )]
+        file: Option<PathBuf>,
+        /// The file is an Otoroshi full export (GET /api/otoroshi.json).
+        #[arg(long, value_name = "FILE", conflicts_with = "file")]
+        from_otoroshi: Option<PathBuf>,
+        /// Print the plan; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Point every imported Backend at this URL instead (staging, tests).
+        #[arg(long, value_name = "URL")]
+        rewrite_targets: Option<String>,
+    },
+    /// API keys: create one, rotate its secret (the secret is printed once).
+    #[command(subcommand)]
+    Apikeys(ApiKeys),
     /// List the data planes, their applied revision and lag.
     Dataplanes {
         #[arg(short = 'o', long, value_parser = ["table", "json", "yaml"], default_value = "table")]
         output: String,
     },
+    /// Contexts: which control plane nioctl talks to.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion { shell: clap_complete::Shell },
     /// Print the client version and the server's current revision.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+enum ApiKeys {
+    /// Create an API key; prints its secret once.
+    Create {
+        name: String,
+        /// A route the key may call (repeat for more); none: every route taking API keys.
+        #[arg(long = "route")]
+        routes: Vec<String>,
+    },
+    /// Issue a new secret; prints it once. The old ones stop now, or after --grace.
+    Rotate {
+        name: String,
+        /// How long the old secrets keep working, like 1h.
+        #[arg(long)]
+        grace: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Switch the current context.
+    UseContext { name: String },
+    /// Create or change a context from --server and --token-file.
+    SetContext { name: String },
+    /// List the contexts (* marks the current one).
+    GetContexts,
+    /// Print the current context.
+    CurrentContext,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -99,7 +171,7 @@ async fn main() -> ExitCode {
     }
 }
 
-fn kind(s: &str) -> Result<Kind> {
+pub fn kind(s: &str) -> Result<Kind> {
     Kind::parse(s).with_context(|| {
         let known: Vec<_> = Kind::ALL.iter().map(|k| k.plural()).collect();
         format!(
@@ -109,30 +181,57 @@ fn kind(s: &str) -> Result<Kind> {
     })
 }
 
-fn token(cli: &Cli) -> Result<String> {
+/// Server URL and token: flags and environment, then the context, then
+/// the defaults.
+fn connection(cli: &Cli) -> Result<(String, String)> {
+    let file = config::ConfigFile::load()?;
+    let ctx = file.context(cli.context.as_deref())?;
+    let server = cli
+        .server
+        .clone()
+        .or_else(|| ctx.and_then(|c| c.server.clone()))
+        .unwrap_or_else(|| "http://127.0.0.1:9000".into());
     if let Some(t) = &cli.token {
-        return Ok(t.trim().to_string());
+        return Ok((server, t.trim().to_string()));
     }
-    std::fs::read_to_string(&cli.token_file)
+    let token_file = cli
+        .token_file
+        .clone()
+        .or_else(|| ctx.and_then(|c| c.token_file.clone()))
+        .unwrap_or_else(|| PathBuf::from("./nio-data/admin-token"));
+    let token = std::fs::read_to_string(&token_file)
         .map(|s| s.trim().to_string())
         .with_context(|| {
             format!(
-                "no admin token: cannot read {} (pass --token-file, or set NIO_ADMIN_TOKEN_FILE or NIO_ADMIN_TOKEN)",
-                cli.token_file.display()
+                "no admin token: cannot read {} (pass --token-file, set NIO_ADMIN_TOKEN_FILE or NIO_ADMIN_TOKEN, or set a context with `nioctl config set-context`)",
+                token_file.display()
             )
-        })
+        })?;
+    Ok((server, token))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    if let Command::Version = cli.command {
-        println!("nioctl {}", nio_proto::VERSION);
+    match &cli.command {
+        Command::Version => println!("nioctl {}", nio_proto::VERSION),
+        Command::Completion { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(*shell, &mut cmd, "nioctl", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Config(c) => {
+            config::run(c, cli.server.as_deref(), cli.token_file.as_deref())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
     }
-    let client = AdminClient::new(&cli.server, &token(&cli)?)?;
+    let (server, token) = connection(&cli)?;
+    let client = AdminClient::new(&server, &token)?;
     match cli.command {
         Command::Version => {
             let rev = client.get_json("/api/v1/revision").await?;
-            println!("server {} revision {}", cli.server, rev["revision"]);
+            println!("server {server} revision {}", rev["revision"]);
         }
+        Command::Completion { .. } | Command::Config(_) => {}
         Command::Apply { files } => {
             let docs = manifest::load_all(&files)?;
             for doc in docs {
@@ -143,6 +242,43 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     .with_context(|| doc.origin.clone())?;
                 println!("{}/{name} {outcome}", kind.as_str().to_ascii_lowercase());
             }
+        }
+        Command::Diff { files } => return commands::diff(&client, &files).await,
+        Command::Describe { kind: k, name } => {
+            commands::describe(&client, kind(&k)?, &name).await?
+        }
+        Command::Edit { kind: k, name } => commands::edit(&client, kind(&k)?, &name).await?,
+        Command::Export {
+            output,
+            include_secrets,
+        } => {
+            let mut query = Vec::new();
+            if include_secrets {
+                query.push(("includeSecrets", "true"));
+            }
+            let v = client.get_json_query("/api/v1/export", &query).await?;
+            print_value(&v, &output)?;
+        }
+        Command::Import {
+            file,
+            from_otoroshi,
+            dry_run,
+            rewrite_targets,
+        } => {
+            commands::import(
+                &client,
+                file.as_deref(),
+                from_otoroshi.as_deref(),
+                dry_run,
+                rewrite_targets.as_deref(),
+            )
+            .await?
+        }
+        Command::Apikeys(ApiKeys::Create { name, routes }) => {
+            commands::apikey_create(&client, &name, &routes).await?
+        }
+        Command::Apikeys(ApiKeys::Rotate { name, grace }) => {
+            commands::apikey_rotate(&client, &name, grace.as_deref()).await?
         }
         Command::Get {
             kind: k,
@@ -166,9 +302,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 v["items"].as_array().cloned().unwrap_or_default()
             };
             match output.as_str() {
-                "json" => println!("{}", serde_json::to_string_pretty(&v)?),
-                "yaml" => print!("{}", serde_yaml::to_string(&v)?),
-                _ => print_table(kind, &items),
+                "json" | "yaml" => print_value(&v, &output)?,
+                "wide" => print_table(kind, &items, true),
+                _ => print_table(kind, &items, false),
             }
         }
         Command::Delete {
@@ -192,13 +328,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Dataplanes { output } => {
             let v = client.get_json("/api/v1/dataplanes").await?;
             match output.as_str() {
-                "json" => println!("{}", serde_json::to_string_pretty(&v)?),
-                "yaml" => print!("{}", serde_yaml::to_string(&v)?),
+                "json" | "yaml" => print_value(&v, &output)?,
                 _ => print_dataplanes(&v),
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_value(v: &Value, format: &str) -> Result<()> {
+    match format {
+        "json" => println!("{}", serde_json::to_string_pretty(v)?),
+        _ => print!("{}", serde_yaml::to_string(v)?),
+    }
+    Ok(())
 }
 
 fn join(v: &Value) -> String {
@@ -213,10 +356,58 @@ fn join(v: &Value) -> String {
         .unwrap_or_else(|| "*".into())
 }
 
-fn print_table(kind: Kind, items: &[Value]) {
+fn print_table(kind: Kind, items: &[Value], wide: bool) {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|r| {
+            let mut row = table_row(kind, r);
+            if wide {
+                row.push(labels(&r["metadata"]["labels"]));
+                row.push(
+                    r["spec"]["plugins"]
+                        .as_array()
+                        .map(|p| {
+                            p.iter()
+                                .filter_map(|p| p["kind"].as_str())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or_else(|| "-".into()),
+                );
+            }
+            row
+        })
+        .collect();
+    let header: &[&str] = match kind {
+        Kind::Route => &["NAME", "HOSTS", "PATHS", "BACKEND", "REVISION"],
+        Kind::Backend => &["NAME", "TARGETS", "REVISION"],
+        Kind::ApiKey => &["NAME", "ENABLED", "EXPIRES", "ROUTES", "REVISION"],
+        Kind::JwtVerifier => &["NAME", "ALGORITHMS", "JWKS", "REVISION"],
+        Kind::GlobalConfig => &["NAME", "PLUGINS", "REVISION"],
+    };
+    let mut header = header.to_vec();
+    if wide {
+        header.extend(["LABELS", "PLUGINS"]);
+    }
+    print_rows(&header, &rows);
+}
+
+fn labels(v: &Value) -> String {
+    v.as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn table_row(kind: Kind, r: &Value) -> Vec<String> {
+    {
+        {
             let name = r["metadata"]["name"]
                 .as_str()
                 .unwrap_or_default()
@@ -278,16 +469,8 @@ fn print_table(kind: Kind, items: &[Value]) {
                     rv,
                 ],
             }
-        })
-        .collect();
-    let header: &[&str] = match kind {
-        Kind::Route => &["NAME", "HOSTS", "PATHS", "BACKEND", "REVISION"],
-        Kind::Backend => &["NAME", "TARGETS", "REVISION"],
-        Kind::ApiKey => &["NAME", "ENABLED", "EXPIRES", "ROUTES", "REVISION"],
-        Kind::JwtVerifier => &["NAME", "ALGORITHMS", "JWKS", "REVISION"],
-        Kind::GlobalConfig => &["NAME", "PLUGINS", "REVISION"],
-    };
-    print_rows(header, &rows);
+        }
+    }
 }
 
 fn print_dataplanes(v: &Value) {
@@ -330,7 +513,7 @@ fn print_dataplanes(v: &Value) {
     );
 }
 
-fn print_rows(header: &[&str], rows: &[Vec<String>]) {
+pub fn print_rows(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -348,5 +531,14 @@ fn print_rows(header: &[&str], rows: &[Vec<String>]) {
     line(header.to_vec());
     for row in rows {
         line(row.iter().map(String::as_str).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -48,13 +48,18 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<Doc>> {
             };
             for (i, value) in parse_documents(&text).into_iter().enumerate() {
                 let origin = format!("{name}, document {}", i + 1);
-                let checked = value
-                    .map_err(|e| e.to_string())
-                    .and_then(|v| AnyResource::from_value(v).map_err(|e| e.to_string()))
-                    .and_then(|r| r.validate().map(|()| r).map_err(|e| e.to_string()));
-                match checked {
-                    Ok(resource) => docs.push(Doc { origin, resource }),
-                    Err(e) => errors.push(format!("{origin}: {e}")),
+                let value = match value {
+                    Ok(v) => v,
+                    Err(e) => {
+                        errors.push(format!("{origin}: {e}"));
+                        continue;
+                    }
+                };
+                for (origin, value) in expand(origin, value) {
+                    match check(value) {
+                        Ok(resource) => docs.push(Doc { origin, resource }),
+                        Err(e) => errors.push(format!("{origin}: {e}")),
+                    }
                 }
             }
         }
@@ -63,6 +68,37 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<Doc>> {
         bail!("nothing was applied:\n  {}", errors.join("\n  "));
     }
     Ok(docs)
+}
+
+/// A resource as `nioctl get -o yaml` prints it is accepted back: `status`
+/// is dropped (the control plane writes it).
+fn check(mut value: serde_json::Value) -> Result<AnyResource, String> {
+    if let Some(o) = value.as_object_mut() {
+        o.remove("status");
+    }
+    let r = AnyResource::from_value(value).map_err(|e| e.to_string())?;
+    r.validate().map_err(|e| e.to_string())?;
+    Ok(r)
+}
+
+/// A list (`kind: RouteList`, what `get -o yaml` prints for a kind) or an
+/// export (`kind: Export`) stands for its items.
+fn expand(origin: String, value: serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    let is_list = value
+        .get("kind")
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|k| k.ends_with("List") || k == "Export");
+    match (
+        is_list,
+        value.get("items").and_then(serde_json::Value::as_array),
+    ) {
+        (true, Some(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(j, v)| (format!("{origin}, item {}", j + 1), v.clone()))
+            .collect(),
+        _ => vec![(origin, value)],
+    }
 }
 
 /// Splits YAML documents (JSON is YAML); skips empty ones.
