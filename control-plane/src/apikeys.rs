@@ -7,7 +7,7 @@
 //! never returns them (see [`redact`]), and whatever a write says about them
 //! is ignored: the stored ones stay (see the store).
 
-use nio_proto::model::{credential_hash, AnyResource, ApiKey, Credential};
+use nio_proto::model::{credential_hash, ApiKey, Credential};
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime};
 
@@ -57,29 +57,10 @@ pub fn issue(key: &mut ApiKey, grace: Duration, now: SystemTime) -> Issued {
     }
 }
 
-/// The resource as the admin API shows it: for an ApiKey, the credentials
-/// become `status.secrets` (how many, and until when), never salts or
-/// hashes.
-pub fn redact(resource: &AnyResource) -> Value {
-    let mut value = resource.to_value();
-    if let AnyResource::ApiKey(key) = resource {
-        if let Some(spec) = value.get_mut("spec").and_then(Value::as_object_mut) {
-            spec.remove("credentials");
-        }
-        let secrets: Vec<Value> = key
-            .spec
-            .credentials
-            .iter()
-            .map(|c| json!({ "notAfter": c.not_after }))
-            .collect();
-        value["status"] = json!({ "secrets": secrets });
-    }
-    value
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nio_proto::model::AnyResource;
 
     fn key() -> ApiKey {
         let v = json!({"apiVersion": "nio.dev/v1", "kind": "ApiKey", "metadata": {"name": "app"}, "spec": {}});
@@ -104,7 +85,7 @@ mod tests {
         assert!(k.spec.credentials[1].not_after.is_none());
         issue(&mut k, Duration::ZERO, now);
         assert_eq!(k.spec.credentials.len(), 1, "no grace: only the newest");
-        let shown = redact(&AnyResource::ApiKey(k));
+        let shown = crate::admin::shown(&AnyResource::ApiKey(k));
         assert!(shown["spec"].get("credentials").is_none());
         assert_eq!(shown["status"]["secrets"].as_array().unwrap().len(), 1);
         assert!(!shown.to_string().contains(&second.client_secret));

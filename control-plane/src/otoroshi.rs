@@ -326,9 +326,35 @@ pub fn convert_with(export: &Value, options: &ConvertOptions) -> Result<Converte
         }
     }
 
+    // Certificates: the chain and key as they are, when Nio accepts them
+    // (parseable, key matching, not expired).
+    for c in arr(export, "certificates") {
+        let id = s(c, "id").unwrap_or("?");
+        let source = format!("certificate {id}");
+        let Some(chain) = s(c, "chain").filter(|p| !p.trim().is_empty()) else {
+            report.skip(source, "no PEM chain");
+            continue;
+        };
+        let key = s(c, "privateKey").filter(|k| !k.trim().is_empty());
+        let name = names.take(Kind::Certificate, s(c, "name").unwrap_or(id));
+        let resource = AnyResource::from_value(json!({
+            "apiVersion": nio_proto::API_VERSION, "kind": "Certificate",
+            "metadata": {"name": name},
+            "spec": {"certificate": chain, "privateKey": key},
+        }))
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.validate().map(|()| r).map_err(|e| e.to_string()));
+        match resource {
+            Ok(r) => {
+                resources.push(r);
+                report.ok(source, format!("certificate/{name}"));
+            }
+            Err(e) => report.skip(source, e),
+        }
+    }
+
     // Everything else, by collection.
-    let others: [(&str, &str); 12] = [
-        ("certificates", "TLS is not available in Nio yet; install certificates on the load balancer in front"),
+    let others: [(&str, &str); 11] = [
         ("authConfigs", "Nio has no login modules (OAuth2/OIDC/LDAP/basic auth pages); use JWT verification or API keys"),
         ("clientValidators", "client-certificate validation needs TLS, which Nio does not terminate yet"),
         ("scripts", "Otoroshi scripts (JVM plugins) have no Nio equivalent"),
@@ -1197,13 +1223,10 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> Value {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/otoroshi")
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../e2e/fixtures/otoroshi")
             .join(name);
-        let alt = std::path::Path::new("/work/shared/fixtures/otoroshi").join(name);
-        let text = std::fs::read_to_string(&dir)
-            .or_else(|_| std::fs::read_to_string(alt))
-            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
         serde_json::from_str(&text).unwrap()
     }
 
@@ -1283,7 +1306,11 @@ mod tests {
             "no secret in the report"
         );
         assert!(report.contains("renamed"), "{report}");
-        assert!(report.contains("certificates (5)"), "{report}");
+        assert!(report.contains("certificate otoroshi-root-ca"), "{report}");
+        assert!(
+            report.contains("is not valid now"),
+            "expired ones are reported: {report}"
+        );
     }
 
     #[test]

@@ -178,7 +178,7 @@ impl Inner {
                     }
                 }
                 // Sent to every group, like `Config::select` says.
-                Kind::ApiKey | Kind::JwtVerifier | Kind::GlobalConfig => {
+                Kind::ApiKey | Kind::JwtVerifier | Kind::GlobalConfig | Kind::Certificate => {
                     match self.encoded(*kind, name) {
                         Some(e) => group.set.insert(e),
                         None => {

@@ -38,8 +38,12 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot open the store: {0}")]
-    Store(#[from] StoreError),
+    #[error(
+        "cannot open the store in {path}: {source}. If another control plane is running on this data dir, stop it; if the store is damaged, move the data dir aside and restore the last backup into a fresh one (nio-control-plane restore --data-dir <new dir> --from <backup>; see docs/security.md)"
+    )]
+    Store { path: PathBuf, source: StoreError },
+    #[error("flushing the store on shutdown: {0}")]
+    Flush(StoreError),
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error("cannot listen on {addr}: {source}")]
@@ -69,7 +73,13 @@ pub async fn run(
         std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(dir_err)?;
     }
-    let store = Arc::new(Store::open(&opts.data_dir.join("store"))?);
+    let store_dir = opts.data_dir.join("store");
+    let store = Arc::new(
+        Store::open(&store_dir).map_err(|source| ServerError::Store {
+            path: store_dir.clone(),
+            source,
+        })?,
+    );
     let (admin_token, src) = Token::load_or_create(
         opts.admin_token,
         "NIO_ADMIN_TOKEN",
@@ -156,7 +166,7 @@ pub async fn run(
     let admin = admin.await;
     let grpc = grpc.await;
     let _ = publisher_task.await;
-    store.flush().await?;
+    store.flush().await.map_err(ServerError::Flush)?;
     tracing::info!("store flushed; bye");
     match admin {
         Ok(Ok(())) => {}

@@ -10,6 +10,12 @@
 //!
 //! Layout: tree `resources` maps `Kind/name` to the resource's canonical
 //! JSON; tree `meta` holds `revision` (u64, big endian).
+//!
+//! Beside sled's files, `acknowledged-revision` holds the last revision
+//! acknowledged (written, fsynced and renamed into place after each flush).
+//! sled reads a damaged log as a torn write and opens what precedes it —
+//! possibly an empty store, which the control plane would then push to
+//! the whole fleet. A store older than that mark is refused instead.
 
 use nio_proto::model::{AnyResource, Config, DecodeError, Kind, ValidationError};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -108,9 +114,22 @@ pub struct Store {
     meta: sled::Tree,
     write_lock: Mutex<()>,
     state: watch::Sender<Arc<State>>,
+    /// Where the last acknowledged revision is kept.
+    mark: std::path::PathBuf,
 }
 
 const REVISION_KEY: &[u8] = b"revision";
+/// In the store directory: the last acknowledged revision, as text.
+const MARK_FILE: &str = "acknowledged-revision";
+
+fn write_mark(path: &Path, revision: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(format!("{revision}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
 
 fn key(kind: Kind, name: &str) -> String {
     format!("{kind}/{name}")
@@ -136,6 +155,30 @@ impl Store {
                 })?)
             }
         };
+        let mark = dir.join(MARK_FILE);
+        match std::fs::read_to_string(&mark) {
+            Ok(text) => {
+                let acknowledged: u64 = text.trim().parse().map_err(|_| StoreError::Corrupt {
+                    key: MARK_FILE.into(),
+                    reason: format!("{text:?} is not a revision"),
+                })?;
+                if revision < acknowledged {
+                    return Err(StoreError::Corrupt {
+                        key: "meta/revision".into(),
+                        reason: format!(
+                            "the store opens at revision {revision} but revision {acknowledged} was acknowledged: acknowledged writes are missing"
+                        ),
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StoreError::Corrupt {
+                    key: MARK_FILE.into(),
+                    reason: e.to_string(),
+                })
+            }
+        }
         let mut config = Config::default();
         for entry in resources.iter() {
             let (k, v) = entry?;
@@ -163,6 +206,7 @@ impl Store {
             meta,
             write_lock: Mutex::new(()),
             state,
+            mark,
         })
     }
 
@@ -380,6 +424,7 @@ impl Store {
             Err(TransactionError::Abort(())) => return Err(StoreError::Aborted.into()),
         }
         self.flush().await?;
+        self.acknowledge(revision).await?;
         self.state
             .send_replace(Arc::new(State { revision, config }));
         Ok(BatchWritten {
@@ -451,9 +496,20 @@ impl Store {
             Err(TransactionError::Abort(())) => return Err(StoreError::Aborted),
         }
         self.flush().await?;
+        self.acknowledge(revision).await?;
         self.state
             .send_replace(Arc::new(State { revision, config }));
         Ok(())
+    }
+
+    /// Records `revision` (flushed) as the one to be found on the next open.
+    async fn acknowledge(&self, revision: u64) -> Result<(), StoreError> {
+        let mark = self.mark.clone();
+        tokio::task::spawn_blocking(move || write_mark(&mark, revision))
+            .await
+            .map_err(|e| std::io::Error::other(format!("revision mark task failed: {e}")))
+            .and_then(|r| r)
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))
     }
 
     /// Blocks (off the async threads) until everything written is on disk.
@@ -470,11 +526,21 @@ impl Store {
     }
 }
 
-/// An ApiKey's secrets belong to the control plane: a write keeps the
-/// stored ones whatever it says (rotation goes through [`Store::update`]).
+/// Secrets the admin API never returns survive writes that cannot carry
+/// them: an ApiKey's credentials belong to the control plane (rotation goes
+/// through [`Store::update`]), and a Certificate written without its
+/// `privateKey` keeps the stored one.
 fn keep_credentials(existing: &AnyResource, incoming: &mut AnyResource) {
-    if let (AnyResource::ApiKey(old), AnyResource::ApiKey(new)) = (existing, incoming) {
-        new.spec.credentials = old.spec.credentials.clone();
+    match (existing, incoming) {
+        (AnyResource::ApiKey(old), AnyResource::ApiKey(new)) => {
+            new.spec.credentials = old.spec.credentials.clone();
+        }
+        (AnyResource::Certificate(old), AnyResource::Certificate(new))
+            if new.spec.private_key.is_none() =>
+        {
+            new.spec.private_key = old.spec.private_key.clone();
+        }
+        _ => {}
     }
 }
 
@@ -531,6 +597,31 @@ mod tests {
         AnyResource::from_value(json!({"apiVersion": "nio.dev/v1", "kind": "Route",
             "metadata": {"name": name}, "spec": {"frontend": {"paths": ["/"]}, "backend": backend}}))
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_store_behind_its_acknowledged_revision_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .create(backend("b", "http://127.0.0.1:1"))
+                .await
+                .unwrap();
+        }
+        let mark = dir.path().join(MARK_FILE);
+        assert_eq!(std::fs::read_to_string(&mark).unwrap().trim(), "1");
+        // As if sled had lost the last write.
+        std::fs::write(&mark, "2\n").unwrap();
+        let err = Store::open(dir.path()).err().unwrap().to_string();
+        assert!(
+            err.contains("revision 2 was acknowledged") && err.contains("restore"),
+            "{err}"
+        );
+        std::fs::write(&mark, "garbage").unwrap();
+        assert!(Store::open(dir.path()).is_err());
+        std::fs::write(&mark, "1\n").unwrap();
+        assert_eq!(Store::open(dir.path()).unwrap().current().revision, 1);
     }
 
     #[tokio::test]

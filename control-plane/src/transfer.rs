@@ -3,7 +3,8 @@
 //!
 //! An export is one document:
 //! `{apiVersion: nio.dev/v1, kind: Export, revision, items: [...]}`.
-//! API keys are exported without `spec.credentials` unless secrets are
+//! API keys are exported without `spec.credentials`, and certificates
+//! without `spec.privateKey`, unless secrets are
 //! asked for; then their salted hashes are included (never a secret in
 //! clear: the control plane does not have them).
 //!
@@ -37,6 +38,7 @@ pub fn export(state: &State, include_secrets: bool) -> Value {
     // Backends and verifiers first: a reader (or a tool applying the items
     // one by one) meets what routes refer to before the routes.
     for kind in [
+        Kind::Certificate,
         Kind::Backend,
         Kind::JwtVerifier,
         Kind::Route,
@@ -48,6 +50,7 @@ pub fn export(state: &State, include_secrets: bool) -> Value {
             if !include_secrets {
                 if let Some(spec) = v.get_mut("spec").and_then(Value::as_object_mut) {
                     spec.remove("credentials");
+                    spec.remove("privateKey");
                 }
             }
             items.push(v);
@@ -250,6 +253,16 @@ pub async fn import(
             let mut issued = Vec::new();
             let mut would_issue = Vec::new();
             for r in resources.iter_mut() {
+                // A certificate exported without its key keeps the stored one.
+                if let AnyResource::Certificate(cert) = r {
+                    if cert.spec.private_key.is_none() {
+                        if let Some(AnyResource::Certificate(old)) =
+                            config.get(Kind::Certificate, &cert.metadata.name)
+                        {
+                            cert.spec.private_key = old.spec.private_key.clone();
+                        }
+                    }
+                }
                 let AnyResource::ApiKey(key) = r else {
                     continue;
                 };

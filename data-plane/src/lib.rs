@@ -22,6 +22,7 @@
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`server`]: listeners, ops endpoints and the shutdown drain.
 //! - [`stall`]: cutting clients that stop reading.
+//! - [`validate`]: refusing malformed and ambiguous requests before routing.
 //!
 //! The request path never waits on the control plane and takes no global
 //! lock: it loads the current runtime (one atomic load) and works from that.
@@ -40,3 +41,4 @@ pub mod server;
 pub mod stall;
 pub mod sync;
 pub mod upstream;
+pub mod validate;

@@ -7,6 +7,7 @@ use nio_data_plane::forwarded::TrustedProxies;
 use nio_data_plane::proxy::ProxyOptions;
 use nio_data_plane::server::{self, Options};
 use nio_data_plane::sync::SyncOptions;
+use nio_data_plane::validate::{Limits, Underscores};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,38 @@ struct Args {
     /// connection is closed (so a stalled reader cannot hold a backend).
     #[arg(long, env = "NIO_SEND_TIMEOUT", default_value_t = 60)]
     send_timeout: u64,
+    /// Largest request head (request line plus headers) in bytes; larger
+    /// ones are answered 431. Also the HTTP/2 max header list size. At
+    /// least 8192.
+    #[arg(long, env = "NIO_MAX_HEADER_BYTES", default_value_t = 60 * 1024)]
+    max_header_bytes: usize,
+    /// Most header fields in one request; more are answered 431.
+    #[arg(long, env = "NIO_MAX_HEADERS", default_value_t = 100)]
+    max_headers: usize,
+    /// Longest request target (path and query) in bytes; longer ones are
+    /// answered 414.
+    #[arg(long, env = "NIO_MAX_URI_LENGTH", default_value_t = 8 * 1024)]
+    max_uri_length: usize,
+    /// Request headers whose name contains an underscore: drop (removed
+    /// before forwarding) or reject (400).
+    #[arg(long, env = "NIO_HEADER_UNDERSCORES", default_value = "drop")]
+    header_underscores: Underscores,
+    /// Seconds a client has to send a whole request head once it started
+    /// one (then 408 and the connection is closed); idle keep-alive
+    /// connections are closed a second later.
+    #[arg(long, env = "NIO_HEADER_READ_TIMEOUT", default_value_t = 10)]
+    header_read_timeout: u64,
+    /// Most open client connections on the proxy listener; more are closed
+    /// at accept.
+    #[arg(long, env = "NIO_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Most requests handled at once; more are answered 503 with
+    /// Retry-After: 1 (counted in nio_overloaded_requests_total).
+    #[arg(long, env = "NIO_MAX_REQUESTS", default_value_t = 10_000)]
+    max_requests: usize,
+    /// Most concurrent streams on one HTTP/2 connection.
+    #[arg(long, env = "NIO_H2_MAX_CONCURRENT_STREAMS", default_value_t = 100)]
+    h2_max_concurrent_streams: u32,
     /// Log format: text or json (level from RUST_LOG, default info).
     #[arg(long, env = "NIO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -119,6 +152,16 @@ fn main() -> anyhow::Result<()> {
         proxy: ProxyOptions {
             trusted_proxies: args.trusted_proxies,
             access_log: args.access_log,
+            limits: Limits {
+                max_header_bytes: args.max_header_bytes.max(8192),
+                max_headers: args.max_headers.max(1),
+                max_uri_length: args.max_uri_length.max(1),
+                underscores: args.header_underscores,
+                header_read_timeout: Duration::from_secs(args.header_read_timeout.max(1)),
+                max_connections: args.max_connections.max(1),
+                max_requests: args.max_requests.max(1),
+                h2_max_concurrent_streams: args.h2_max_concurrent_streams.max(1),
+            },
         },
         drain_timeout: Duration::from_secs(args.drain_timeout),
         drain_delay: Duration::from_secs(args.drain_delay),

@@ -50,6 +50,14 @@ pub struct Metrics {
     pub sync_connected: AtomicU64,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: AtomicU64,
+    /// Requests refused by request validation (malformed or ambiguous).
+    pub rejected_requests: AtomicU64,
+    /// Requests answered 503 because `--max-requests` were in flight.
+    pub overloaded_requests: AtomicU64,
+    /// Connections closed at accept because `--max-connections` were open.
+    pub refused_connections: AtomicU64,
+    /// Connections closed (408) because the request head was too slow.
+    pub header_timeouts: AtomicU64,
 }
 
 impl Metrics {
@@ -163,6 +171,30 @@ impl Metrics {
                 "counter",
                 "Access-log lines dropped because the writer fell behind.",
                 g(&self.access_log_dropped),
+            ),
+            (
+                "nio_rejected_requests_total",
+                "counter",
+                "Requests refused by request validation (400/414/431/501).",
+                g(&self.rejected_requests),
+            ),
+            (
+                "nio_overloaded_requests_total",
+                "counter",
+                "Requests answered 503 because --max-requests were in flight.",
+                g(&self.overloaded_requests),
+            ),
+            (
+                "nio_refused_connections_total",
+                "counter",
+                "Connections closed at accept because --max-connections were open.",
+                g(&self.refused_connections),
+            ),
+            (
+                "nio_header_timeouts_total",
+                "counter",
+                "Connections closed because a request head was not received in time.",
+                g(&self.header_timeouts),
             ),
             (
                 "nio_config_revision",

@@ -102,6 +102,8 @@ pub struct ProxyOptions {
     pub trusted_proxies: TrustedProxies,
     /// Where access-log lines go (default: off).
     pub access_log: Sink,
+    /// Request validation and connection limits.
+    pub limits: crate::validate::Limits,
 }
 
 pub struct Proxy {
@@ -143,14 +145,19 @@ pub enum ProxyError {
     NoHealthyTarget,
     Unreachable,
     Timeout,
+    /// Refused by request validation before routing (connection closed).
+    Invalid(crate::validate::Rejection),
+    /// `--max-requests` requests in flight (503 with `Retry-After`).
+    Overloaded,
 }
 
 impl ProxyError {
     fn status(self) -> StatusCode {
         match self {
-            ProxyError::NotConfigured | ProxyError::NoHealthyTarget => {
+            ProxyError::NotConfigured | ProxyError::NoHealthyTarget | ProxyError::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ProxyError::Invalid(r) => r.status(),
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest | ProxyError::RequestBody => StatusCode::BAD_REQUEST,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -169,6 +176,8 @@ impl ProxyError {
             ProxyError::NoHealthyTarget => "no-healthy-target",
             ProxyError::Unreachable => "backend-unreachable",
             ProxyError::Timeout => "backend-timeout",
+            ProxyError::Invalid(r) => r.code(),
+            ProxyError::Overloaded => "overloaded",
         }
     }
 
@@ -182,13 +191,21 @@ impl ProxyError {
             ProxyError::NoHealthyTarget => "no healthy target is available for this backend",
             ProxyError::Unreachable => "the backend could not be reached or failed",
             ProxyError::Timeout => "the backend did not answer in time",
+            ProxyError::Invalid(r) => r.message(),
+            ProxyError::Overloaded => "the gateway is handling too many requests; retry later",
         }
     }
 }
 
 /// The one function that turns a failure into a response.
 pub fn error_response(err: ProxyError, request_id: &HeaderValue) -> Response<ProxyBody> {
-    gateway_error(err.status(), err.code(), err.message(), request_id, &[])
+    let extra = match err {
+        // The framing of what follows on the connection is in doubt.
+        ProxyError::Invalid(_) => vec![(header::CONNECTION, HeaderValue::from_static("close"))],
+        ProxyError::Overloaded => vec![(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+        _ => Vec::new(),
+    };
+    gateway_error(err.status(), err.code(), err.message(), request_id, &extra)
 }
 
 /// A plugin's refusal, in the same format.
@@ -322,6 +339,27 @@ impl Proxy {
         resp
     }
 
+    /// The answer when `--max-requests` are in flight: 503 with
+    /// `Retry-After`, counted.
+    pub fn overloaded<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
+        self.metrics
+            .overloaded_requests
+            .fetch_add(1, Ordering::Relaxed);
+        error_response(ProxyError::Overloaded, &request_id(req.headers()))
+    }
+
+    /// Counts a request head that took longer than the header read timeout.
+    pub fn header_timed_out(&self) {
+        self.metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed at accept by `--max-connections`.
+    pub fn connection_refused(&self) {
+        self.metrics
+            .refused_connections
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     async fn serve(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let started = Instant::now();
         let request_id = request_id(req.headers());
@@ -364,6 +402,12 @@ impl Proxy {
             host: host_value.clone(),
             log,
         };
+        if let Err(r) = crate::validate::check(&mut req, &self.opts.limits) {
+            self.metrics
+                .rejected_requests
+                .fetch_add(1, Ordering::Relaxed);
+            return self.fail(ProxyError::Invalid(r), ctx);
+        }
         let Some(runtime) = self.runtime.load_full() else {
             return self.fail(ProxyError::NotConfigured, ctx);
         };

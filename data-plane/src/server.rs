@@ -10,6 +10,7 @@ use crate::proxy::{Proxy, ProxyOptions};
 use crate::runtime::RuntimeSlot;
 use crate::stall::WriteStall;
 use crate::sync::{self, Applier, SyncOptions};
+use crate::validate::{ConnFacts, HeadVerdict, Limits, Scan};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -26,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -113,6 +114,7 @@ pub async fn run(
     let proxy_task = tokio::spawn(serve_proxy(
         http,
         proxy,
+        opts.proxy.limits.clone(),
         stop_rx,
         opts.drain_timeout,
         opts.send_timeout,
@@ -182,23 +184,40 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-fn conn_builder() -> auto::Builder<TokioExecutor> {
+/// hyper's connection settings. HTTP/1: header count (431 above), a read
+/// buffer of twice the head limit (the scanner answers 431 exactly at the
+/// limit; hyper only checks its buffer between reads), and an idle/head deadline a second after the scanner's own 408
+/// (see [`crate::validate`]). HTTP/2: concurrent streams, header list size,
+/// and a cap on streams a client opens and resets at once (the "rapid
+/// reset" attack, CVE-2023-44487).
+fn conn_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .max_headers(limits.max_headers)
+        .max_buf_size((2 * limits.max_header_bytes).max(8192))
+        .header_read_timeout(limits.header_read_timeout + Duration::from_secs(1));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024);
     b
 }
 
 async fn serve_proxy(
     listener: TcpListener,
     proxy: Arc<Proxy>,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
     send_timeout: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = conn_builder();
+    let builder = conn_builder(&limits);
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let requests = Arc::new(Semaphore::new(limits.max_requests.max(1)));
     loop {
         let (stream, client) = tokio::select! {
             () = stopped(&mut stop) => break,
@@ -212,12 +231,39 @@ async fn serve_proxy(
                 }
             },
         };
+        // Over --max-connections: closed at once (dropping the stream).
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            proxy.connection_refused();
+            tracing::debug!(%client, "connection limit reached; closing");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
+        let facts = Arc::new(ConnFacts::default());
+        let (service_proxy, service_facts, requests) =
+            (proxy.clone(), facts.clone(), requests.clone());
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            let (proxy, requests) = (service_proxy.clone(), requests.clone());
+            if req.version() <= http::Version::HTTP_11 {
+                let target = req
+                    .uri()
+                    .path_and_query()
+                    .filter(|_| req.uri().authority().is_none())
+                    .map_or_else(|| req.uri().to_string(), |pq| pq.as_str().to_string());
+                if let Some(v) = service_facts.next_verdict(req.method().as_str(), &target) {
+                    req.extensions_mut().insert::<HeadVerdict>(v);
+                }
+            }
+            async move {
+                // Over --max-requests in flight: 503 with Retry-After.
+                let Ok(_permit) = requests.try_acquire() else {
+                    return Ok::<_, Infallible>(proxy.overloaded(&req));
+                };
+                Ok::<_, Infallible>(proxy.handle(req, client).await)
+            }
         });
+        let timeout_proxy = proxy.clone();
+        let stream =
+            Scan::new(stream, &limits, facts).on_timeout(move || timeout_proxy.header_timed_out());
         let stream = WriteStall::new(stream, send_timeout);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = graceful.watch(conn.into_owned());
@@ -225,6 +271,7 @@ async fn serve_proxy(
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, %client, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);
@@ -260,7 +307,7 @@ async fn serve_ops(
             async move { Ok::<_, Infallible>(resp) }
         });
         tokio::spawn(async move {
-            let _ = conn_builder()
+            let _ = conn_builder(&Limits::default())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

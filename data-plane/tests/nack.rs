@@ -229,12 +229,17 @@ async fn bad_snapshots_are_nacked_and_the_previous_one_keeps_serving() {
     let r = get().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "from revision 1");
-    let cached = nio_data_plane::cache::Cache::new(cache.path())
-        .unwrap()
-        .load()
-        .unwrap()
-        .unwrap();
-    assert_eq!(cached.revision, 1);
+    // The cache is written in the background: wait for it, with a deadline.
+    let store = nio_data_plane::cache::Cache::new(cache.path()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let cached = loop {
+        if let Some(c) = store.load().unwrap() {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "the cache was never written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(cached.revision, 1, "refused revisions never reach the cache");
 
     let _ = stop.send(());
     dp.await.unwrap().unwrap();

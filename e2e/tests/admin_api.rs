@@ -255,3 +255,48 @@ async fn acknowledged_writes_survive_sigkill() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A Certificate is checked on write, described on read (subject, SANs,
+/// expiry), and its private key is never returned; a write without the key
+/// keeps the stored one.
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_are_described_never_shown() -> anyhow::Result<()> {
+    let (_dir, cp) = cp().await?;
+    let admin = cp.admin();
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["api.test".to_string()])?.self_signed(&key)?;
+    let (pem, key_pem) = (cert.pem(), key.serialize_pem());
+    let doc = |private_key: Option<&str>| {
+        json!({"apiVersion": "nio.dev/v1", "kind": "Certificate", "metadata": {"name": "api"},
+               "spec": {"certificate": pem, "privateKey": private_key}})
+    };
+    let created = admin.create(doc(Some(&key_pem))).await?;
+    assert!(created["spec"].get("privateKey").is_none(), "{created}");
+    assert_eq!(created["status"]["sans"], json!(["api.test"]));
+    assert_eq!(created["status"]["hasPrivateKey"], true);
+
+    let (status, got) = admin
+        .send(Method::GET, "/apis/nio.dev/v1/certificates/api", None)
+        .await?;
+    assert_eq!(status, 200);
+    assert!(!got.to_string().contains("PRIVATE KEY"), "{got}");
+    // Sent back as read (no key, a status): accepted, the key stays.
+    let (status, replaced) = admin
+        .send(Method::PUT, "/apis/nio.dev/v1/certificates/api", Some(got))
+        .await?;
+    assert_eq!(status, 200, "{replaced}");
+    assert_eq!(replaced["status"]["hasPrivateKey"], true);
+
+    // A key that is not the certificate's is refused, naming the field.
+    let other = rcgen::KeyPair::generate()?.serialize_pem();
+    let (status, err) = admin
+        .send(
+            Method::PUT,
+            "/apis/nio.dev/v1/certificates/api",
+            Some(doc(Some(&other))),
+        )
+        .await?;
+    assert_eq!(status, 422, "{err}");
+    assert!(err.to_string().contains("spec.privateKey"), "{err}");
+    Ok(())
+}

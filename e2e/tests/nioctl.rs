@@ -303,7 +303,7 @@ async fn export_from_one_control_plane_import_into_another() -> anyhow::Result<(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn import_from_otoroshi_fixtures() -> anyhow::Result<()> {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/otoroshi");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/otoroshi");
     let backend = TestBackend::start("oto").await?;
     let gw = Gateway::start(&[]).await?;
     let dir = gw.dir.path();

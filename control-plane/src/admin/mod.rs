@@ -31,7 +31,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use nio_proto::model::AnyResource;
 use serde_json::json;
+use serde_json::Value;
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -145,4 +147,34 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         body,
     )
+}
+
+/// The resource as the admin API shows it: for an ApiKey, the credentials
+/// become `status.secrets` (how many, and until when), never salts or
+/// hashes; for a Certificate, `status` says what it is (subject, SANs,
+/// issuer, validity) and the private key is left out.
+pub fn shown(resource: &AnyResource) -> Value {
+    let mut value = resource.to_value();
+    if let AnyResource::Certificate(cert) = resource {
+        if let Some(spec) = value.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("privateKey");
+        }
+        value["status"] = match cert.spec.info() {
+            Ok(info) => serde_json::to_value(info).unwrap_or(Value::Null),
+            Err(e) => json!({ "error": e }),
+        };
+    }
+    if let AnyResource::ApiKey(key) = resource {
+        if let Some(spec) = value.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("credentials");
+        }
+        let secrets: Vec<Value> = key
+            .spec
+            .credentials
+            .iter()
+            .map(|c| json!({ "notAfter": c.not_after }))
+            .collect();
+        value["status"] = json!({ "secrets": secrets });
+    }
+    value
 }

@@ -1,7 +1,8 @@
 //! `/apis/nio.dev/v1/{plural}[/{name}]`: CRUD on resources, JSON or YAML.
 
+use super::shown;
 use super::{AdminState, ApiError};
-use crate::apikeys::{self, redact, Issued};
+use crate::apikeys::{self, Issued};
 use crate::store::{Outcome, Written};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
@@ -99,13 +100,13 @@ pub(super) fn respond(
 }
 
 fn written(headers: &HeaderMap, w: &Written) -> Response {
-    respond_written(headers, w, redact(&w.resource))
+    respond_written(headers, w, shown(&w.resource))
 }
 
 /// A write that issued an API-key secret: the resource plus the secret,
 /// this once.
 fn issued(headers: &HeaderMap, w: &Written, secret: &Issued) -> Response {
-    let mut body = redact(&w.resource);
+    let mut body = shown(&w.resource);
     body["secret"] = secret.to_value();
     respond_written(headers, w, body)
 }
@@ -189,7 +190,7 @@ pub async fn list(
                 .as_deref()
                 .is_none_or(|s| matches_selector(s, &r.metadata().labels))
         })
-        .map(redact)
+        .map(shown)
         .collect();
     let body = json!({
         "apiVersion": nio_proto::API_VERSION,
@@ -214,7 +215,7 @@ pub async fn get(
     Ok(respond(
         &headers,
         StatusCode::OK,
-        &redact(resource),
+        &shown(resource),
         current.revision,
     ))
 }

@@ -1,9 +1,12 @@
 //! `nio-control-plane`: flags and logging around [`nio_control_plane::server::run`].
 
-use clap::Parser;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
 use nio_control_plane::server::{self, Options};
+use nio_control_plane::store::Store;
+use nio_control_plane::transfer;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -13,8 +16,15 @@ use std::path::PathBuf;
     after_help = "Environment only (otherwise generated once into the data dir, mode 0600):\n  NIO_ADMIN_TOKEN  the admin API bearer token\n  NIO_JOIN_TOKEN   the token data planes join with"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// Directory for the store and the generated tokens.
-    #[arg(long, env = "NIO_DATA_DIR", default_value = "./nio-data")]
+    #[arg(
+        long,
+        env = "NIO_DATA_DIR",
+        default_value = "./nio-data",
+        global = true
+    )]
     data_dir: PathBuf,
     /// Address of the admin API.
     #[arg(long, env = "NIO_ADMIN_LISTEN", default_value = "127.0.0.1:9000")]
@@ -27,9 +37,40 @@ struct Args {
     log_format: String,
 }
 
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Writes the whole configuration, API-key credentials included (as
+    /// salted hashes), to FILE (mode 0600): from the running control plane
+    /// through its admin API with --admin-url (an online snapshot at one
+    /// revision), or from the store in --data-dir while it is stopped.
+    Backup {
+        /// Where to write the backup (replaced atomically).
+        #[arg(long)]
+        to: PathBuf,
+        /// Admin API of the running control plane (token: NIO_ADMIN_TOKEN,
+        /// or the data dir's admin-token file).
+        #[arg(long, env = "NIO_ADMIN_URL")]
+        admin_url: Option<String>,
+    },
+    /// Loads a backup into a fresh data dir (refused if it has a store).
+    /// Start the control plane on it afterwards.
+    Restore {
+        /// A file written by `backup` (or GET /api/v1/export?includeSecrets=true).
+        #[arg(long)]
+        from: PathBuf,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args.log_format);
+    match &args.command {
+        Some(Cmd::Backup { to, admin_url }) => {
+            return backup(&args.data_dir, to, admin_url.as_deref());
+        }
+        Some(Cmd::Restore { from }) => return restore(&args.data_dir, from),
+        None => {}
+    }
     let opts = Options {
         data_dir: args.data_dir,
         admin_listen: args.admin_listen,
@@ -49,6 +90,121 @@ fn main() -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+fn backup(data_dir: &Path, to: &Path, admin_url: Option<&str>) -> anyhow::Result<()> {
+    let doc = match admin_url {
+        Some(url) => {
+            let token = match std::env::var("NIO_ADMIN_TOKEN") {
+                Ok(t) => t,
+                Err(_) => std::fs::read_to_string(data_dir.join("admin-token"))
+                    .with_context(|| {
+                        format!(
+                            "no admin token: set NIO_ADMIN_TOKEN or pass the --data-dir holding admin-token (looked in {})",
+                            data_dir.display()
+                        )
+                    })?,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let url = format!(
+                "{}/api/v1/export?includeSecrets=true",
+                url.trim_end_matches('/')
+            );
+            runtime.block_on(async {
+                let r = reqwest::Client::new()
+                    .get(&url)
+                    .bearer_auth(token.trim())
+                    .send()
+                    .await
+                    .with_context(|| format!("GET {url}"))?;
+                let status = r.status();
+                let body = r.text().await?;
+                if !status.is_success() {
+                    anyhow::bail!("GET {url}: {status}: {body}");
+                }
+                Ok::<_, anyhow::Error>(serde_json::from_str::<serde_json::Value>(&body)?)
+            })?
+        }
+        None => {
+            let store = open_store(data_dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}\nIf a control plane is running on this data dir, take an online backup through it: add --admin-url http://<admin address>"
+                )
+            })?;
+            transfer::export(&store.current(), true)
+        }
+    };
+    let count = doc["items"].as_array().map_or(0, Vec::len);
+    let revision = doc["revision"].as_u64().unwrap_or(0);
+    let tmp = to.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(serde_json::to_string_pretty(&doc)?.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, to).with_context(|| format!("writing {}", to.display()))?;
+    println!(
+        "backup: {count} resources at revision {revision} written to {}",
+        to.display()
+    );
+    Ok(())
+}
+
+fn restore(data_dir: &Path, from: &Path) -> anyhow::Result<()> {
+    let store_dir = data_dir.join("store");
+    if store_dir.exists() {
+        anyhow::bail!(
+            "{} already has a store: restore into a fresh data dir (move the old one aside first)",
+            data_dir.display()
+        );
+    }
+    let text =
+        std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
+    let doc: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a backup (JSON expected)", from.display()))?;
+    if doc["secretsIncluded"] == false {
+        anyhow::bail!(
+            "{} was exported without secrets: API keys would lose their credentials; take the backup with `nio-control-plane backup` (or includeSecrets=true)",
+            from.display()
+        );
+    }
+    let items =
+        transfer::decode_items(doc).map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let store = open_store(data_dir)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let imported = runtime
+        .block_on(transfer::import(&store, items, &Default::default()))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))?;
+    println!(
+        "restore: {} resources written to {} (revision {}); start the control plane with --data-dir {}",
+        imported.items.len(),
+        store_dir.display(),
+        imported.revision,
+        data_dir.display()
+    );
+    Ok(())
+}
+
+fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
+    let dir = data_dir.join("store");
+    Store::open(&dir)
+        .map_err(|e| anyhow::anyhow!("cannot open the store in {}: {e}", dir.display()))
 }
 
 fn init_logging(format: &str) {

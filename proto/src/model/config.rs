@@ -124,11 +124,12 @@ impl Config {
         self.iter().filter(move |r| match r {
             AnyResource::Route(route) => selected(route),
             AnyResource::Backend(b) => needed.contains(b.metadata.name.as_str()),
-            // Keys, verifiers and global settings are small and shared by
-            // routes: every data plane gets them.
-            AnyResource::ApiKey(_) | AnyResource::JwtVerifier(_) | AnyResource::GlobalConfig(_) => {
-                true
-            }
+            // Keys, verifiers, certificates and global settings are
+            // shared by routes: every data plane gets them.
+            AnyResource::ApiKey(_)
+            | AnyResource::JwtVerifier(_)
+            | AnyResource::GlobalConfig(_)
+            | AnyResource::Certificate(_) => true,
         })
     }
 
@@ -151,7 +152,7 @@ impl Config {
                     )
                 })
                 .collect(),
-            Kind::Route | Kind::ApiKey | Kind::GlobalConfig => Vec::new(),
+            Kind::Route | Kind::ApiKey | Kind::GlobalConfig | Kind::Certificate => Vec::new(),
         }
     }
 

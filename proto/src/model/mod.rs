@@ -9,6 +9,7 @@
 
 mod apikey;
 mod backend;
+mod certificate;
 mod cidr;
 mod config;
 mod duration;
@@ -22,6 +23,7 @@ pub use backend::{
     parse_target_url, BackendSpec, CircuitBreaker, HashOn, HealthCheck, LoadBalancing,
     OutlierDetection, Policy, Protocol, Retries, StatusRange, TargetAddr, TargetSpec, Timeouts,
 };
+pub use certificate::{CertificateInfo, CertificateSpec};
 pub use cidr::{canonical_ip, Cidr};
 pub use config::Config;
 pub use global::{GlobalConfigSpec, GLOBAL_NAME};
@@ -50,15 +52,17 @@ pub enum Kind {
     ApiKey,
     JwtVerifier,
     GlobalConfig,
+    Certificate,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Route,
         Kind::Backend,
         Kind::ApiKey,
         Kind::JwtVerifier,
         Kind::GlobalConfig,
+        Kind::Certificate,
     ];
 
     /// The `kind` field value, e.g. `Route`.
@@ -69,6 +73,7 @@ impl Kind {
             Kind::ApiKey => "ApiKey",
             Kind::JwtVerifier => "JwtVerifier",
             Kind::GlobalConfig => "GlobalConfig",
+            Kind::Certificate => "Certificate",
         }
     }
 
@@ -80,6 +85,7 @@ impl Kind {
             Kind::ApiKey => "apikeys",
             Kind::JwtVerifier => "jwtverifiers",
             Kind::GlobalConfig => "globalconfigs",
+            Kind::Certificate => "certificates",
         }
     }
 
@@ -90,6 +96,7 @@ impl Kind {
             Kind::ApiKey => "ak",
             Kind::JwtVerifier => "jwt",
             Kind::GlobalConfig => "gc",
+            Kind::Certificate => "cert",
         }
     }
 
@@ -142,6 +149,7 @@ pub type Backend = Resource<BackendSpec>;
 pub type ApiKey = Resource<ApiKeySpec>;
 pub type JwtVerifier = Resource<JwtVerifierSpec>;
 pub type GlobalConfig = Resource<GlobalConfigSpec>;
+pub type Certificate = Resource<CertificateSpec>;
 
 impl Metadata {
     /// `resourceVersion` as a number (0 when unset or unparseable).
@@ -216,6 +224,7 @@ pub enum AnyResource {
     ApiKey(ApiKey),
     JwtVerifier(JwtVerifier),
     GlobalConfig(GlobalConfig),
+    Certificate(Certificate),
 }
 
 /// `$body` with `$r` bound to the resource, whatever its kind.
@@ -227,6 +236,7 @@ macro_rules! each_kind {
             AnyResource::ApiKey($r) => $body,
             AnyResource::JwtVerifier($r) => $body,
             AnyResource::GlobalConfig($r) => $body,
+            AnyResource::Certificate($r) => $body,
         }
     };
 }
@@ -274,6 +284,7 @@ impl AnyResource {
             Kind::ApiKey => AnyResource::ApiKey(decode(value)?),
             Kind::JwtVerifier => AnyResource::JwtVerifier(decode(value)?),
             Kind::GlobalConfig => AnyResource::GlobalConfig(decode(value)?),
+            Kind::Certificate => AnyResource::Certificate(decode(value)?),
         })
     }
 
@@ -284,6 +295,7 @@ impl AnyResource {
             AnyResource::ApiKey(_) => Kind::ApiKey,
             AnyResource::JwtVerifier(_) => Kind::JwtVerifier,
             AnyResource::GlobalConfig(_) => Kind::GlobalConfig,
+            AnyResource::Certificate(_) => Kind::Certificate,
         }
     }
 
@@ -309,6 +321,7 @@ impl AnyResource {
             AnyResource::ApiKey(r) => r.spec.validate(&mut errors),
             AnyResource::JwtVerifier(r) => r.spec.validate(&mut errors),
             AnyResource::GlobalConfig(r) => r.spec.validate(&r.metadata.name, &mut errors),
+            AnyResource::Certificate(r) => r.spec.validate(&mut errors),
         }
         if errors.is_empty() {
             Ok(())

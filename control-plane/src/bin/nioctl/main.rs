@@ -385,6 +385,7 @@ fn print_table(kind: Kind, items: &[Value], wide: bool) {
         Kind::ApiKey => &["NAME", "ENABLED", "EXPIRES", "ROUTES", "REVISION"],
         Kind::JwtVerifier => &["NAME", "ALGORITHMS", "JWKS", "REVISION"],
         Kind::GlobalConfig => &["NAME", "PLUGINS", "REVISION"],
+        Kind::Certificate => &["NAME", "SANS", "NOT AFTER", "KEY", "REVISION"],
     };
     let mut header = header.to_vec();
     if wide {
@@ -406,70 +407,76 @@ fn labels(v: &Value) -> String {
 }
 
 fn table_row(kind: Kind, r: &Value) -> Vec<String> {
-    {
-        {
-            let name = r["metadata"]["name"]
+    let name = r["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let rv = r["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    match kind {
+        Kind::Route => vec![
+            name,
+            join(&r["spec"]["frontend"]["hosts"]),
+            join(&r["spec"]["frontend"]["paths"]),
+            r["spec"]["backend"]
                 .as_str()
                 .unwrap_or_default()
-                .to_string();
-            let rv = r["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            match kind {
-                Kind::Route => vec![
-                    name,
-                    join(&r["spec"]["frontend"]["hosts"]),
-                    join(&r["spec"]["frontend"]["paths"]),
-                    r["spec"]["backend"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    rv,
-                ],
-                Kind::Backend => vec![
-                    name,
-                    r["spec"]["targets"]
-                        .as_array()
-                        .map(|t| {
-                            t.iter()
-                                .map(|t| {
-                                    format!("{}*{}", t["url"].as_str().unwrap_or(""), t["weight"])
-                                })
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        })
-                        .unwrap_or_default(),
-                    rv,
-                ],
-                Kind::ApiKey => vec![
-                    name,
-                    (r["spec"]["enabled"] != false).to_string(),
-                    r["spec"]["expiresAt"].as_str().unwrap_or("-").to_string(),
-                    join(&r["spec"]["routes"]),
-                    rv,
-                ],
-                Kind::JwtVerifier => vec![
-                    name,
-                    join(&r["spec"]["algorithms"]),
-                    r["spec"]["jwksUrl"].as_str().unwrap_or("-").to_string(),
-                    rv,
-                ],
-                Kind::GlobalConfig => vec![
-                    name,
-                    r["spec"]["plugins"]
-                        .as_array()
-                        .map(|p| {
-                            p.iter()
-                                .filter_map(|p| p["kind"].as_str())
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        })
-                        .unwrap_or_default(),
-                    rv,
-                ],
+                .to_string(),
+            rv,
+        ],
+        Kind::Backend => vec![
+            name,
+            r["spec"]["targets"]
+                .as_array()
+                .map(|t| {
+                    t.iter()
+                        .map(|t| format!("{}*{}", t["url"].as_str().unwrap_or(""), t["weight"]))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default(),
+            rv,
+        ],
+        Kind::ApiKey => vec![
+            name,
+            (r["spec"]["enabled"] != false).to_string(),
+            r["spec"]["expiresAt"].as_str().unwrap_or("-").to_string(),
+            join(&r["spec"]["routes"]),
+            rv,
+        ],
+        Kind::JwtVerifier => vec![
+            name,
+            join(&r["spec"]["algorithms"]),
+            r["spec"]["jwksUrl"].as_str().unwrap_or("-").to_string(),
+            rv,
+        ],
+        Kind::GlobalConfig => vec![
+            name,
+            r["spec"]["plugins"]
+                .as_array()
+                .map(|p| {
+                    p.iter()
+                        .filter_map(|p| p["kind"].as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default(),
+            rv,
+        ],
+        Kind::Certificate => vec![
+            name,
+            join(&r["status"]["sans"]),
+            r["status"]["notAfter"].as_str().unwrap_or("-").to_string(),
+            if r["status"]["hasPrivateKey"] == true {
+                "yes"
+            } else {
+                "no"
             }
-        }
+            .to_string(),
+            rv,
+        ],
     }
 }
 

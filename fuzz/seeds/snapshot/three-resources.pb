@@ -1,0 +1,4 @@
+@f1a18504c00ef02d34f30497e12a36608217d540fdc7d80535129303ae5ed1c5ø
+ApiKeyk"è{"apiVersion":"nio.dev/v1","kind":"ApiKey","metadata":{"name":"k","resourceVersion":"3"},"spec":{"credentials":[{"salt":"a9443ca4018fe6931c0d49e7da9dbcdd","hash":"5da76756099cbea9d0157d5f88a9bf8ace6a11c7f2d25538f74bb1e6b4eb313b"}]}}¢
+Backendb"‘{"apiVersion":"nio.dev/v1","kind":"Backend","metadata":{"name":"b","resourceVersion":"1"},"spec":{"targets":[{"url":"http://127.0.0.1:8080","weight":2},{"url":"http://10.0.0.1:80","weight":1,"backup":true}],"retries":{"maxRetries":2,"backoff":"25ms","statuses":[502,503]}}}ò
+Router"ã{"apiVersion":"nio.dev/v1","kind":"Route","metadata":{"name":"r","labels":{"team":"a"},"resourceVersion":"2"},"spec":{"frontend":{"hosts":["a.test","*.b.test"],"paths":["/api/:id","/static/*"],"methods":["GET"]},"backend":"b"}}
