@@ -343,7 +343,15 @@ pub fn convert_with(export: &Value, options: &ConvertOptions) -> Result<Converte
             "spec": {"certificate": chain, "privateKey": key},
         }))
         .map_err(|e| e.to_string())
-        .and_then(|r| r.validate().map(|()| r).map_err(|e| e.to_string()));
+        .and_then(|r| r.validate().map(|()| r).map_err(|e| e.to_string()))
+        .and_then(|r| match &r {
+            AnyResource::Certificate(c) => c
+                .spec
+                .check_current()
+                .map(|()| r)
+                .map_err(|e| e.to_string()),
+            _ => Ok(r),
+        });
         match resource {
             Ok(r) => {
                 resources.push(r);
@@ -398,18 +406,36 @@ fn with_notes(what: String, notes: &[String]) -> String {
 
 /// A path regex Otoroshi uses (`/health`, `/health.*`, `/api/.*`) as a
 /// Nio path prefix, when it is one.
+/// Otoroshi matches patterns against the whole path, so only a pattern
+/// ending in `.*` is a prefix; an exact one (`/health`) is not converted
+/// (converting it to a prefix would open everything under it).
 fn regex_prefix(pattern: &str) -> Option<String> {
     let p = pattern.trim_start_matches('^').trim_end_matches('$');
-    let p = p
-        .strip_suffix("/.*")
-        .or_else(|| p.strip_suffix(".*"))
-        .unwrap_or(p);
+    let p = p.strip_suffix("/.*").or_else(|| p.strip_suffix(".*"))?;
     let p = if p.is_empty() { "/" } else { p };
     let plain = p.starts_with('/')
         && !p.contains([
             '.', '*', '+', '?', '[', ']', '(', ')', '{', '}', '|', '\\', '^', '$',
         ]);
     plain.then(|| p.to_string())
+}
+
+/// Never wider than Otoroshi: one apiKey plugin; and no publicPaths next to
+/// a jwt plugin (Nio's public paths skip the token too, Otoroshi's only
+/// the API key).
+fn narrow(plugins: &mut Vec<Value>, notes: &mut Vec<String>) {
+    let kind = |p: &Value| p["kind"].as_str().unwrap_or_default().to_string();
+    let mut seen_key = false;
+    plugins.retain(|p| {
+        let first = !(kind(p) == "apiKey" && seen_key);
+        seen_key |= kind(p) == "apiKey";
+        first
+    });
+    if plugins.iter().any(|p| kind(p) == "jwt") && plugins.iter().any(|p| kind(p) == "publicPaths")
+    {
+        plugins.retain(|p| kind(p) != "publicPaths");
+        notes.push("public patterns on a JWT-verified service: the token and key stay required on the whole route".into());
+    }
 }
 
 fn is_everything(pattern: &str) -> bool {
@@ -446,10 +472,13 @@ fn access_plugins(
     }
     if !paths.is_empty() {
         if !private.is_empty() {
+            // Nio has no private-inside-public: keep the key required
+            // everywhere rather than open the private parts.
             notes.push(format!(
-                "private patterns {} inside public paths are public in Nio; check them",
+                "public patterns with private exceptions ({}): the API key stays required on the whole route",
                 private.join(", ")
             ));
+            return;
         }
         plugins.push(json!({"kind": "publicPaths", "config": {"paths": paths}}));
     }
@@ -714,6 +743,7 @@ fn service_descriptor(
     if d.get("gzip").is_some_and(|g| b(g, "enabled")) {
         plugins.push(json!({"kind": "compression", "config": {"algorithms": ["gzip"]}}));
     }
+    narrow(&mut plugins, notes);
     if !plugins.is_empty() {
         svc.route_spec.insert("plugins".into(), json!(plugins));
     }
@@ -737,6 +767,18 @@ fn service_descriptor(
     }
     if d.get("chaosConfig").is_some_and(|c| b(c, "enabled")) {
         notes.push("chaos engineering (Snow Monkey)".into());
+    }
+    if let Some(routing) = d.get("apiKeyConstraints").and_then(|c| c.get("routing")) {
+        let constrained = routing.as_object().is_some_and(|o| {
+            o.values().any(|v| {
+                v.as_array().is_some_and(|a| !a.is_empty())
+                    || v.as_object().is_some_and(|m| !m.is_empty())
+            })
+        });
+        if constrained {
+            svc.blocked = block("restricted to API keys with given tags or metadata, which Nio cannot express; converting it would let any authorized key in");
+            return svc;
+        }
     }
     if arr(d, "publicPatterns").is_empty() || !is_everything(&strs(d, "publicPatterns").join("")) {
         if let Some(c) = d.get("apiKeyConstraints") {
@@ -962,6 +1004,7 @@ fn new_route(r: &Value, verifiers: &HashMap<String, String>, options: &ConvertOp
     if !override_host {
         svc.route_spec.insert("preserveHost".into(), json!(true));
     }
+    narrow(&mut plugins, &mut svc.notes);
     if !plugins.is_empty() {
         // Nio runs publicPaths in PreRoute wherever it is listed; keep order.
         svc.route_spec.insert("plugins".into(), json!(plugins));
@@ -1071,11 +1114,17 @@ fn jwt_verifier(v: &Value) -> Result<(Value, Vec<String>), String> {
             _ => {}
         }
     }
-    let fields = v
+    let settings = v
         .get("strategy")
-        .and_then(|st| st.get("verificationSettings"))
-        .map(|vs| str_map(vs, "fields"))
-        .unwrap_or_default();
+        .and_then(|st| st.get("verificationSettings"));
+    if settings
+        .and_then(|vs| vs.get("arrayFields"))
+        .and_then(Value::as_object)
+        .is_some_and(|m| !m.is_empty())
+    {
+        return Err("checks array claims (arrayFields), which are not converted; the services it guards are left out".into());
+    }
+    let fields = settings.map(|vs| str_map(vs, "fields")).unwrap_or_default();
     let mut claims = Vec::new();
     for (k, val) in fields {
         match k.as_str() {
@@ -1166,7 +1215,12 @@ fn api_key(
     if k.get("enabled").and_then(Value::as_bool) == Some(false) {
         spec["enabled"] = json!(false);
     }
-    if let Some(ms) = k.get("validUntil").and_then(Value::as_u64) {
+    // RFC 3339 stops at year 9999 (253402300799 s): later means never.
+    if let Some(ms) = k
+        .get("validUntil")
+        .and_then(Value::as_u64)
+        .filter(|ms| *ms / 1000 < 253_402_300_799)
+    {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
         spec["expiresAt"] = json!(humantime::format_rfc3339_seconds(t).to_string());
     }
@@ -1258,10 +1312,13 @@ mod tests {
             Some("otoroshi-admin-internal-api.oto.tools")
         );
         let kinds: Vec<&str> = admin.spec.plugins.iter().map(|p| p.kind.as_str()).collect();
-        assert_eq!(kinds, ["apiKey", "publicPaths"]);
-        assert_eq!(
-            admin.spec.plugins[1].config["paths"],
-            json!(["/health", "/metrics"])
+        // Otoroshi's `/health` is an exact pattern: not a prefix, so not
+        // converted (the key stays required there rather than under it).
+        assert_eq!(kinds, ["apiKey"]);
+        let report = c.report.to_value().to_string();
+        assert!(
+            report.contains("public pattern \\\"/health\\\" is not a path prefix"),
+            "{report}"
         );
         assert_eq!(
             admin
@@ -1376,7 +1433,9 @@ mod tests {
         let mut n = Names::default();
         assert_eq!(n.take(Kind::Route, "a"), "a");
         assert_eq!(n.take(Kind::Route, "A"), "a-2");
-        assert_eq!(regex_prefix("/health"), Some("/health".into()));
+        assert_eq!(regex_prefix("/health"), None, "exact in Otoroshi");
+        assert_eq!(regex_prefix("^/$"), None);
+        assert_eq!(regex_prefix("/health.*"), Some("/health".into()));
         assert_eq!(regex_prefix("/api/.*"), Some("/api".into()));
         assert_eq!(regex_prefix("/a[0-9]+"), None);
     }

@@ -17,7 +17,7 @@
 //! possibly an empty store, which the control plane would then push to
 //! the whole fleet. A store older than that mark is refused instead.
 
-use nio_proto::model::{AnyResource, Config, DecodeError, Kind, ValidationError};
+use nio_proto::model::{AnyResource, Config, DecodeError, JwtVerifierSpec, Kind, ValidationError};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use std::path::Path;
@@ -540,7 +540,28 @@ fn keep_credentials(existing: &AnyResource, incoming: &mut AnyResource) {
         {
             new.spec.private_key = old.spec.private_key.clone();
         }
+        (AnyResource::JwtVerifier(old), AnyResource::JwtVerifier(new)) => {
+            keep_jwt_secrets(&old.spec, &mut new.spec);
+        }
         _ => {}
+    }
+}
+
+/// A verifier key sent without its secret (as the admin API shows it)
+/// keeps the stored secret of the key with the same `kid` (or position).
+pub fn keep_jwt_secrets(old: &JwtVerifierSpec, new: &mut JwtVerifierSpec) {
+    for (i, key) in new.keys.iter_mut().enumerate() {
+        if key.secret.is_some() || key.public_key_pem.is_some() {
+            continue;
+        }
+        let stored = old
+            .keys
+            .iter()
+            .find(|k| k.kid.is_some() && k.kid == key.kid)
+            .or_else(|| old.keys.get(i).filter(|k| k.kid == key.kid));
+        if let Some(stored) = stored {
+            key.secret = stored.secret.clone();
+        }
     }
 }
 

@@ -3,8 +3,9 @@
 //!
 //! An export is one document:
 //! `{apiVersion: nio.dev/v1, kind: Export, revision, items: [...]}`.
-//! API keys are exported without `spec.credentials`, and certificates
-//! without `spec.privateKey`, unless secrets are
+//! API keys are exported without `spec.credentials`, certificates without
+//! `spec.privateKey`, and JWT verifiers without their keys' HMAC `secret`,
+//! unless secrets are
 //! asked for; then their salted hashes are included (never a secret in
 //! clear: the control plane does not have them).
 //!
@@ -52,6 +53,7 @@ pub fn export(state: &State, include_secrets: bool) -> Value {
                     spec.remove("credentials");
                     spec.remove("privateKey");
                 }
+                crate::admin::strip_jwt_secrets(&mut v);
             }
             items.push(v);
         }
@@ -253,6 +255,15 @@ pub async fn import(
             let mut issued = Vec::new();
             let mut would_issue = Vec::new();
             for r in resources.iter_mut() {
+                // A verifier exported without its HMAC secrets keeps the
+                // stored ones.
+                if let AnyResource::JwtVerifier(v) = r {
+                    if let Some(AnyResource::JwtVerifier(old)) =
+                        config.get(Kind::JwtVerifier, &v.metadata.name)
+                    {
+                        crate::store::keep_jwt_secrets(&old.spec, &mut v.spec);
+                    }
+                }
                 // A certificate exported without its key keeps the stored one.
                 if let AnyResource::Certificate(cert) = r {
                     if cert.spec.private_key.is_none() {

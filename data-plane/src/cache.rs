@@ -42,8 +42,16 @@ impl Cache {
     }
 
     pub fn store(&self, snapshot: &Snapshot) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
         let tmp = self.dir.join(format!("{FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
+        // Owner only: the snapshot holds certificate keys and verifier
+        // secrets.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(&snapshot.encode_to_vec())?;
         f.sync_all()?;
         std::fs::rename(&tmp, self.dir.join(FILE))?;
@@ -69,6 +77,12 @@ mod tests {
         };
         cache.store(&s).unwrap();
         assert_eq!(cache.load().unwrap(), Some(s));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
         std::fs::write(dir.path().join(FILE), b"\xff\xff garbage").unwrap();
         assert!(cache.load().is_err());
     }

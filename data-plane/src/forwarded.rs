@@ -17,6 +17,10 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
+/// The client when the forwarding chain cannot be read past the trusted
+/// proxies: `::`, in no allow list.
+pub const UNKNOWN_CLIENT: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+
 /// The proxies whose forwarding headers are believed.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies(Vec<Cidr>);
@@ -46,12 +50,16 @@ impl TrustedProxies {
         }
         let mut client = peer;
         for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
-            let Ok(value) = value.to_str() else {
-                return client;
-            };
-            for hop in value.rsplit(',') {
-                let Ok(ip) = hop.trim().parse::<IpAddr>() else {
-                    return client;
+            // Byte by byte: one bad hop must not hide the good ones to its
+            // right (what the trusted proxy appended).
+            for hop in value.as_bytes().rsplit(|b| *b == b',') {
+                let parsed = std::str::from_utf8(hop)
+                    .ok()
+                    .and_then(|h| h.trim().parse::<IpAddr>().ok());
+                let Some(ip) = parsed else {
+                    // Past the trusted proxies and unreadable: the client
+                    // is unknown — never a trusted proxy's address.
+                    return UNKNOWN_CLIENT;
                 };
                 client = canonical(ip);
                 if !self.trusts(client) {
@@ -180,5 +188,21 @@ mod tests {
         );
         trusted.apply(&mut h, lb, "http", None);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.9.9.9, 10.1.1.1");
+        // A bad hop left of the real client does not hide it; a bad hop as
+        // the first untrusted one makes the client unknown, never the LB.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xff, 203.0.113.9").unwrap(),
+        );
+        assert_eq!(
+            trusted.client_ip(lb, &h),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"203.0.113.9, \xff").unwrap(),
+        );
+        assert_eq!(trusted.client_ip(lb, &h), UNKNOWN_CLIENT);
     }
 }

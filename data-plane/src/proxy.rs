@@ -434,6 +434,9 @@ impl Proxy {
         }
         let on_upgrade = upgrade_requested(&req).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        // Hop-by-hop headers go before the plugins run, so a client's
+        // `Connection: nio-client-id` cannot remove what a plugin sets.
+        forwardable_headers(&mut parts.headers, on_upgrade.is_some());
         let mut state = plugins::State::default();
         if !(runtime.global.is_empty() && route.plugins.is_empty()) {
             let stopped = self
@@ -584,28 +587,17 @@ impl Proxy {
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         };
+        // A secret that came in the query does not go on.
+        let pq = match &state.drop_query_param {
+            Some(name) => crate::route::without_query_param(pq.as_str(), name)
+                .parse::<PathAndQuery>()
+                .map_err(|_| ProxyError::BadRequest)?,
+            None => pq,
+        };
         let method = parts.method.clone();
         let headers = &mut parts.headers;
-        let upgrade = on_upgrade
-            .as_ref()
-            .and_then(|_| headers.get(header::UPGRADE).cloned());
-        let wants_trailers = headers
-            .get(header::TE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            });
-        strip_hop_by_hop(headers);
         if pool.version == Version::HTTP_11 {
             join_cookies(headers);
-        }
-        if wants_trailers {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
-        if let Some(upgrade) = upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, upgrade);
         }
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());
         self.opts.trusted_proxies.apply(
@@ -896,10 +888,17 @@ async fn backoff(base: Duration, attempt: usize) {
     tokio::time::sleep(cap.mul_f64(jitter)).await;
 }
 
-/// Whether a path has `.` or `..` segments, also percent-encoded.
+/// Whether a path could mean another path to the backend than the one
+/// routed: `.` or `..` segments (also percent-encoded, or hidden behind a
+/// `;` path parameter as in `..;`), or encoded separators (`%2F`, `%5C`)
+/// and backslashes, which some servers turn into `/` before resolving dots.
 fn has_dot_segments(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        let seg = seg.to_ascii_lowercase().replace("%2e", ".");
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
+        return true;
+    }
+    lower.split('/').any(|seg| {
+        let seg = seg.split(';').next().unwrap_or(seg).replace("%2e", ".");
         seg == "." || seg == ".."
     })
 }
@@ -1016,6 +1015,30 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
+/// The request's headers as they may go upstream: hop-by-hop ones out,
+/// except `TE: trailers` (gRPC needs it) and, for an upgrade, the
+/// `Connection: upgrade` + `Upgrade` pair.
+fn forwardable_headers(headers: &mut HeaderMap, upgrade: bool) {
+    let upgrade = upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
+    let wants_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    strip_hop_by_hop(headers);
+    if wants_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, upgrade);
+    }
+}
+
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -1071,7 +1094,18 @@ mod tests {
 
     #[test]
     fn dot_segments_and_cookie_crumbs() {
-        for bad in ["/a/../b", "/..", "/a/./b", "/a/%2E%2e/b", "/a/.%2e", "/%2e"] {
+        for bad in [
+            "/a/../b",
+            "/..",
+            "/a/./b",
+            "/a/%2E%2e/b",
+            "/a/.%2e",
+            "/%2e",
+            "/docs/..;/admin",
+            "/docs/..%2fadmin",
+            "/docs/..\\admin",
+            "/a%2Fb",
+        ] {
             assert!(has_dot_segments(bad), "{bad}");
         }
         for ok in ["/", "/a/b", "/a/..b", "/.well-known/x", "/a/b.."] {

@@ -247,6 +247,22 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
     })
 }
 
+/// `path?query` without the parameter `name` (all its occurrences).
+pub fn without_query_param(path_and_query: &str, name: &str) -> String {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.to_string();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| decode(pair.split_once('=').map_or(*pair, |(k, _)| k)) != name)
+        .collect();
+    if kept.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    }
+}
+
 fn decode(s: &str) -> String {
     if !s.contains(['%', '+']) {
         return s.to_string();
@@ -290,6 +306,9 @@ mod tests {
         assert_eq!(query_param("flag&a=1", "flag").as_deref(), Some(""));
         assert_eq!(query_param("a=%zz%4", "a").as_deref(), Some("%zz%4"));
         assert_eq!(query_param("a=1", "b"), None);
+        assert_eq!(without_query_param("/p?apikey=x.y&a=1", "apikey"), "/p?a=1");
+        assert_eq!(without_query_param("/p?apikey=x.y", "apikey"), "/p");
+        assert_eq!(without_query_param("/p", "apikey"), "/p");
         assert_eq!(query_param("a=%C3%A9%", "a").as_deref(), Some("é%"));
         assert_eq!(query_param("a=é%é", "a").as_deref(), Some("é%é"));
     }

@@ -236,10 +236,16 @@ async fn bad_snapshots_are_nacked_and_the_previous_one_keeps_serving() {
         if let Some(c) = store.load().unwrap() {
             break c;
         }
-        assert!(std::time::Instant::now() < deadline, "the cache was never written");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cache was never written"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(cached.revision, 1, "refused revisions never reach the cache");
+    assert_eq!(
+        cached.revision, 1,
+        "refused revisions never reach the cache"
+    );
 
     let _ = stop.send(());
     dp.await.unwrap().unwrap();

@@ -300,3 +300,38 @@ async fn certificates_are_described_never_shown() -> anyhow::Result<()> {
     assert!(err.to_string().contains("spec.privateKey"), "{err}");
     Ok(())
 }
+
+/// A JwtVerifier's HMAC secrets can mint tokens: the admin API never shows
+/// them, a write without them keeps them, and an export carries them only
+/// when asked for secrets.
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_secrets_are_never_shown() -> anyhow::Result<()> {
+    let (_dir, cp) = cp().await?;
+    let admin = cp.admin();
+    let secret = "a-shared-hmac-secret-of-32-bytes!!";
+    let created = admin
+        .create(
+            json!({"apiVersion": "nio.dev/v1", "kind": "JwtVerifier", "metadata": {"name": "v"},
+            "spec": {"algorithms": ["HS256"], "keys": [{"kid": "k1", "secret": secret}]}}),
+        )
+        .await?;
+    assert!(!created.to_string().contains(secret), "{created}");
+    let (_, got) = admin
+        .send(Method::GET, "/apis/nio.dev/v1/jwtverifiers/v", None)
+        .await?;
+    assert!(!got.to_string().contains(secret), "{got}");
+    let (status, put) = admin
+        .send(Method::PUT, "/apis/nio.dev/v1/jwtverifiers/v", Some(got))
+        .await?;
+    assert_eq!(status, 200, "sent back without the secret: {put}");
+    let (_, without) = admin.send(Method::GET, "/api/v1/export", None).await?;
+    assert!(!without.to_string().contains(secret));
+    let (_, with) = admin
+        .send(Method::GET, "/api/v1/export?includeSecrets=true", None)
+        .await?;
+    assert!(
+        with.to_string().contains(secret),
+        "the stored secret is intact"
+    );
+    Ok(())
+}

@@ -348,7 +348,9 @@ async fn import_from_otoroshi_fixtures() -> anyhow::Result<()> {
         .await,
         401
     );
-    assert_eq!(status(&gw, host, "/health", None).await, 200);
+    // `/health` is public in Otoroshi as an exact pattern, which the import
+    // does not widen to a prefix: the key stays required.
+    assert_eq!(status(&gw, host, "/health", None).await, 401);
     assert_eq!(
         status(&gw, "whoami-next-gen.oto.tools", "/", None).await,
         200

@@ -133,6 +133,7 @@ async fn api_keys_in_every_form_and_every_refusal() -> anyhow::Result<()> {
             h.get("nio-client-secret").is_none() && h.get("authorization").is_none(),
             "{form}: secret removed: {h}"
         );
+        assert_eq!(s.body["path"], "/", "{form}: no key in the upstream query");
     }
 
     let missing = send(get("/")).await;
@@ -509,11 +510,17 @@ async fn public_paths_skip_authentication_and_bodies_are_limited() -> anyhow::Re
         &[],
     )
     .await?;
-    assert_eq!(
-        send(gw.request(Method::GET, "mixed.test", "/docs/intro"))
-            .await
-            .status,
-        200
+    let public = send(
+        gw.request(Method::GET, "mixed.test", "/docs/intro")
+            .header("nio-client-id", "admin")
+            .header("nio-client-meta-plan", "gold"),
+    )
+    .await;
+    assert_eq!(public.status, 200);
+    let h = &public.body["headers"];
+    assert!(
+        h.get("nio-client-id").is_none() && h.get("nio-client-meta-plan").is_none(),
+        "identity headers are the gateway's, even on public paths: {h}"
     );
     assert_eq!(
         send(gw.request(Method::GET, "mixed.test", "/api"))

@@ -155,6 +155,10 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 /// issuer, validity) and the private key is left out.
 pub fn shown(resource: &AnyResource) -> Value {
     let mut value = resource.to_value();
+    // HMAC secrets of JWT verifiers can mint tokens: never shown either.
+    if let AnyResource::JwtVerifier(_) = resource {
+        strip_jwt_secrets(&mut value);
+    }
     if let AnyResource::Certificate(cert) = resource {
         if let Some(spec) = value.get_mut("spec").and_then(Value::as_object_mut) {
             spec.remove("privateKey");
@@ -177,4 +181,19 @@ pub fn shown(resource: &AnyResource) -> Value {
         value["status"] = json!({ "secrets": secrets });
     }
     value
+}
+
+/// Removes `spec.keys[].secret` (a write without it keeps the stored one).
+pub fn strip_jwt_secrets(value: &mut Value) {
+    if let Some(keys) = value
+        .get_mut("spec")
+        .and_then(|s| s.get_mut("keys"))
+        .and_then(Value::as_array_mut)
+    {
+        for key in keys {
+            if let Some(k) = key.as_object_mut() {
+                k.remove("secret");
+            }
+        }
+    }
 }

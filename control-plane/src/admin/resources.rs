@@ -137,6 +137,20 @@ fn decode_for(kind: Kind, mut value: Value) -> Result<AnyResource, ApiError> {
     if let AnyResource::ApiKey(k) = &mut resource {
         k.spec.credentials.clear();
     }
+    // A certificate written now must be valid now (one stored earlier may
+    // expire without making snapshots invalid).
+    if let AnyResource::Certificate(c) = &resource {
+        if let Err(e) = c.spec.check_current() {
+            return Err(
+                crate::store::WriteError::Invalid(nio_proto::model::ValidationError {
+                    kind: Kind::Certificate.to_string(),
+                    name: c.metadata.name.clone(),
+                    errors: vec![e],
+                })
+                .into(),
+            );
+        }
+    }
     if resource.kind() != kind {
         return Err(ApiError::bad_request(format!(
             "the body is a {} but the URL is for {}; send it to /apis/nio.dev/v1/{}",
@@ -245,6 +259,9 @@ pub struct RotateRequest {
     grace_period: Option<String>,
 }
 
+/// The longest an old API-key secret may keep working after a rotation.
+const MAX_GRACE: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// `POST /apis/nio.dev/v1/apikeys/{name}/rotate`: a new secret, shown once;
 /// the old ones stop now or after `gracePeriod`.
 pub async fn rotate(
@@ -261,11 +278,18 @@ pub async fn rotate(
     };
     let grace = match req.grace_period.as_deref() {
         None => Duration::ZERO,
-        Some(g) => humantime::parse_duration(g).map_err(|e| {
-            ApiError::bad_request(format!(
-                "gracePeriod: \"{g}\" is not a duration ({e}); write it like 30m or 1h"
-            ))
-        })?,
+        Some(g) => humantime::parse_duration(g)
+            .map_err(|e| e.to_string())
+            .and_then(|d| {
+                (d <= MAX_GRACE)
+                    .then_some(d)
+                    .ok_or_else(|| "at most 365 days".to_string())
+            })
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "gracePeriod: \"{g}\": {e}; write it like 30m or 1h"
+                ))
+            })?,
     };
     let (w, secret) = state
         .store

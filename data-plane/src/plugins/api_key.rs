@@ -186,6 +186,34 @@ fn credentials(
     Some((id.to_string(), secret.as_bytes().to_vec(), Found::Query))
 }
 
+/// Removes identity headers a client may have sent.
+fn strip_identity(h: &mut HeaderMap) {
+    let spoofed: Vec<HeaderName> = h
+        .keys()
+        .filter(|n| n.as_str().starts_with(META_PREFIX))
+        .cloned()
+        .collect();
+    for n in spoofed {
+        h.remove(n);
+    }
+    h.remove(&CLIENT_ID);
+}
+
+/// Takes the presented secret out of the request: the header, the
+/// `Authorization`, or (when the proxy builds the upstream URL) the query
+/// parameter.
+fn remove_secret(ctx: &mut Ctx<'_>, found: Found, query_param: Option<&str>) {
+    match found {
+        Found::Headers => {
+            ctx.headers.remove(&CLIENT_SECRET);
+        }
+        Found::Authorization => {
+            ctx.headers.remove(header::AUTHORIZATION);
+        }
+        Found::Query => ctx.state.drop_query_param = query_param.map(str::to_string),
+    }
+}
+
 fn unauthorized(reason: Reason, message: &str) -> Flow {
     Flow::Deny(
         Denial::new(StatusCode::UNAUTHORIZED, reason, message).with_header(
@@ -201,14 +229,25 @@ impl Plugin for ApiKeyPlugin {
     }
 
     fn on_request(&self, ctx: &mut Ctx<'_>) -> Flow {
-        if ctx.state.public {
+        // Another apiKey plugin (the GlobalConfig's, say) already admitted
+        // this request and took its credentials away.
+        if ctx.state.api_key_checked {
             return Flow::Continue;
         }
-        let Some((id, secret, found)) = credentials(
+        let presented = credentials(
             ctx.headers,
             ctx.uri.query(),
             self.config.query_param.as_deref(),
-        ) else {
+        );
+        // Only the gateway sets identity headers, public paths included.
+        strip_identity(ctx.headers);
+        if ctx.state.public {
+            if let Some((_, _, found)) = presented {
+                remove_secret(ctx, found, self.config.query_param.as_deref());
+            }
+            return Flow::Continue;
+        }
+        let Some((id, secret, found)) = presented else {
             return unauthorized(Reason::ApiKeyMissing, "an API key is required");
         };
         let now = SystemTime::now();
@@ -233,25 +272,9 @@ impl Plugin for ApiKeyPlugin {
             );
         }
         // The secret goes no further; the identity does.
+        remove_secret(ctx, found, self.config.query_param.as_deref());
+        ctx.state.api_key_checked = true;
         let h = &mut *ctx.headers;
-        match found {
-            Found::Headers => {
-                h.remove(&CLIENT_SECRET);
-            }
-            Found::Authorization => {
-                h.remove(header::AUTHORIZATION);
-            }
-            Found::Query => {}
-        }
-        let spoofed: Vec<HeaderName> = h
-            .keys()
-            .filter(|n| n.as_str().starts_with(META_PREFIX))
-            .cloned()
-            .collect();
-        for n in spoofed {
-            h.remove(n);
-        }
-        h.remove(&CLIENT_ID);
         if self.config.forward_identity {
             if let Ok(v) = HeaderValue::from_str(&key.name) {
                 h.insert(CLIENT_ID.clone(), v);

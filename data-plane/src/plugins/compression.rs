@@ -57,16 +57,24 @@ impl CompressionPlugin {
 }
 
 /// Whether `accept` (an `Accept-Encoding` value) takes `token` with q > 0.
+/// The token's own entry wins over `*` (`gzip;q=0, *` refuses gzip).
 fn accepts(accept: &str, token: &str) -> bool {
-    accept.split(',').any(|item| {
+    let mut named = None;
+    let mut any = None;
+    for item in accept.split(',') {
         let mut parts = item.split(';');
         let name = parts.next().unwrap_or("").trim();
         let q = parts
             .find_map(|p| p.trim().strip_prefix("q="))
             .and_then(|q| q.trim().parse::<f32>().ok())
             .unwrap_or(1.0);
-        (name.eq_ignore_ascii_case(token) || name == "*") && q > 0.0
-    })
+        if name.eq_ignore_ascii_case(token) {
+            named = Some(q > 0.0);
+        } else if name == "*" {
+            any = Some(q > 0.0);
+        }
+    }
+    named.or(any).unwrap_or(false)
 }
 
 impl Plugin for CompressionPlugin {
@@ -90,7 +98,8 @@ impl Plugin for CompressionPlugin {
     }
 
     fn on_response(&self, state: &mut State, response: &mut http::response::Parts) {
-        let Some(encoding) = state.encoding else {
+        // One compression per response, whoever lists it twice.
+        let Some(encoding) = state.encoding.filter(|_| !state.compressing) else {
             return;
         };
         let h = &response.headers;
@@ -107,10 +116,13 @@ impl Plugin for CompressionPlugin {
             .types
             .iter()
             .any(|t| content_type.starts_with(t.as_str()));
+        // Ranges are of the identity encoding: a compressed 206 would not
+        // match its Content-Range.
         let no_body = matches!(
             response.status,
-            StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
-        ) || response.status.is_informational();
+            StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED | StatusCode::PARTIAL_CONTENT
+        ) || response.status.is_informational()
+            || h.contains_key(header::CONTENT_RANGE);
         if small || !compressible || no_body || h.contains_key(header::CONTENT_ENCODING) {
             state.encoding = None;
             return;
@@ -123,6 +135,7 @@ impl Plugin for CompressionPlugin {
         h.remove(header::CONTENT_LENGTH);
         h.remove(header::ACCEPT_RANGES);
         h.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+        state.compressing = true;
     }
 }
 
@@ -167,5 +180,6 @@ mod tests {
         assert!(!accepts("gzip;q=0, br", "gzip"));
         assert!(accepts("*", "br"));
         assert!(!accepts("identity", "gzip"));
+        assert!(!accepts("gzip;q=0, *", "gzip"));
     }
 }

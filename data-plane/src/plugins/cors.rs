@@ -20,9 +20,10 @@ pub struct CorsPlugin {
     origins: Vec<String>,
     methods: Vec<Method>,
     allow_methods: HeaderValue,
-    /// `None`: echo what the preflight asks for (`allowedHeaders: ["*"]`
-    /// or empty with credentials).
+    /// The headers a preflight may ask for; with `echo_headers`
+    /// (`allowedHeaders: ["*"]`) whatever it asks.
     allow_headers: Option<HeaderValue>,
+    echo_headers: bool,
     expose_headers: Option<HeaderValue>,
     credentials: bool,
     max_age: Option<HeaderValue>,
@@ -56,6 +57,7 @@ impl CorsPlugin {
             } else {
                 joined(&c.allowed_headers)?
             },
+            echo_headers,
             expose_headers: joined(&c.exposed_headers)?,
             credentials: c.allow_credentials,
             max_age: c.max_age.map(|d| HeaderValue::from(d.as_secs())),
@@ -124,7 +126,12 @@ impl Plugin for CorsPlugin {
             .headers
             .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
             .cloned();
-        if let Some(h) = self.allow_headers.clone().or(asked) {
+        let allowed_headers = match (&self.allow_headers, self.echo_headers) {
+            (Some(h), _) => Some(h.clone()),
+            (None, true) => asked,
+            (None, false) => None,
+        };
+        if let Some(h) = allowed_headers {
             headers.push((header::ACCESS_CONTROL_ALLOW_HEADERS, h));
         }
         if self.credentials {

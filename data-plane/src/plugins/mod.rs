@@ -184,6 +184,12 @@ pub struct State {
     pub encoding: Option<Encoding>,
     /// Most bytes the request body may have (`bodySizeLimit`).
     pub max_body: Option<u64>,
+    /// An `apiKey` plugin admitted the request (a second one lets it be).
+    pub api_key_checked: bool,
+    /// A query parameter that carried a secret: left out upstream.
+    pub drop_query_param: Option<String>,
+    /// A compression plugin took the response (a second one leaves it).
+    pub compressing: bool,
 }
 
 pub trait Plugin: Send + Sync + std::fmt::Debug {

@@ -133,22 +133,8 @@ impl CertificateSpec {
                 return;
             }
         }
-        match self.info() {
-            Ok(info) => {
-                let expired = x509_parser::parse_x509_certificate(&chain[0])
-                    .map(|(_, c)| !c.validity().is_valid())
-                    .unwrap_or(true);
-                if expired {
-                    errors.push(FieldError::new(
-                        "spec.certificate",
-                        format!(
-                            "the certificate is not valid now (valid from {} to {}); renew it",
-                            info.not_before, info.not_after
-                        ),
-                    ));
-                }
-            }
-            Err(m) => errors.push(FieldError::new("spec.certificate", m)),
+        if let Err(m) = self.info() {
+            errors.push(FieldError::new("spec.certificate", m));
         }
         match self.key() {
             None => {}
@@ -158,6 +144,35 @@ impl CertificateSpec {
                     errors.push(FieldError::new("spec.privateKey", m));
                 }
             }
+        }
+    }
+}
+
+impl CertificateSpec {
+    /// Refuses a certificate that is not valid now. Checked when a
+    /// Certificate is written, not in [`CertificateSpec::validate`]: that
+    /// also runs on every snapshot a data plane receives, and a stored
+    /// certificate expiring must not make the whole configuration refused.
+    pub fn check_current(&self) -> Result<(), FieldError> {
+        let info = self
+            .info()
+            .map_err(|m| FieldError::new("spec.certificate", m))?;
+        let chain = self
+            .chain()
+            .map_err(|m| FieldError::new("spec.certificate", m))?;
+        let valid = x509_parser::parse_x509_certificate(&chain[0])
+            .map(|(_, c)| c.validity().is_valid())
+            .unwrap_or(false);
+        if valid {
+            Ok(())
+        } else {
+            Err(FieldError::new(
+                "spec.certificate",
+                format!(
+                    "the certificate is not valid now (valid from {} to {}); renew it",
+                    info.not_before, info.not_after
+                ),
+            ))
         }
     }
 }
@@ -236,7 +251,16 @@ mod tests {
             certificate: old,
             private_key: Some(old_key),
         };
-        assert!(errors(&expired).contains("spec.certificate: the certificate is not valid now"));
+        assert_eq!(
+            errors(&expired),
+            "",
+            "a snapshot may carry an expired certificate"
+        );
+        let err = expired.check_current().unwrap_err().to_string();
+        assert!(
+            err.contains("spec.certificate: the certificate is not valid now"),
+            "{err}"
+        );
         let (cert, _) = issue(-1, 30);
         let (_, other_key) = issue(-1, 30);
         let mismatched = CertificateSpec {
