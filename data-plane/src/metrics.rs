@@ -50,6 +50,9 @@ pub struct Metrics {
     pub sync_connected: AtomicU64,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: AtomicU64,
+    /// Responses sent with `Connection: close` because the data plane was
+    /// above 80 % of its connection or request limit.
+    pub keepalive_shed: AtomicU64,
     /// Requests refused by request validation (malformed or ambiguous).
     pub rejected_requests: AtomicU64,
     /// Requests answered 503 because `--max-requests` were in flight.
@@ -165,6 +168,12 @@ impl Metrics {
                 "counter",
                 "Configuration snapshots refused (NACK).",
                 g(&self.snapshots_refused),
+            ),
+            (
+                "nio_keepalive_shed_total",
+                "counter",
+                "Responses with Connection: close because the data plane was near its connection or request limit.",
+                g(&self.keepalive_shed),
             ),
             (
                 "nio_access_log_dropped_total",

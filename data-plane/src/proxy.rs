@@ -353,6 +353,12 @@ impl Proxy {
         self.metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a response whose connection was not kept alive because the
+    /// data plane is near its limits.
+    pub fn keepalive_shed(&self) {
+        self.metrics.keepalive_shed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a connection closed at accept by `--max-connections`.
     pub fn connection_refused(&self) {
         self.metrics

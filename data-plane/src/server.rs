@@ -218,6 +218,8 @@ async fn serve_proxy(
     let builder = conn_builder(&limits);
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let requests = Arc::new(Semaphore::new(limits.max_requests.max(1)));
+    let (max_connections, max_requests) =
+        (limits.max_connections.max(1), limits.max_requests.max(1));
     loop {
         let (stream, client) = tokio::select! {
             () = stopped(&mut stop) => break,
@@ -241,6 +243,7 @@ async fn serve_proxy(
         let facts = Arc::new(ConnFacts::default());
         let (service_proxy, service_facts, requests) =
             (proxy.clone(), facts.clone(), requests.clone());
+        let service_connections = connections.clone();
         let service = service_fn(move |mut req: Request<Incoming>| {
             let (proxy, requests) = (service_proxy.clone(), requests.clone());
             if req.version() <= http::Version::HTTP_11 {
@@ -253,12 +256,27 @@ async fn serve_proxy(
                     req.extensions_mut().insert::<HeadVerdict>(v);
                 }
             }
+            let connections = service_connections.clone();
             async move {
                 // Over --max-requests in flight: 503 with Retry-After.
                 let Ok(_permit) = requests.try_acquire() else {
                     return Ok::<_, Infallible>(proxy.overloaded(&req));
                 };
-                Ok::<_, Infallible>(proxy.handle(req, client).await)
+                // Above 80 % of either limit, HTTP/1.1 connections are not
+                // kept alive: clients spread over other data planes (or
+                // reconnect later) before requests have to be refused.
+                let pressure = requests.available_permits() < max_requests / 5
+                    || connections.available_permits() < max_connections / 5;
+                let http1 = req.version() <= http::Version::HTTP_11;
+                let mut resp = proxy.handle(req, client).await;
+                if pressure && http1 {
+                    proxy.keepalive_shed();
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, Infallible>(resp)
             }
         });
         let timeout_proxy = proxy.clone();

@@ -235,3 +235,43 @@ async fn connections_over_the_limit_are_closed() {
     .await
     .unwrap();
 }
+
+/// Above 80 % of a limit, the data plane stops keeping connections alive
+/// (before it has to refuse anything), and counts it.
+#[tokio::test]
+async fn near_the_limit_keep_alive_is_disabled_first() {
+    let (gw, _svc) = gateway(&["--max-connections", "10"]).await;
+    let ask = || async {
+        let mut c = tokio::net::TcpStream::connect(gw.dp.http).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 8192];
+        let n = c.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase()
+    };
+    let calm = ask().await;
+    assert!(
+        calm.starts_with("http/1.1 200") && !calm.contains("connection: close"),
+        "{calm}"
+    );
+    // Eight idle connections: 9 of 10 in use while the next request runs.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(tokio::net::TcpStream::connect(gw.dp.http).await.unwrap());
+    }
+    wait_for(
+        "keep-alive to be turned off",
+        Duration::from_secs(10),
+        || async {
+            let answer = ask().await;
+            assert!(answer.starts_with("http/1.1 200"), "still served: {answer}");
+            Ok(answer.contains("connection: close").then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    let m = gw.metrics().await.unwrap();
+    assert!(metric(&m, "nio_keepalive_shed_total") >= 1, "{m}");
+    drop(held);
+}
