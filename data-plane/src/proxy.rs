@@ -723,6 +723,14 @@ impl Proxy {
                         ProxyError::Unreachable
                     }
                 }
+                // A response framed two ways (Content-Length and
+                // Transfer-Encoding) cannot be passed on safely: 502, and
+                // the connection is not reused (its body is never read).
+                Some(Ok(resp)) if ambiguous_framing(resp.headers()) => {
+                    pool.record(index, Outcome::Failed);
+                    tracing::warn!(target = %target.url, "backend response framed by both Content-Length and Transfer-Encoding; answered 502");
+                    ProxyError::Unreachable
+                }
                 Some(Ok(mut resp)) => {
                     let status = resp.status().as_u16();
                     pool.record(index, Outcome::Answered(status));
@@ -892,6 +900,15 @@ async fn backoff(base: Duration, attempt: usize) {
     let cap = exp.min(Duration::from_secs(2));
     let jitter = rand::random::<f64>() * 0.5 + 0.5;
     tokio::time::sleep(cap.mul_f64(jitter)).await;
+}
+
+/// Both `Content-Length` and `Transfer-Encoding`, or `Content-Length`
+/// values that disagree.
+fn ambiguous_framing(headers: &HeaderMap) -> bool {
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let first = lengths.next();
+    (first.is_some() && headers.contains_key(header::TRANSFER_ENCODING))
+        || lengths.any(|v| Some(v) != first)
 }
 
 /// Whether a path could mean another path to the backend than the one

@@ -336,3 +336,47 @@ async fn h2c_upgrades_and_underscored_headers_are_not_forwarded() {
     assert!(r.closed);
     assert_eq!(backend.hit_count(), 0);
 }
+
+/// A backend answering with ambiguous framing (both `Content-Length` and
+/// `Transfer-Encoding`) gets 502 — what it sent is never passed on.
+#[tokio::test(flavor = "multi_thread")]
+async fn ambiguous_upstream_responses_give_502() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {
+                    let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+                    if conn.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(&[]).await.unwrap();
+    gw.apply(&[
+        resource(
+            "Backend",
+            "bad",
+            serde_json::json!({"targets": [{"url": url}], "retries": {"maxRetries": 0}}),
+        ),
+        route("bad", &["bad.test"], &["/"], "bad"),
+    ])
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        let r = raw(
+            gw.dp.http,
+            b"GET / HTTP/1.1\r\nHost: bad.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(r.status, 502, "{r:?}");
+        assert_eq!(
+            r.header("x-nio-error").as_deref(),
+            Some("backend-unreachable")
+        );
+    }
+}
