@@ -103,6 +103,10 @@ struct Args {
     /// Retry-After: 1 (counted in nio_overloaded_requests_total).
     #[arg(long, env = "NIO_MAX_REQUESTS", default_value_t = 10_000)]
     max_requests: usize,
+    /// Resident memory in MiB above which requests are shed with 503 (and
+    /// above 80 % of it keep-alive is turned off); 0: no watermark.
+    #[arg(long, env = "NIO_MEMORY_LIMIT_MB", default_value_t = 0)]
+    memory_limit_mb: u64,
     /// Most concurrent streams on one HTTP/2 connection.
     #[arg(long, env = "NIO_H2_MAX_CONCURRENT_STREAMS", default_value_t = 100)]
     h2_max_concurrent_streams: u32,
@@ -161,6 +165,7 @@ fn main() -> anyhow::Result<()> {
                 max_connections: args.max_connections.max(1),
                 max_requests: args.max_requests.max(1),
                 h2_max_concurrent_streams: args.h2_max_concurrent_streams.max(1),
+                memory_limit: args.memory_limit_mb.saturating_mul(1024 * 1024),
             },
         },
         drain_timeout: Duration::from_secs(args.drain_timeout),

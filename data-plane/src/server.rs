@@ -220,6 +220,15 @@ async fn serve_proxy(
     let requests = Arc::new(Semaphore::new(limits.max_requests.max(1)));
     let (max_connections, max_requests) =
         (limits.max_connections.max(1), limits.max_requests.max(1));
+    // 0: fine, 1: above 80 % of --memory-limit-mb, 2: above it.
+    let memory = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    if limits.memory_limit > 0 {
+        tokio::spawn(watch_memory(
+            limits.memory_limit,
+            memory.clone(),
+            stop.clone(),
+        ));
+    }
     loop {
         let (stream, client) = tokio::select! {
             () = stopped(&mut stop) => break,
@@ -244,6 +253,7 @@ async fn serve_proxy(
         let (service_proxy, service_facts, requests) =
             (proxy.clone(), facts.clone(), requests.clone());
         let service_connections = connections.clone();
+        let service_memory = memory.clone();
         let service = service_fn(move |mut req: Request<Incoming>| {
             let (proxy, requests) = (service_proxy.clone(), requests.clone());
             if req.version() <= http::Version::HTTP_11 {
@@ -257,16 +267,20 @@ async fn serve_proxy(
                 }
             }
             let connections = service_connections.clone();
+            let memory = service_memory.load(Ordering::Relaxed);
             async move {
-                // Over --max-requests in flight: 503 with Retry-After.
-                let Ok(_permit) = requests.try_acquire() else {
+                // Over --max-requests in flight, or over the memory
+                // watermark: 503 with Retry-After.
+                let permit = requests.try_acquire();
+                let (Ok(_permit), false) = (permit, memory >= 2) else {
                     return Ok::<_, Infallible>(proxy.overloaded(&req));
                 };
                 // Above 80 % of either limit, HTTP/1.1 connections are not
                 // kept alive: clients spread over other data planes (or
                 // reconnect later) before requests have to be refused.
                 let pressure = requests.available_permits() < max_requests / 5
-                    || connections.available_permits() < max_connections / 5;
+                    || connections.available_permits() < max_connections / 5
+                    || memory >= 1;
                 let http1 = req.version() <= http::Version::HTTP_11;
                 let mut resp = proxy.handle(req, client).await;
                 if pressure && http1 {
@@ -301,6 +315,34 @@ async fn serve_proxy(
             ?drain,
             "drain deadline passed; closing remaining connections"
         );
+    }
+}
+
+/// Reads the process's resident memory every 200 ms and sets `level`: 2
+/// above `limit`, 1 above 80 % of it, 0 below.
+async fn watch_memory(
+    limit: u64,
+    level: Arc<std::sync::atomic::AtomicU8>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let page = 4096u64;
+    loop {
+        let rss = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map_or(0, |pages| pages * page);
+        let now = if rss > limit {
+            2
+        } else {
+            u8::from(rss > limit / 5 * 4)
+        };
+        if level.swap(now, Ordering::Relaxed) != now {
+            tracing::warn!(rss, limit, level = now, "memory watermark changed");
+        }
+        tokio::select! {
+            () = stopped(&mut stop) => return,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
     }
 }
 

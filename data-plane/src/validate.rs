@@ -82,6 +82,9 @@ pub struct Limits {
     pub max_requests: usize,
     /// HTTP/2 streams per connection.
     pub h2_max_concurrent_streams: u32,
+    /// Resident memory (bytes) above which requests are shed with 503;
+    /// above 80 % of it keep-alive is turned off. 0: no watermark.
+    pub memory_limit: u64,
 }
 
 impl Default for Limits {
@@ -95,6 +98,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_requests: 10_000,
             h2_max_concurrent_streams: 100,
+            memory_limit: 0,
         }
     }
 }

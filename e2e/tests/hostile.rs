@@ -380,3 +380,98 @@ async fn ambiguous_upstream_responses_give_502() {
         );
     }
 }
+
+/// HTTP/2 rapid reset (CVE-2023-44487): a client that opens streams and
+/// resets them at once gets its connection closed; other clients are still
+/// served.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_rapid_reset_closes_the_connection() {
+    let (gw, _svc) = gateway(&[]).await;
+    let tcp = tokio::net::TcpStream::connect(gw.dp.http).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let mut refused = false;
+    for _ in 0..10_000 {
+        let req = http::Request::builder()
+            .uri("http://svc.test/")
+            .body(())
+            .unwrap();
+        let ready = tokio::time::timeout(Duration::from_secs(10), client.clone().ready()).await;
+        let Ok(Ok(mut ready)) = ready else {
+            refused = true;
+            break;
+        };
+        match ready.send_request(req, true) {
+            Ok((_resp, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+            Err(_) => {
+                refused = true;
+                break;
+            }
+        }
+        client = ready;
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(10), driver).await;
+    assert!(
+        refused || matches!(closed, Ok(Ok(Err(_)))),
+        "the connection survived 10,000 opened-and-reset streams"
+    );
+    let (status, _) = gw.get("svc.test", "/").await.unwrap();
+    assert_eq!(status, 200, "other clients are served");
+}
+
+/// A request head sent as an endless run of CONTINUATION frames is cut off
+/// at the header size limit instead of being buffered.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_continuation_flood_is_cut_off() {
+    let (gw, _svc) = gateway(&[]).await;
+    let mut conn = tokio::net::TcpStream::connect(gw.dp.http).await.unwrap();
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    start.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+                                         // HEADERS without END_HEADERS: `:method GET` (indexed 2), then more.
+    start.extend(frame(0x1, 0x1, 1, &[0x82]));
+    conn.write_all(&start).await.unwrap();
+    // Literal headers without indexing, 1 KiB values, in CONTINUATION frames.
+    let mut block = vec![0x00, 0x05];
+    block.extend_from_slice(b"x-pad");
+    block.extend_from_slice(&[0x7f, 0x81, 0x07]); // length 1024 (7-bit prefix + 897)
+    block.extend(std::iter::repeat_n(b'a', 1024));
+    let continuation = frame(0x9, 0, 1, &block);
+    let mut sent = 0usize;
+    let mut cut = false;
+    for _ in 0..20_000 {
+        if conn.write_all(&continuation).await.is_err() {
+            cut = true;
+            break;
+        }
+        sent += continuation.len();
+    }
+    if !cut {
+        // The server may have answered with GOAWAY and closed: read to EOF.
+        let mut buf = vec![0u8; 65536];
+        cut = matches!(
+            tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return true,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await,
+            Ok(true)
+        );
+    }
+    assert!(
+        cut,
+        "the connection took {sent} bytes of CONTINUATION frames and stayed open"
+    );
+    let (status, _) = gw.get("svc.test", "/").await.unwrap();
+    assert_eq!(status, 200);
+}

@@ -275,3 +275,25 @@ async fn near_the_limit_keep_alive_is_disabled_first() {
     assert!(metric(&m, "nio_keepalive_shed_total") >= 1, "{m}");
     drop(held);
 }
+
+/// Over `--memory-limit-mb`, requests are shed with 503 (the data plane
+/// refuses work rather than growing until it is killed). A 1 MiB limit is
+/// below any real process's footprint, so the watermark is crossed at once.
+#[tokio::test]
+async fn over_the_memory_watermark_requests_are_shed() {
+    let (gw, _svc) = gateway(&["--memory-limit-mb", "1"]).await;
+    wait_for("requests to be shed", Duration::from_secs(10), || async {
+        let r = gw
+            .request(reqwest::Method::GET, "svc.test", "/")
+            .send()
+            .await?;
+        let shed = r.status() == 503
+            && r.headers().get("retry-after").is_some()
+            && r.headers()["x-nio-error"] == "overloaded";
+        Ok(shed.then_some(()))
+    })
+    .await
+    .unwrap();
+    let m = gw.metrics().await.unwrap();
+    assert!(metric(&m, "nio_overloaded_requests_total") >= 1, "{m}");
+}
