@@ -788,7 +788,6 @@ fn service_descriptor(
         }
     }
     // Backend.
-    let mut backend = Map::new();
     let t = targets(
         arr(d, "targets").iter().map(|t| {
             let scheme = s(t, "scheme").unwrap_or("http");
@@ -800,7 +799,26 @@ fn service_descriptor(
         }),
         options,
     );
-    match t {
+    with_backend(
+        svc,
+        t,
+        d.get("targetsLoadBalancing"),
+        d.get("clientConfig"),
+        d.get("healthCheck"),
+    )
+}
+
+/// The converted service with its Backend: the targets and the settings
+/// Nio has an equivalent for (load balancing, timeouts, health check).
+fn with_backend(
+    mut svc: Service,
+    targets: Result<Vec<Value>, String>,
+    lb: Option<&Value>,
+    client: Option<&Value>,
+    health: Option<&Value>,
+) -> Service {
+    let mut backend = Map::new();
+    match targets {
         Ok(t) => {
             backend.insert("targets".into(), json!(t));
         }
@@ -809,13 +827,13 @@ fn service_descriptor(
             return svc;
         }
     }
-    if let Some(lb) = lb_policy(d.get("targetsLoadBalancing"), &mut svc.notes) {
+    if let Some(lb) = lb_policy(lb, &mut svc.notes) {
         backend.insert("loadBalancing".into(), lb);
     }
-    if let Some(c) = d.get("clientConfig") {
+    if let Some(c) = client {
         client_settings(c, &mut backend);
     }
-    if let Some(h) = d.get("healthCheck") {
+    if let Some(h) = health {
         health_check(h, &mut backend);
     }
     svc.backend_spec = Value::Object(backend);
@@ -1031,27 +1049,13 @@ fn new_route(r: &Value, verifiers: &HashMap<String, String>, options: &ConvertOp
         }),
         options,
     );
-    let mut backend = Map::new();
-    match t {
-        Ok(t) => {
-            backend.insert("targets".into(), json!(t));
-        }
-        Err(e) => {
-            svc.blocked = Some(e);
-            return svc;
-        }
-    }
-    if let Some(lb) = lb_policy(backend_def.get("load_balancing"), &mut svc.notes) {
-        backend.insert("loadBalancing".into(), lb);
-    }
-    if let Some(c) = backend_def.get("client") {
-        client_settings(c, &mut backend);
-    }
-    if let Some(h) = backend_def.get("health_check") {
-        health_check(h, &mut backend);
-    }
-    svc.backend_spec = Value::Object(backend);
-    svc
+    with_backend(
+        svc,
+        t,
+        backend_def.get("load_balancing"),
+        backend_def.get("client"),
+        backend_def.get("health_check"),
+    )
 }
 
 /// A JWT verifier: the spec of a Nio JwtVerifier, or why not.
