@@ -252,7 +252,7 @@ impl Store {
         let existing = existing(&state, resource.kind(), resource.name())?;
         check_version(existing, &resource, if_match)?;
         let mut resource = resource;
-        keep_credentials(existing, &mut resource);
+        keep_secrets(existing, &mut resource);
         self.put(&state, resource, Outcome::Configured).await
     }
 
@@ -295,7 +295,7 @@ impl Store {
         // stored one was merged in otherwise and always matches.
         check_version(existing, &patched, if_match)?;
         let mut patched = patched;
-        keep_credentials(existing, &mut patched);
+        keep_secrets(existing, &mut patched);
         self.put(&state, patched, Outcome::Configured).await
     }
 
@@ -530,7 +530,7 @@ impl Store {
 /// them: an ApiKey's credentials belong to the control plane (rotation goes
 /// through [`Store::update`]), and a Certificate written without its
 /// `privateKey` keeps the stored one.
-fn keep_credentials(existing: &AnyResource, incoming: &mut AnyResource) {
+fn keep_secrets(existing: &AnyResource, incoming: &mut AnyResource) {
     match (existing, incoming) {
         (AnyResource::ApiKey(old), AnyResource::ApiKey(new)) => {
             new.spec.credentials = old.spec.credentials.clone();

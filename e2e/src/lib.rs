@@ -524,6 +524,19 @@ impl Gateway {
         })
     }
 
+    /// A gateway (with these data-plane flags) with one route, `svc.test/`,
+    /// to a fresh echo backend named `svc`.
+    pub async fn with_echo(extra: &[&str]) -> Result<(Gateway, TestBackend)> {
+        let svc = TestBackend::start("svc").await?;
+        let gw = Gateway::start(extra).await?;
+        gw.apply(&[
+            backend("svc", &[svc.url()]),
+            route("svc", &["svc.test"], &["/"], "svc"),
+        ])
+        .await?;
+        Ok((gw, svc))
+    }
+
     /// Creates or replaces each resource in order, then waits until the
     /// data plane serves the last revision.
     pub async fn apply(&self, resources: &[Value]) -> Result<u64> {
@@ -649,6 +662,15 @@ struct Behaviour {
 impl TestBackend {
     pub async fn start(name: &str) -> Result<TestBackend> {
         Self::start_on("127.0.0.1:0".parse()?, name).await
+    }
+
+    /// One backend per name.
+    pub async fn start_all(names: &[&str]) -> Result<Vec<TestBackend>> {
+        let mut all = Vec::with_capacity(names.len());
+        for name in names {
+            all.push(TestBackend::start(name).await?);
+        }
+        Ok(all)
     }
 
     pub async fn start_on(addr: SocketAddr, name: &str) -> Result<TestBackend> {

@@ -11,14 +11,6 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
 
-async fn targets(names: &[&str]) -> anyhow::Result<Vec<TestBackend>> {
-    let mut v = Vec::new();
-    for n in names {
-        v.push(TestBackend::start(n).await?);
-    }
-    Ok(v)
-}
-
 /// A Backend over `backends` with these weights and extra spec fields, and
 /// a route `lb.test/` to it.
 async fn pool(
@@ -59,7 +51,7 @@ fn share(c: &HashMap<String, usize>, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn round_robin_weighted_and_random_shares() -> anyhow::Result<()> {
     let gw = Gateway::start(&[]).await?;
-    let b = targets(&["a", "b", "c"]).await?;
+    let b = TestBackend::start_all(&["a", "b", "c"]).await?;
 
     // Weighted round robin (the default) is exact over a cycle: 1:2:5.
     pool(&gw, &b, &[1, 2, 5], json!({})).await?;
@@ -98,7 +90,7 @@ async fn round_robin_weighted_and_random_shares() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn least_loaded_policies_avoid_a_busy_target() -> anyhow::Result<()> {
     let gw = Gateway::start(&[]).await?;
-    let b = targets(&["busy", "idle"]).await?;
+    let b = TestBackend::start_all(&["busy", "idle"]).await?;
     b[0].set_delay(Duration::from_secs(3));
     for policy in ["leastConnections", "powerOfTwoChoices"] {
         pool(
@@ -133,7 +125,7 @@ async fn least_loaded_policies_avoid_a_busy_target() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn consistent_hash_keeps_keys_when_a_target_leaves() -> anyhow::Result<()> {
     let gw = Gateway::start(&[]).await?;
-    let b = targets(&["a", "b", "c"]).await?;
+    let b = TestBackend::start_all(&["a", "b", "c"]).await?;
     let hashed =
         json!({"loadBalancing": {"policy": "consistentHash", "hashOn": {"header": "x-user"}}});
     pool(&gw, &b, &[1, 1, 1], hashed.clone()).await?;
@@ -174,7 +166,7 @@ async fn consistent_hash_keeps_keys_when_a_target_leaves() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread")]
 async fn backups_serve_only_when_every_primary_is_down() -> anyhow::Result<()> {
     let gw = Gateway::start(&[]).await?;
-    let b = targets(&["p1", "p2", "backup"]).await?;
+    let b = TestBackend::start_all(&["p1", "p2", "backup"]).await?;
     let spec = json!({
         "targets": [
             {"url": b[0].url()}, {"url": b[1].url()}, {"url": b[2].url(), "backup": true}
@@ -212,7 +204,7 @@ async fn backups_serve_only_when_every_primary_is_down() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn balancer_and_health_state_survive_an_unrelated_swap() -> anyhow::Result<()> {
     let gw = Gateway::start(&[]).await?;
-    let b = targets(&["a", "b", "c"]).await?;
+    let b = TestBackend::start_all(&["a", "b", "c"]).await?;
     pool(
         &gw,
         &b,

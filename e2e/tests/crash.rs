@@ -203,20 +203,14 @@ async fn backup_while_running_restores_into_a_fresh_data_dir() {
     let before = export(cp.admin()).await;
 
     let file = dir.path().join("backup.json");
-    let out = Command::new(bin("nio-control-plane"))
-        .args(["backup", "--data-dir"])
-        .arg(&cp.data_dir)
-        .arg("--to")
-        .arg(&file)
-        .args(["--admin-url", &format!("http://{}", cp.admin)])
-        .env_remove("NIO_ADMIN_TOKEN")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let admin_url = format!("http://{}", cp.admin);
+    succeeds(store_command(
+        "backup",
+        &cp.data_dir,
+        "--to",
+        &file,
+        &["--admin-url", &admin_url],
+    ));
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -225,40 +219,20 @@ async fn backup_while_running_restores_into_a_fresh_data_dir() {
     }
     // Without --admin-url, on the running control plane's data dir: a
     // message that says what to do.
-    let out = Command::new(bin("nio-control-plane"))
-        .args(["backup", "--data-dir"])
-        .arg(&cp.data_dir)
-        .arg("--to")
-        .arg(dir.path().join("other.json"))
-        .env_remove("NIO_ADMIN_URL")
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
+    let out = store_command(
+        "backup",
+        &cp.data_dir,
+        "--to",
+        &dir.path().join("other.json"),
+        &[],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--admin-url"));
 
     let fresh = dir.path().join("restored");
-    let out = Command::new(bin("nio-control-plane"))
-        .args(["restore", "--data-dir"])
-        .arg(&fresh)
-        .arg("--from")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(store_command("restore", &fresh, "--from", &file, &[]));
     // Not over an existing store.
-    let out = Command::new(bin("nio-control-plane"))
-        .args(["restore", "--data-dir"])
-        .arg(&fresh)
-        .arg("--from")
-        .arg(&file)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
+    let out = store_command("restore", &fresh, "--from", &file, &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("fresh data dir"));
 
@@ -286,20 +260,38 @@ async fn backup_while_running_restores_into_a_fresh_data_dir() {
     let mut cp = cp;
     cp.proc.kill9();
     let offline = dir.path().join("offline.json");
-    let out = Command::new(bin("nio-control-plane"))
-        .args(["backup", "--data-dir"])
-        .arg(&cp.data_dir)
-        .arg("--to")
-        .arg(&offline)
+    succeeds(store_command("backup", &cp.data_dir, "--to", &offline, &[]));
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&offline).unwrap()).unwrap();
+    assert_eq!(strip(&doc["items"]), strip(&before));
+}
+
+/// `nio-control-plane backup|restore --data-dir DIR <flag> FILE [extra]`,
+/// with no admin URL or token from the environment.
+fn store_command(
+    sub: &str,
+    data_dir: &std::path::Path,
+    flag: &str,
+    file: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    Command::new(bin("nio-control-plane"))
+        .args([sub, "--data-dir"])
+        .arg(data_dir)
+        .arg(flag)
+        .arg(file)
+        .args(extra)
         .env_remove("NIO_ADMIN_URL")
+        .env_remove("NIO_ADMIN_TOKEN")
+        .env("RUST_BACKTRACE", "0")
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn succeeds(out: std::process::Output) {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&offline).unwrap()).unwrap();
-    assert_eq!(strip(&doc["items"]), strip(&before));
 }

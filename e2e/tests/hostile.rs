@@ -70,15 +70,7 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> Raw {
 }
 
 async fn gateway(extra: &[&str]) -> (Gateway, TestBackend) {
-    let svc = TestBackend::start("svc").await.unwrap();
-    let gw = Gateway::start(extra).await.unwrap();
-    gw.apply(&[
-        backend("svc", &[svc.url()]),
-        route("svc", &["svc.test"], &["/"], "svc"),
-    ])
-    .await
-    .unwrap();
-    (gw, svc)
+    Gateway::with_echo(extra).await.unwrap()
 }
 
 /// Who refuses a request: hyper's parser, or Nio's validation (which

@@ -12,15 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn gateway(extra: &[&str]) -> (Gateway, TestBackend) {
-    let svc = TestBackend::start("svc").await.unwrap();
-    let gw = Gateway::start(extra).await.unwrap();
-    gw.apply(&[
-        backend("svc", &[svc.url()]),
-        route("svc", &["svc.test"], &["/"], "svc"),
-    ])
-    .await
-    .unwrap();
-    (gw, svc)
+    Gateway::with_echo(extra).await.unwrap()
 }
 
 fn metric(text: &str, name: &str) -> u64 {

@@ -221,13 +221,9 @@ impl Chain {
                 continue;
             }
             let at = format!("{field}[{i}]");
-            let config = spec.parse(&at).map_err(|errors| {
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })?;
+            let config = spec
+                .parse(&at)
+                .map_err(|errors| nio_proto::model::join_errors(&errors))?;
             plugins.push(build(config).map_err(|e| format!("{at}: {e}"))?);
         }
         plugins.sort_by_key(|p| p.phase());

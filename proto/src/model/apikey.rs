@@ -171,8 +171,7 @@ mod tests {
         .unwrap();
         let mut errors = Vec::new();
         spec.validate(&mut errors);
-        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        let text = text.join("\n");
+        let text = super::super::join_errors(&errors);
         for expected in [
             "spec.expiresAt",
             "spec.credentials[0]: credentials are managed",

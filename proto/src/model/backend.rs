@@ -655,11 +655,7 @@ mod tests {
         let spec: BackendSpec = serde_json::from_value(spec).unwrap();
         let mut errors = Vec::new();
         spec.validate(&mut errors);
-        errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
+        super::super::join_errors(&errors)
     }
 
     #[test]

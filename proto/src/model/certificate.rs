@@ -221,11 +221,7 @@ mod tests {
     fn errors(spec: &CertificateSpec) -> String {
         let mut errors = Vec::new();
         spec.validate(&mut errors);
-        errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
+        super::super::join_errors(&errors)
     }
 
     #[test]

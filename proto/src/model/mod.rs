@@ -195,14 +195,15 @@ impl fmt::Display for FieldError {
 
 /// A resource (or a whole configuration) that is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{} \"{}\" is invalid: {}", kind, name, join(errors))]
+#[error("{} \"{}\" is invalid: {}", kind, name, join_errors(errors))]
 pub struct ValidationError {
     pub kind: String,
     pub name: String,
     pub errors: Vec<FieldError>,
 }
 
-fn join(errors: &[FieldError]) -> String {
+/// Field errors as one line: `field: message; field: message`.
+pub fn join_errors(errors: &[FieldError]) -> String {
     errors
         .iter()
         .map(ToString::to_string)

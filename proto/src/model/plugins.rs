@@ -507,11 +507,7 @@ mod tests {
         };
         match spec.parse("spec.plugins[0]") {
             Ok(_) => String::new(),
-            Err(e) => e
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n"),
+            Err(e) => super::super::join_errors(&e),
         }
     }
 
