@@ -74,6 +74,7 @@ fn chain(c: &mut Criterion) {
             uri: &uri,
             headers: &mut headers,
             client_ip: [127, 0, 0, 1].into(),
+            tls: None,
             route: &route,
             runtime: &runtime,
             state: &mut state,

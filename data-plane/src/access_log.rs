@@ -57,6 +57,9 @@ pub struct Record {
     pub upstream_ms: Option<f64>,
     /// Until the last byte of the response.
     pub duration_ms: f64,
+    /// The subject of the verified client certificate (mutual TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
     #[serde(skip)]
     pub started: Instant,
 }

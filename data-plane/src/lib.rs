@@ -22,6 +22,8 @@
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`server`]: listeners, ops endpoints and the shutdown drain.
 //! - [`stall`]: cutting clients that stop reading.
+//! - [`tls`]: TLS termination by SNI, client certificates, and TLS toward
+//!   backends.
 //! - [`validate`]: refusing malformed and ambiguous requests before routing.
 //!
 //! The request path never waits on the control plane and takes no global
@@ -40,5 +42,6 @@ pub mod runtime;
 pub mod server;
 pub mod stall;
 pub mod sync;
+pub mod tls;
 pub mod upstream;
 pub mod validate;

@@ -38,9 +38,15 @@ struct Args {
     /// Proxy listener.
     #[arg(long, env = "NIO_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
     http_listen: SocketAddr,
-    /// TLS listener (reserved: TLS termination is not available yet).
+    /// HTTPS listener: TLS terminated with the Certificates of the
+    /// configuration, chosen by SNI. Off unless given (e.g. 0.0.0.0:8443).
     #[arg(long, env = "NIO_HTTPS_LISTEN")]
     https_listen: Option<SocketAddr>,
+    /// The port put in redirects to HTTPS (routes with tls.redirectHttp)
+    /// when clients reach the HTTPS listener on another port than its own
+    /// (behind NAT or a Kubernetes Service). Default: the listener's port.
+    #[arg(long, env = "NIO_HTTPS_REDIRECT_PORT")]
+    https_redirect_port: Option<u16>,
     /// Ops listener: /healthz, /readyz, /metrics.
     #[arg(long, env = "NIO_OPS_LISTEN", default_value = "127.0.0.1:9100")]
     ops_listen: SocketAddr,
@@ -118,11 +124,6 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args.log_format);
-    if args.https_listen.is_some() {
-        anyhow::bail!(
-            "--https-listen: TLS termination is not available in this version; remove the flag"
-        );
-    }
     let join_token = match (&args.join_token_file, std::env::var("NIO_JOIN_TOKEN")) {
         (Some(f), _) => std::fs::read_to_string(f)
             .with_context(|| format!("reading the join token file {}", f.display()))?
@@ -141,6 +142,7 @@ fn main() -> anyhow::Result<()> {
     };
     let opts = Options {
         http_listen: args.http_listen,
+        https_listen: args.https_listen,
         ops_listen: args.ops_listen,
         cache_dir: args.cache_dir,
         sync: SyncOptions {
@@ -156,6 +158,7 @@ fn main() -> anyhow::Result<()> {
         proxy: ProxyOptions {
             trusted_proxies: args.trusted_proxies,
             access_log: args.access_log,
+            https_port: args.https_redirect_port,
             limits: Limits {
                 max_header_bytes: args.max_header_bytes.max(8192),
                 max_headers: args.max_headers.max(1),

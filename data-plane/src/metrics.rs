@@ -61,6 +61,8 @@ pub struct Metrics {
     pub refused_connections: AtomicU64,
     /// Connections closed (408) because the request head was too slow.
     pub header_timeouts: AtomicU64,
+    /// HTTPS connections whose TLS handshake failed or timed out.
+    pub tls_handshake_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -204,6 +206,12 @@ impl Metrics {
                 "counter",
                 "Connections closed because a request head was not received in time.",
                 g(&self.header_timeouts),
+            ),
+            (
+                "nio_tls_handshake_failures_total",
+                "counter",
+                "HTTPS connections whose TLS handshake failed or timed out.",
+                g(&self.tls_handshake_failures),
             ),
             (
                 "nio_config_revision",

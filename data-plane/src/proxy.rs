@@ -26,18 +26,19 @@ use crate::plugins::{self, Chain, Denial, Flow};
 use crate::route::{CompiledRoute, HostRule};
 use crate::runtime::Runtime;
 use crate::runtime::RuntimeSlot;
+use crate::tls::TlsConn;
 use crate::upstream::balance::hash_key;
 use crate::upstream::health::{now_ms, Outcome};
 use crate::upstream::BackendPool;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use nio_proto::model::PathPattern;
+use nio_proto::model::{ClientAuth, PathPattern, RouteTls};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -104,6 +105,9 @@ pub struct ProxyOptions {
     pub access_log: Sink,
     /// Request validation and connection limits.
     pub limits: crate::validate::Limits,
+    /// The port in redirects to HTTPS (`tls.redirectHttp`); `None`: the
+    /// HTTPS listener's, or 443 without one.
+    pub https_port: Option<u16>,
 }
 
 pub struct Proxy {
@@ -195,6 +199,21 @@ impl ProxyError {
             ProxyError::Overloaded => "the gateway is handling too many requests; retry later",
         }
     }
+}
+
+/// An error and its sources, `outer: inner: innermost`.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.ends_with(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// The one function that turns a failure into a response.
@@ -299,6 +318,8 @@ struct Ctx {
     client_ip: IpAddr,
     /// The `Host` header or `:authority`.
     host: Option<HeaderValue>,
+    /// The TLS connection the request came on; `None` for plain HTTP.
+    tls: Option<Arc<TlsConn>>,
     /// The access-log record, until it is handed to the response body.
     log: Option<LogStart>,
 }
@@ -359,6 +380,13 @@ impl Proxy {
         self.metrics.keepalive_shed.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts an HTTPS connection whose handshake failed.
+    pub fn tls_handshake_failed(&self) {
+        self.metrics
+            .tls_handshake_failures
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a connection closed at accept by `--max-connections`.
     pub fn connection_refused(&self) {
         self.metrics
@@ -378,7 +406,7 @@ impl Proxy {
             .as_ref()
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
-        let log = self.access_log.as_ref().map(|sink| LogStart {
+        let mut log = self.access_log.as_ref().map(|sink| LogStart {
             record: Box::new(Record {
                 time: SystemTime::now(),
                 request_id: request_id.to_str().unwrap_or_default().to_string(),
@@ -396,16 +424,22 @@ impl Proxy {
                 bytes_out: 0,
                 upstream_ms: None,
                 duration_ms: 0.0,
+                client_certificate: None,
                 started,
             }),
             counters: Arc::default(),
             sink: sink.clone(),
         });
+        let tls = req.extensions_mut().remove::<Arc<TlsConn>>();
+        if let (Some(l), Some(c)) = (&mut log, tls.as_ref().and_then(|t| t.client.as_ref())) {
+            l.record.client_certificate = Some(c.subject.clone());
+        }
         let mut ctx = Ctx {
             request_id,
             peer,
             client_ip,
             host: host_value.clone(),
+            tls,
             log,
         };
         if let Err(r) = crate::validate::check(&mut req, &self.opts.limits) {
@@ -438,6 +472,11 @@ impl Proxy {
         if !route.access_log {
             ctx.log = None;
         }
+        if route.tls != RouteTls::default() {
+            if let Some(stop) = self.route_tls(&route, &mut req, ctx.tls.as_deref(), host) {
+                return self.stopped(stop, &route, ctx, started);
+            }
+        }
         let on_upgrade = upgrade_requested(&req).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         // Hop-by-hop headers go before the plugins run, so a client's
@@ -446,28 +485,10 @@ impl Proxy {
         let mut state = plugins::State::default();
         if !(runtime.global.is_empty() && route.plugins.is_empty()) {
             let stopped = self
-                .run_plugins(&runtime, &route, &mut parts, &mut state, ctx.client_ip)
+                .run_plugins(&runtime, &route, &mut parts, &mut state, &ctx)
                 .await;
             if let Some(stop) = stopped {
-                let resp = match stop {
-                    Stop::Deny(d) => {
-                        route.stats.denied(d.reason);
-                        // The event feed hooks in here (a denial event).
-                        let resp = denial_response(&d, &ctx.request_id);
-                        self.local_answer(resp, Some(d.reason.as_str()), ctx)
-                    }
-                    Stop::Answer(resp) => {
-                        let (mut parts, body) = resp.into_parts();
-                        parts
-                            .headers
-                            .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
-                        self.local_answer(Response::from_parts(parts, local(body)), None, ctx)
-                    }
-                };
-                route
-                    .stats
-                    .record(resp.status().as_u16(), started.elapsed().as_micros() as u64);
-                return resp;
+                return self.stopped(stop, &route, ctx, started);
             }
         }
         let resp = self
@@ -496,6 +517,92 @@ impl Proxy {
             .stats
             .record(resp.status().as_u16(), started.elapsed().as_micros() as u64);
         resp
+    }
+
+    /// The answer when a plugin or the route's TLS requirements stopped a
+    /// request: a denial in the gateway's error format, or the answer as is.
+    fn stopped(
+        &self,
+        stop: Stop,
+        route: &CompiledRoute,
+        ctx: Ctx,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let resp = match stop {
+            Stop::Deny(d) => {
+                route.stats.denied(d.reason);
+                // The event feed hooks in here (a denial event).
+                let resp = denial_response(&d, &ctx.request_id);
+                self.local_answer(resp, Some(d.reason.as_str()), ctx)
+            }
+            Stop::Answer(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                parts
+                    .headers
+                    .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+                self.local_answer(Response::from_parts(parts, local(body)), None, ctx)
+            }
+        };
+        route
+            .stats
+            .record(resp.status().as_u16(), started.elapsed().as_micros() as u64);
+        resp
+    }
+
+    /// A route's TLS requirements: plain HTTP redirected to HTTPS, and the
+    /// client certificate its `clientAuth` asks for, whose subject is
+    /// passed on in `clientSubjectHeader` (what a client sent in that
+    /// header is always removed).
+    fn route_tls(
+        &self,
+        route: &CompiledRoute,
+        req: &mut Request<Incoming>,
+        tls: Option<&TlsConn>,
+        host: &str,
+    ) -> Option<Stop> {
+        if route.tls.redirect_http && tls.is_none() {
+            let host = crate::router::strip_port(host);
+            let port = match self.opts.https_port.unwrap_or(443) {
+                443 => String::new(),
+                p => format!(":{p}"),
+            };
+            let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            let status = if matches!(*req.method(), Method::GET | Method::HEAD) {
+                StatusCode::MOVED_PERMANENTLY
+            } else {
+                StatusCode::PERMANENT_REDIRECT
+            };
+            let location = HeaderValue::from_str(&format!("https://{host}{port}{pq}")).ok()?;
+            let mut resp = Response::new(Bytes::new());
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(header::LOCATION, location);
+            return Some(Stop::Answer(resp));
+        }
+        let ca = route.tls.client_ca.as_deref()?;
+        let cert = tls.and_then(|t| t.client.as_ref());
+        let verified = match cert {
+            Some(c) => c.verified_by(ca),
+            None => route.tls.client_auth == ClientAuth::Optional,
+        };
+        if !verified {
+            let message = match cert {
+                Some(_) => "the client certificate is not issued by the CA this route trusts",
+                None => "this route requires a client certificate (mutual TLS over HTTPS)",
+            };
+            return Some(Stop::Deny(Denial::new(
+                StatusCode::FORBIDDEN,
+                plugins::Reason::ClientCertificate,
+                message,
+            )));
+        }
+        if let Some(name) = &route.client_subject_header {
+            let headers = req.headers_mut();
+            headers.remove(name);
+            if let Some(v) = cert.and_then(|c| HeaderValue::from_bytes(c.subject.as_bytes()).ok()) {
+                headers.insert(name.clone(), v);
+            }
+        }
+        None
     }
 
     /// An error response, logged.
@@ -529,13 +636,14 @@ impl Proxy {
         route: &CompiledRoute,
         parts: &mut http::request::Parts,
         state: &mut plugins::State,
-        client_ip: IpAddr,
+        ctx: &Ctx,
     ) -> Option<Stop> {
         let mut pctx = plugins::Ctx {
             method: &parts.method,
             uri: &parts.uri,
             headers: &mut parts.headers,
-            client_ip,
+            client_ip: ctx.client_ip,
+            tls: ctx.tls.as_deref(),
             route,
             runtime,
             state,
@@ -609,7 +717,7 @@ impl Proxy {
         self.opts.trusted_proxies.apply(
             headers,
             ctx.peer,
-            "http",
+            if ctx.tls.is_some() { "https" } else { "http" },
             host.and_then(|h| h.to_str().ok()),
         );
         match route.host_rule() {
@@ -648,7 +756,7 @@ impl Proxy {
             let bodyless = body.is_empty();
             let may_retry = attempts <= retries as usize && (bodyless || replay.is_some());
             let uri = Uri::builder()
-                .scheme(Scheme::HTTP)
+                .scheme(target.scheme.clone())
                 .authority(target.authority.clone())
                 .path_and_query(pq.clone())
                 .build()
@@ -705,7 +813,14 @@ impl Proxy {
                         }
                     }
                     pool.record(index, Outcome::Failed);
-                    tracing::debug!(error = ?e, target = %target.url, "upstream error");
+                    if e.is_connect() {
+                        // Refused, unresolvable, or a TLS handshake that
+                        // failed (e.g. "invalid peer certificate:
+                        // UnknownIssuer"): the cause is in the chain.
+                        tracing::warn!(backend = %pool.name, target = %target.url, error = %error_chain(&e), "cannot connect to the target");
+                    } else {
+                        tracing::debug!(error = ?e, target = %target.url, "upstream error");
+                    }
                     // A connection that failed before the request left is
                     // always safe to retry; one that broke after, only for
                     // an idempotent request without a body (a pooled

@@ -9,7 +9,9 @@ use crate::router::{matched_len, params};
 use crate::upstream::BackendPool;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Method;
-use nio_proto::model::{compile_regex, HeaderRules, Matcher, PathPattern, Route, Segment};
+use nio_proto::model::{
+    compile_regex, HeaderRules, Matcher, PathPattern, Route, RouteTls, Segment,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -35,6 +37,9 @@ pub struct CompiledRoute {
     pub labels: BTreeMap<String, String>,
     pub plugins: Chain,
     pub stats: Arc<RouteStats>,
+    /// HTTPS redirect and client certificates.
+    pub tls: RouteTls,
+    pub client_subject_header: Option<HeaderName>,
 }
 
 #[derive(Debug)]
@@ -168,6 +173,13 @@ impl CompiledRoute {
             labels: route.metadata.labels.clone(),
             plugins: Chain::build(&spec.plugins, "spec.plugins")?,
             stats,
+            tls: spec.tls.clone(),
+            client_subject_header: spec
+                .tls
+                .client_subject_header
+                .as_deref()
+                .map(|h| HeaderName::from_bytes(h.as_bytes()).map_err(|e| format!("{h}: {e}")))
+                .transpose()?,
         })
     }
 

@@ -442,7 +442,8 @@ impl<R> Router<R> {
     }
 }
 
-fn strip_port(host: &str) -> &str {
+/// A Host header without its port.
+pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // IPv6 literal: keep up to the closing bracket.
         return host.split_inclusive(']').next().unwrap_or(host);

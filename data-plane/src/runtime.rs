@@ -10,9 +10,10 @@ use crate::metrics::Metrics;
 use crate::plugins::{Chain, CompiledKey, CompiledVerifier};
 use crate::route::CompiledRoute;
 use crate::router::{RouteEntry, Router};
+use crate::tls::{client_auth_routes, BackendTlsSources, ServerTls};
 use crate::upstream::BackendPool;
 use arc_swap::ArcSwapOption;
-use nio_proto::model::{AnyResource, Config, Kind};
+use nio_proto::model::{AnyResource, ClientAuth, Config, Kind};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
@@ -34,6 +35,9 @@ pub struct Runtime {
     pub jwt_verifiers: imbl::HashMap<String, Arc<CompiledVerifier>>,
     /// The GlobalConfig's plugins.
     pub global: Arc<Chain>,
+    /// Certificates and client authentication for the HTTPS listener;
+    /// `None` without any certificate to serve.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +74,7 @@ pub fn compile(
         api_keys: imbl::HashMap::new(),
         jwt_verifiers: imbl::HashMap::new(),
         global: Arc::default(),
+        tls: None,
     };
     // A full build is an update of an empty runtime with everything changed.
     let (base, changed): (&Runtime, Vec<(Kind, String)>) = match (previous, changed) {
@@ -84,25 +89,37 @@ pub fn compile(
     };
     let reuse_from = previous.unwrap_or(&empty);
 
+    let certificates_changed = changed.iter().any(|(k, _)| *k == Kind::Certificate);
+    // Backends to rebuild: the changed ones, and with a Certificate
+    // changed, those using one (checked against the pool's sources below).
+    let mut backend_names: BTreeSet<&String> = changed
+        .iter()
+        .filter(|(k, _)| *k == Kind::Backend)
+        .map(|(_, n)| n)
+        .collect();
+    if certificates_changed {
+        backend_names.extend(config.iter().filter_map(|r| match r {
+            AnyResource::Backend(b) if b.spec.tls != Default::default() => Some(&b.metadata.name),
+            _ => None,
+        }));
+    }
     let mut backends = base.backends.clone();
     let mut changed_pools = HashSet::new();
-    for (kind, name) in &changed {
-        if *kind != Kind::Backend {
-            continue;
-        }
+    for name in backend_names {
         match config.get(Kind::Backend, name) {
             Some(AnyResource::Backend(b)) => {
+                let bad = |e: String| err(format!("backend \"{name}\": {e}"));
+                let sources = BackendTlsSources::resolve(config, &b.spec.tls).map_err(bad)?;
                 let reused = reuse_from
                     .backends
                     .get(name)
-                    .filter(|pool| pool.spec == b.spec)
+                    .filter(|pool| pool.spec == b.spec && pool.tls_sources == sources)
                     .cloned();
                 let pool = match reused {
                     Some(pool) => pool,
                     None => {
                         changed_pools.insert(name.clone());
-                        BackendPool::new(name, &b.spec)
-                            .map_err(|e| err(format!("backend \"{name}\": {e}")))?
+                        BackendPool::new(name, &b.spec, sources).map_err(bad)?
                     }
                 };
                 backends.insert(name.clone(), pool);
@@ -176,6 +193,19 @@ pub fn compile(
             route: r.clone(),
         }),
     );
+    // The HTTPS side changes with the Certificates, and with routes that
+    // ask (or asked) for client certificates.
+    let client_auth = |r: &CompiledRoute| r.tls.client_auth != ClientAuth::None;
+    let tls = if certificates_changed
+        || removed.iter().chain(&added).any(|r| client_auth(r))
+        || previous.is_none()
+    {
+        ServerTls::build(config, &client_auth_routes(routes.values().map(|r| &**r)))
+            .map_err(err)?
+            .map(Arc::new)
+    } else {
+        base.tls.clone()
+    };
     let mut api_keys = base.api_keys.clone();
     let mut jwt_verifiers = base.jwt_verifiers.clone();
     let mut global = base.global.clone();
@@ -236,5 +266,6 @@ pub fn compile(
         api_keys,
         jwt_verifiers,
         global,
+        tls,
     })
 }

@@ -1,4 +1,5 @@
-//! Listeners and lifecycle: the proxy listener, the ops listener
+//! Listeners and lifecycle: the proxy listeners (HTTP, and HTTPS with TLS
+//! terminated by [`crate::tls`]), the ops listener
 //! (`/healthz`, `/readyz`, `/metrics`), the sync task, and the drain on
 //! shutdown (stop accepting, report not ready, let requests in flight
 //! finish within the drain deadline).
@@ -10,6 +11,7 @@ use crate::proxy::{Proxy, ProxyOptions};
 use crate::runtime::RuntimeSlot;
 use crate::stall::WriteStall;
 use crate::sync::{self, Applier, SyncOptions};
+use crate::tls::TlsConn;
 use crate::validate::{ConnFacts, HeadVerdict, Limits, Scan};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -18,20 +20,24 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::LazyConfigAcceptor;
 
 #[derive(Debug, Clone)]
 pub struct Options {
     pub http_listen: SocketAddr,
+    /// The HTTPS listener (TLS terminated with the snapshot's
+    /// Certificates).
+    pub https_listen: Option<SocketAddr>,
     pub ops_listen: SocketAddr,
     pub cache_dir: PathBuf,
     pub sync: SyncOptions,
@@ -81,8 +87,15 @@ pub async fn run(
     let started = Instant::now();
 
     let http = bind(opts.http_listen).await?;
+    let https = match opts.https_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let ops = bind(opts.ops_listen).await?;
     tracing::info!(addr = %local(&http), "proxy listening");
+    if let Some(https) = &https {
+        tracing::info!(addr = %local(https), "https listening");
+    }
     tracing::info!(addr = %local(&ops), "ops listening");
 
     let (leave_tx, leave_rx) = watch::channel(false);
@@ -104,21 +117,44 @@ pub async fn run(
         .await
         .map_err(ServerError::AccessLog)?
         .map(Arc::new);
+    let mut proxy_opts = opts.proxy.clone();
+    if proxy_opts.https_port.is_none() {
+        proxy_opts.https_port = https
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port());
+    }
     let proxy = Arc::new(Proxy::new(
-        slot,
+        slot.clone(),
         metrics,
         draining.clone(),
-        opts.proxy.clone(),
+        proxy_opts,
         access_log,
     ));
-    let proxy_task = tokio::spawn(serve_proxy(
-        http,
-        proxy,
-        opts.proxy.limits.clone(),
-        stop_rx,
-        opts.drain_timeout,
-        opts.send_timeout,
-    ));
+    let limits = &opts.proxy.limits;
+    let admission = Arc::new(Admission::new(limits));
+    if limits.memory_limit > 0 {
+        tokio::spawn(watch_memory(
+            limits.memory_limit,
+            admission.memory.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    let listeners = std::iter::once((http, None)).chain(https.map(|l| (l, Some(slot.clone()))));
+    let proxy_tasks: Vec<_> = listeners
+        .map(|(listener, tls)| {
+            tokio::spawn(serve_proxy(
+                listener,
+                tls,
+                proxy.clone(),
+                limits.clone(),
+                admission.clone(),
+                stop_rx.clone(),
+                opts.drain_timeout,
+                opts.send_timeout,
+            ))
+        })
+        .collect();
 
     // Drain: not ready at once; keep serving (with Connection: close) for
     // the drain delay; stop accepting; let requests in flight finish within
@@ -128,7 +164,9 @@ pub async fn run(
     draining.store(true, Ordering::Relaxed);
     tokio::time::sleep(opts.drain_delay).await;
     let _ = stop_tx.send(true);
-    let _ = proxy_task.await;
+    for task in proxy_tasks {
+        let _ = task.await;
+    }
     let _ = leave_tx.send(true);
     let _ = tokio::task::spawn_blocking(move || applier.write_cache()).await;
     if tokio::time::timeout(Duration::from_secs(3), sync_task)
@@ -206,29 +244,157 @@ fn conn_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b
 }
 
-async fn serve_proxy(
-    listener: TcpListener,
+/// Connection and request limits shared by the HTTP and HTTPS listeners,
+/// and the memory level that sheds load.
+struct Admission {
+    connections: Arc<Semaphore>,
+    requests: Arc<Semaphore>,
+    max_connections: usize,
+    max_requests: usize,
+    /// 0: fine, 1: above 80 % of --memory-limit-mb, 2: above it.
+    memory: Arc<AtomicU8>,
+}
+
+impl Admission {
+    fn new(limits: &Limits) -> Admission {
+        let (max_connections, max_requests) =
+            (limits.max_connections.max(1), limits.max_requests.max(1));
+        Admission {
+            connections: Arc::new(Semaphore::new(max_connections)),
+            requests: Arc::new(Semaphore::new(max_requests)),
+            max_connections,
+            max_requests,
+            memory: Arc::new(AtomicU8::new(0)),
+        }
+    }
+}
+
+/// Serves connections of one listener: plain, or TLS when `tls` holds the
+/// slot its certificates come from.
+struct Connections {
     proxy: Arc<Proxy>,
     limits: Limits,
+    builder: auto::Builder<TokioExecutor>,
+    admission: Arc<Admission>,
+    send_timeout: Duration,
+}
+
+impl Connections {
+    /// Serves one accepted (and, for HTTPS, handshaken) connection.
+    fn serve<S>(
+        self: &Arc<Self>,
+        stream: S,
+        client: SocketAddr,
+        permit: OwnedSemaphorePermit,
+        tls: Option<Arc<TlsConn>>,
+        watcher: Watcher,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let facts = Arc::new(ConnFacts::default());
+        let (this, service_facts) = (self.clone(), facts.clone());
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            let this = this.clone();
+            if req.version() <= http::Version::HTTP_11 {
+                let target = req
+                    .uri()
+                    .path_and_query()
+                    .filter(|_| req.uri().authority().is_none())
+                    .map_or_else(|| req.uri().to_string(), |pq| pq.as_str().to_string());
+                if let Some(v) = service_facts.next_verdict(req.method().as_str(), &target) {
+                    req.extensions_mut().insert::<HeadVerdict>(v);
+                }
+            }
+            if let Some(tls) = &tls {
+                req.extensions_mut().insert(tls.clone());
+            }
+            let memory = this.admission.memory.load(Ordering::Relaxed);
+            async move {
+                let a = &this.admission;
+                // Over --max-requests in flight, or over the memory
+                // watermark: 503 with Retry-After.
+                let permit = a.requests.try_acquire();
+                let (Ok(_permit), false) = (permit, memory >= 2) else {
+                    return Ok::<_, Infallible>(this.proxy.overloaded(&req));
+                };
+                // Above 80 % of either limit, HTTP/1.1 connections are not
+                // kept alive: clients spread over other data planes (or
+                // reconnect later) before requests have to be refused.
+                let pressure = a.requests.available_permits() < a.max_requests / 5
+                    || a.connections.available_permits() < a.max_connections / 5
+                    || memory >= 1;
+                let http1 = req.version() <= http::Version::HTTP_11;
+                let mut resp = this.proxy.handle(req, client).await;
+                if pressure && http1 {
+                    this.proxy.keepalive_shed();
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let timeout_proxy = self.proxy.clone();
+        let stream = Scan::new(stream, &self.limits, facts)
+            .on_timeout(move || timeout_proxy.header_timed_out());
+        let stream = WriteStall::new(stream, self.send_timeout);
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = watcher.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %client, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// The TLS handshake of an HTTPS connection: the ClientHello is read
+/// first, so the configuration (certificates, client authentication) is
+/// the one current now for its SNI.
+async fn handshake(
+    slot: &RuntimeSlot,
+    tcp: TcpStream,
+) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, TlsConn), String> {
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+        .await
+        .map_err(|e| format!("reading the ClientHello: {e}"))?;
+    let sni = start.client_hello().server_name().map(str::to_string);
+    let tls = slot
+        .load_full()
+        .and_then(|rt| rt.tls.clone())
+        .ok_or("no certificate is configured (create a Certificate with a privateKey)")?;
+    let stream = start
+        .into_stream(tls.config_for(sni.as_deref()))
+        .await
+        .map_err(|e| format!("handshake for {sni:?}: {e}"))?;
+    let conn = tls.connection(sni.as_deref(), stream.get_ref().1.peer_certificates());
+    Ok((stream, conn))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_proxy(
+    listener: TcpListener,
+    tls: Option<Arc<RuntimeSlot>>,
+    proxy: Arc<Proxy>,
+    limits: Limits,
+    admission: Arc<Admission>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
     send_timeout: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = conn_builder(&limits);
-    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let requests = Arc::new(Semaphore::new(limits.max_requests.max(1)));
-    let (max_connections, max_requests) =
-        (limits.max_connections.max(1), limits.max_requests.max(1));
-    // 0: fine, 1: above 80 % of --memory-limit-mb, 2: above it.
-    let memory = Arc::new(std::sync::atomic::AtomicU8::new(0));
-    if limits.memory_limit > 0 {
-        tokio::spawn(watch_memory(
-            limits.memory_limit,
-            memory.clone(),
-            stop.clone(),
-        ));
-    }
+    let connections = Arc::new(Connections {
+        builder: conn_builder(&limits),
+        proxy: proxy.clone(),
+        limits,
+        admission: admission.clone(),
+        send_timeout,
+    });
     loop {
         let (stream, client) = tokio::select! {
             () = stopped(&mut stop) => break,
@@ -243,67 +409,33 @@ async fn serve_proxy(
             },
         };
         // Over --max-connections: closed at once (dropping the stream).
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
+        let Ok(permit) = admission.connections.clone().try_acquire_owned() else {
             proxy.connection_refused();
             tracing::debug!(%client, "connection limit reached; closing");
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let facts = Arc::new(ConnFacts::default());
-        let (service_proxy, service_facts, requests) =
-            (proxy.clone(), facts.clone(), requests.clone());
-        let service_connections = connections.clone();
-        let service_memory = memory.clone();
-        let service = service_fn(move |mut req: Request<Incoming>| {
-            let (proxy, requests) = (service_proxy.clone(), requests.clone());
-            if req.version() <= http::Version::HTTP_11 {
-                let target = req
-                    .uri()
-                    .path_and_query()
-                    .filter(|_| req.uri().authority().is_none())
-                    .map_or_else(|| req.uri().to_string(), |pq| pq.as_str().to_string());
-                if let Some(v) = service_facts.next_verdict(req.method().as_str(), &target) {
-                    req.extensions_mut().insert::<HeadVerdict>(v);
-                }
-            }
-            let connections = service_connections.clone();
-            let memory = service_memory.load(Ordering::Relaxed);
-            async move {
-                // Over --max-requests in flight, or over the memory
-                // watermark: 503 with Retry-After.
-                let permit = requests.try_acquire();
-                let (Ok(_permit), false) = (permit, memory >= 2) else {
-                    return Ok::<_, Infallible>(proxy.overloaded(&req));
-                };
-                // Above 80 % of either limit, HTTP/1.1 connections are not
-                // kept alive: clients spread over other data planes (or
-                // reconnect later) before requests have to be refused.
-                let pressure = requests.available_permits() < max_requests / 5
-                    || connections.available_permits() < max_connections / 5
-                    || memory >= 1;
-                let http1 = req.version() <= http::Version::HTTP_11;
-                let mut resp = proxy.handle(req, client).await;
-                if pressure && http1 {
-                    proxy.keepalive_shed();
-                    resp.headers_mut().insert(
-                        http::header::CONNECTION,
-                        http::HeaderValue::from_static("close"),
-                    );
-                }
-                Ok::<_, Infallible>(resp)
-            }
-        });
-        let timeout_proxy = proxy.clone();
-        let stream =
-            Scan::new(stream, &limits, facts).on_timeout(move || timeout_proxy.header_timed_out());
-        let stream = WriteStall::new(stream, send_timeout);
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let watcher = graceful.watcher();
+        let Some(slot) = &tls else {
+            connections.serve(stream, client, permit, None, watcher);
+            continue;
+        };
+        let (slot, connections) = (slot.clone(), connections.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %client, "connection ended with an error");
+            let deadline = connections.limits.header_read_timeout;
+            match tokio::time::timeout(deadline, handshake(&slot, stream)).await {
+                Ok(Ok((stream, conn))) => {
+                    connections.serve(stream, client, permit, Some(Arc::new(conn)), watcher);
+                }
+                Ok(Err(e)) => {
+                    connections.proxy.tls_handshake_failed();
+                    tracing::debug!(%client, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    connections.proxy.tls_handshake_failed();
+                    tracing::debug!(%client, "TLS handshake timed out");
+                }
             }
-            drop(permit);
         });
     }
     drop(listener);
@@ -320,11 +452,7 @@ async fn serve_proxy(
 
 /// Reads the process's resident memory every 200 ms and sets `level`: 2
 /// above `limit`, 1 above 80 % of it, 0 below.
-async fn watch_memory(
-    limit: u64,
-    level: Arc<std::sync::atomic::AtomicU8>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn watch_memory(limit: u64, level: Arc<AtomicU8>, mut stop: watch::Receiver<bool>) {
     let page = 4096u64;
     loop {
         let rss = std::fs::read_to_string("/proc/self/statm")

@@ -133,6 +133,7 @@ async fn bad_snapshots_are_nacked_and_the_previous_one_keeps_serving() {
     let http = free_addr().await;
     let opts = Options {
         http_listen: http,
+        https_listen: None,
         ops_listen: "127.0.0.1:0".parse().unwrap(),
         cache_dir: cache.path().to_path_buf(),
         sync: SyncOptions {

@@ -259,6 +259,8 @@ pub struct DataPlane {
     pub proc: Proc,
     pub id: String,
     pub http: SocketAddr,
+    /// The HTTPS listener, when started with `--https-listen`.
+    pub https: Option<SocketAddr>,
     pub ops: SocketAddr,
     pub cache_dir: PathBuf,
 }
@@ -292,11 +294,16 @@ impl DataPlane {
             .env_remove("NIO_JOIN_TOKEN");
         let mut proc = Proc::spawn(&format!("data plane {id}"), cmd)?;
         let http = proc.addr_from_log("proxy listening").await?;
+        let https = match extra.contains(&"--https-listen") {
+            true => Some(proc.addr_from_log("https listening").await?),
+            false => None,
+        };
         let ops = proc.addr_from_log("ops listening").await?;
         Ok(DataPlane {
             proc,
             id: id.to_string(),
             http,
+            https,
             ops,
             cache_dir: cache_dir.to_path_buf(),
         })

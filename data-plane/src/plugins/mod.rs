@@ -116,10 +116,13 @@ pub enum Reason {
     MethodNotAllowed,
     CorsOrigin,
     BodyTooLarge,
+    /// A route with `clientAuth` and no client certificate verified by its
+    /// CA (not a plugin: checked by the proxy after routing).
+    ClientCertificate,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::ApiKeyMissing,
         Reason::ApiKeyInvalid,
         Reason::ApiKeyForbidden,
@@ -133,6 +136,7 @@ impl Reason {
         Reason::MethodNotAllowed,
         Reason::CorsOrigin,
         Reason::BodyTooLarge,
+        Reason::ClientCertificate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -150,6 +154,7 @@ impl Reason {
             Reason::MethodNotAllowed => "method-not-allowed",
             Reason::CorsOrigin => "cors-origin-denied",
             Reason::BodyTooLarge => "body-too-large",
+            Reason::ClientCertificate => "client-certificate-required",
         }
     }
 
@@ -165,6 +170,9 @@ pub struct Ctx<'a> {
     /// The request headers; plugins may change them (they go upstream).
     pub headers: &'a mut HeaderMap,
     pub client_ip: IpAddr,
+    /// The TLS connection the request came on (`None`: plain HTTP), with
+    /// the verified client certificate if there is one.
+    pub tls: Option<&'a crate::tls::TlsConn>,
     pub route: &'a crate::route::CompiledRoute,
     pub runtime: &'a Arc<Runtime>,
     pub state: &'a mut State,

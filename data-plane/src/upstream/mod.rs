@@ -14,10 +14,12 @@ pub mod balance;
 pub mod health;
 
 use crate::body::UpBody;
+use crate::tls::BackendTlsSources;
 use balance::{Balancer, Targets};
 use health::{now_ms, Condition, Outcome, TargetState};
 use http::uri::{Authority, Scheme, Uri};
 use http::{HeaderValue, Method, Request, Version};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -29,6 +31,8 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct Target {
     pub url: String,
+    /// `https` for TLS targets.
+    pub scheme: Scheme,
     pub authority: Authority,
     /// The Host header sent to this target (its host and port).
     pub host_header: HeaderValue,
@@ -36,12 +40,14 @@ pub struct Target {
     pub state: TargetState,
 }
 
-pub type UpstreamClient = Client<HttpConnector, UpBody>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpBody>;
 
 #[derive(Debug)]
 pub struct BackendPool {
     pub name: String,
     pub spec: BackendSpec,
+    /// The Certificates its TLS was built from.
+    pub tls_sources: BackendTlsSources,
     pub targets: Vec<Target>,
     primaries: Balancer,
     backups: Balancer,
@@ -59,7 +65,11 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 impl BackendPool {
     /// Builds the pool and, when the spec asks for it, starts its health
     /// checks (they stop when the pool is dropped).
-    pub fn new(name: &str, spec: &BackendSpec) -> Result<Arc<BackendPool>, String> {
+    pub fn new(
+        name: &str,
+        spec: &BackendSpec,
+        tls_sources: BackendTlsSources,
+    ) -> Result<Arc<BackendPool>, String> {
         let mut targets = Vec::with_capacity(spec.targets.len());
         for (i, t) in spec.targets.iter().enumerate() {
             let bad = |e: String| format!("spec.targets[{i}].url: {e}");
@@ -68,6 +78,11 @@ impl BackendPool {
             let host_header =
                 HeaderValue::from_str(&addr.authority).map_err(|e| bad(format!("{e}")))?;
             targets.push(Target {
+                scheme: if addr.tls {
+                    Scheme::HTTPS
+                } else {
+                    Scheme::HTTP
+                },
                 url: t.url.clone(),
                 authority,
                 host_header,
@@ -88,24 +103,47 @@ impl BackendPool {
                 .collect();
             Balancer::new(spec.load_balancing.policy, &members)
         };
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(spec.timeouts.connect));
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(spec.timeouts.connect));
+        http.enforce_http(false);
+        let tls = crate::tls::client_config(&spec.tls, &tls_sources)?;
+        if spec.tls.dangerously_skip_verify {
+            tracing::warn!(backend = %name, "dangerouslySkipVerify: certificates of this Backend's https:// targets are NOT verified; use only for development");
+        }
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let connector = match &spec.tls.server_name {
+            Some(n) => {
+                let n = rustls_pki_types::ServerName::try_from(n.clone())
+                    .map_err(|e| format!("spec.tls.serverName: {e}"))?;
+                connector.with_server_name_resolver(FixedServerNameResolver::new(n))
+            }
+            None => connector,
+        };
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(POOL_IDLE)
             .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(1024);
-        let version = match spec.protocol {
-            Protocol::Http1 => Version::HTTP_11,
+        let (version, connector) = match spec.protocol {
+            Protocol::Http1 => (
+                Version::HTTP_11,
+                connector.enable_http1().wrap_connector(http),
+            ),
             Protocol::Http2 => {
                 builder.http2_only(true).timer(TokioTimer::new());
-                Version::HTTP_2
+                (
+                    Version::HTTP_2,
+                    connector.enable_http2().wrap_connector(http),
+                )
             }
         };
         let pool = Arc::new(BackendPool {
             name: name.to_string(),
             spec: spec.clone(),
+            tls_sources,
             primaries: tier(false),
             backups: tier(true),
             targets,
@@ -305,7 +343,7 @@ async fn probe_loop(pool: Weak<BackendPool>, index: usize, hc: HealthCheck) {
 async fn probe(pool: &BackendPool, index: usize, hc: &HealthCheck) -> bool {
     let target = &pool.targets[index];
     let uri = Uri::builder()
-        .scheme(Scheme::HTTP)
+        .scheme(target.scheme.clone())
         .authority(target.authority.clone())
         .path_and_query(hc.path.as_str())
         .build();
@@ -347,6 +385,7 @@ mod tests {
                 ],
                 "circuitBreaker": {"consecutiveFailures": 1, "openFor": "1h"}
             })),
+            BackendTlsSources::default(),
         )
         .unwrap();
         assert!((0..10).all(|_| pool.pick(0, &[]) == Some(0)));

@@ -28,6 +28,34 @@ pub struct BackendSpec {
     /// Passive ejection of targets that answer with 5xx. Absent: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// How `https://` targets are verified, and the client certificate
+    /// presented to them.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub tls: BackendTls,
+}
+
+/// TLS toward `https://` targets. By default a target's certificate is
+/// verified against the system's trusted roots for the target's host name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendTls {
+    /// A Certificate resource holding the CA (or CAs) to trust instead of
+    /// the system roots, for backends with a private PKI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// A Certificate resource with a private key, presented to targets that
+    /// ask for a client certificate (backend mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    /// Name sent in SNI and checked against the target's certificate,
+    /// instead of the target URL's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Development only: accept any certificate from the targets (no
+    /// verification at all — anyone on the path can read and change the
+    /// traffic). Every data plane logs a warning for each Backend with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dangerously_skip_verify: bool,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -536,6 +564,33 @@ impl BackendSpec {
                 );
             }
         }
+        let tls = &self.tls;
+        if tls != &BackendTls::default()
+            && !self
+                .targets
+                .iter()
+                .any(|t| parse_target_url(&t.url).is_ok_and(|a| a.tls))
+        {
+            err(
+                "spec.tls".into(),
+                "only used for https:// targets; make the targets https:// or remove tls".into(),
+            );
+        }
+        if tls.dangerously_skip_verify && tls.ca.is_some() {
+            err(
+                "spec.tls.dangerouslySkipVerify".into(),
+                "a CA is given but would not be used; remove one of ca and dangerouslySkipVerify"
+                    .into(),
+            );
+        }
+        if let Some(name) = &tls.server_name {
+            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+                err(
+                    "spec.tls.serverName".into(),
+                    format!("\"{name}\" is not a DNS name or IP address"),
+                );
+            }
+        }
     }
 }
 
@@ -546,19 +601,21 @@ const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 pub struct TargetAddr {
     /// Host as written (IPv6 without brackets).
     pub host: String,
+    /// `https://`: TLS to this target.
+    pub tls: bool,
     pub port: u16,
     /// `host:port` as it goes in a URI authority or a Host header.
     pub authority: String,
 }
 
-/// Parses `http://host[:port][/]`. Only plain HTTP targets are supported in
-/// this version; TLS toward backends is a later feature.
+/// Parses `http://host[:port][/]` or `https://host[:port][/]`.
 pub fn parse_target_url(url: &str) -> Result<TargetAddr, String> {
-    let rest = match url.split_once("://") {
-        Some(("http", rest)) => rest,
+    let (tls, rest) = match url.split_once("://") {
+        Some(("http", rest)) => (false, rest),
+        Some(("https", rest)) => (true, rest),
         Some((scheme, _)) => {
             return Err(format!(
-                "\"{url}\": scheme \"{scheme}\" is not supported; use http://host:port"
+                "\"{url}\": scheme \"{scheme}\" is not supported; use http://host:port or https://host:port"
             ))
         }
         None => return Err(format!("\"{url}\" is not a URL; use http://host:port")),
@@ -601,6 +658,7 @@ pub fn parse_target_url(url: &str) -> Result<TargetAddr, String> {
         ));
     }
     let port = match port {
+        None if tls => 443,
         None => 80,
         Some(p) => p
             .parse::<u16>()
@@ -615,6 +673,7 @@ pub fn parse_target_url(url: &str) -> Result<TargetAddr, String> {
     };
     Ok(TargetAddr {
         host: host.to_string(),
+        tls,
         port,
         authority,
     })
@@ -629,6 +688,8 @@ mod tests {
         let a = parse_target_url("http://10.0.0.12:8080").unwrap();
         assert_eq!((a.host.as_str(), a.port), ("10.0.0.12", 8080));
         assert_eq!(parse_target_url("http://svc/").unwrap().authority, "svc:80");
+        let tls = parse_target_url("https://api.example.com").unwrap();
+        assert_eq!((tls.tls, tls.authority.as_str()), (true, "api.example.com:443"));
         assert_eq!(
             parse_target_url("http://[::1]:9").unwrap().authority,
             "[::1]:9"
@@ -636,7 +697,7 @@ mod tests {
         for bad in [
             "10.0.0.1:80",
             "ftp://x",
-            "https://x",
+            "https://x/path",
             "http://",
             "http://x:0",
             "http://x:99999",

@@ -24,6 +24,11 @@ pub struct CertificateSpec {
     /// PEM (PKCS#8, PKCS#1 or SEC1). Absent for trust material (a CA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_key: Option<String>,
+    /// Served to TLS clients whose SNI matches no certificate's names (or
+    /// who send none). At most one certificate should say so; if several
+    /// do, the first by name is used.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default: bool,
 }
 
 impl std::fmt::Debug for CertificateSpec {
@@ -38,6 +43,7 @@ impl std::fmt::Debug for CertificateSpec {
                 "private_key",
                 &self.private_key.as_ref().map(|_| "<redacted>"),
             )
+            .field("default", &self.default)
             .finish()
     }
 }
@@ -136,6 +142,12 @@ impl CertificateSpec {
         if let Err(m) = self.info() {
             errors.push(FieldError::new("spec.certificate", m));
         }
+        if self.default && self.private_key.is_none() {
+            errors.push(FieldError::new(
+                "spec.default",
+                "a default certificate is served, so it needs its privateKey",
+            ));
+        }
         match self.key() {
             None => {}
             Some(Err(m)) => errors.push(FieldError::new("spec.privateKey", m)),
@@ -230,6 +242,7 @@ mod tests {
         let spec = CertificateSpec {
             certificate: cert,
             private_key: Some(key.clone()),
+            default: false,
         };
         assert_eq!(errors(&spec), "");
         let info = spec.info().unwrap();
@@ -246,6 +259,7 @@ mod tests {
         let expired = CertificateSpec {
             certificate: old,
             private_key: Some(old_key),
+            default: false,
         };
         assert_eq!(
             errors(&expired),
@@ -262,11 +276,13 @@ mod tests {
         let mismatched = CertificateSpec {
             certificate: cert.clone(),
             private_key: Some(other_key),
+            default: false,
         };
         assert!(errors(&mismatched).contains("spec.privateKey: this private key does not belong"));
         let garbage = CertificateSpec {
             certificate: "hello".into(),
             private_key: None,
+            default: false,
         };
         assert!(errors(&garbage).contains("spec.certificate: no certificate found"));
         let bad_key = CertificateSpec {
@@ -274,6 +290,7 @@ mod tests {
             private_key: Some(
                 "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into(),
             ),
+            default: false,
         };
         assert!(errors(&bad_key).contains("spec.privateKey"));
     }

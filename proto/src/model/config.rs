@@ -152,7 +152,18 @@ impl Config {
                     )
                 })
                 .collect(),
-            Kind::Route | Kind::ApiKey | Kind::GlobalConfig | Kind::Certificate => Vec::new(),
+            Kind::Certificate => self
+                .iter()
+                .filter(|r| certificates_of(r).iter().any(|(_, c)| *c == name))
+                .map(|r| {
+                    format!(
+                        "{} \"{}\"",
+                        r.kind().as_str().to_ascii_lowercase(),
+                        r.name()
+                    )
+                })
+                .collect(),
+            Kind::Route | Kind::ApiKey | Kind::GlobalConfig => Vec::new(),
         }
     }
 
@@ -168,6 +179,25 @@ impl Config {
                         r.spec.backend
                     ),
                 ));
+            }
+        }
+        for (field, name) in certificates_of(resource) {
+            match self.get(Kind::Certificate, name) {
+                None => errors.push(FieldError::new(
+                    field,
+                    format!(
+                        "Certificate \"{name}\" does not exist; create it first or fix the name"
+                    ),
+                )),
+                Some(AnyResource::Certificate(c))
+                    if field == "spec.tls.clientCertificate" && c.spec.private_key.is_none() =>
+                {
+                    errors.push(FieldError::new(
+                        field,
+                        format!("Certificate \"{name}\" has no privateKey, so it cannot be presented to targets"),
+                    ));
+                }
+                Some(_) => {}
             }
         }
         if let Some(plugins) = plugins_of(resource) {
@@ -249,6 +279,22 @@ impl FromIterator<AnyResource> for Config {
         }
         c
     }
+}
+
+/// The Certificate resources a resource refers to, with the field naming
+/// each.
+fn certificates_of(resource: &AnyResource) -> Vec<(&'static str, &str)> {
+    let refs = match resource {
+        AnyResource::Route(r) => vec![("spec.tls.clientCa", &r.spec.tls.client_ca)],
+        AnyResource::Backend(b) => vec![
+            ("spec.tls.ca", &b.spec.tls.ca),
+            ("spec.tls.clientCertificate", &b.spec.tls.client_certificate),
+        ],
+        _ => Vec::new(),
+    };
+    refs.into_iter()
+        .filter_map(|(field, name)| Some((field, name.as_deref()?)))
+        .collect()
 }
 
 #[cfg(test)]

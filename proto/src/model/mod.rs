@@ -20,7 +20,7 @@ mod route;
 
 pub use apikey::{credential_hash, hmac_finish, hmac_states, parse_time, ApiKeySpec, Credential};
 pub use backend::{
-    parse_target_url, BackendSpec, CircuitBreaker, HashOn, HealthCheck, LoadBalancing,
+    parse_target_url, BackendSpec, BackendTls, CircuitBreaker, HashOn, HealthCheck, LoadBalancing,
     OutlierDetection, Policy, Protocol, Retries, StatusRange, TargetAddr, TargetSpec, Timeouts,
 };
 pub use certificate::{CertificateInfo, CertificateSpec};
@@ -36,8 +36,8 @@ pub use plugins::{
     PluginConfig, PluginSpec, PublicPaths, Redirect, StaticResponse,
 };
 pub use route::{
-    compile_regex, is_header_name, FrontendSpec, HeaderRules, LabelSelector, Matcher, PathPattern,
-    RouteSpec, Segment,
+    compile_regex, is_header_name, ClientAuth, FrontendSpec, HeaderRules, LabelSelector, Matcher,
+    PathPattern, RouteSpec, RouteTls, Segment,
 };
 
 use serde::{Deserialize, Serialize};

@@ -34,6 +34,76 @@ pub struct RouteSpec {
     /// Which data planes receive this route (by their labels). Absent: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_plane_selector: Option<LabelSelector>,
+    /// HTTPS-only serving and client certificates (mTLS).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub tls: RouteTls,
+}
+
+/// What a route asks of TLS on the data plane's HTTPS listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteTls {
+    /// Answer requests that arrive over plain HTTP with a redirect to the
+    /// same URL over HTTPS (301 for GET and HEAD, 308 otherwise).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redirect_http: bool,
+    /// Client certificates: `none` (default), `optional` (asked for; a
+    /// client without one is served, one with a bad one is not), or
+    /// `required` (no verified certificate: 403 `client_certificate_required`,
+    /// and plain HTTP is refused the same way).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub client_auth: ClientAuth,
+    /// A Certificate resource holding the CA that client certificates must
+    /// chain to. Required with `optional` or `required`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<String>,
+    /// Send the verified client certificate's subject to the backend in
+    /// this header (any value the client sent in it is removed first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_subject_header: Option<String>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+impl RouteTls {
+    fn validate(&self, errors: &mut Vec<FieldError>) {
+        match (self.client_auth, &self.client_ca) {
+            (ClientAuth::None, Some(_)) => errors.push(FieldError::new(
+                "spec.tls.clientCa",
+                "a client CA is only used with clientAuth: optional or required",
+            )),
+            (ClientAuth::Optional | ClientAuth::Required, None) => errors.push(FieldError::new(
+                "spec.tls.clientCa",
+                "name the Certificate resource holding the CA that client certificates chain to",
+            )),
+            _ => {}
+        }
+        if let Some(h) = &self.client_subject_header {
+            if !is_header_name(h) {
+                errors.push(FieldError::new(
+                    "spec.tls.clientSubjectHeader",
+                    bad_header_name(h),
+                ));
+            }
+            if self.client_auth == ClientAuth::None {
+                errors.push(FieldError::new(
+                    "spec.tls.clientSubjectHeader",
+                    "there is no client certificate with clientAuth: none",
+                ));
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum ClientAuth {
+    #[default]
+    None,
+    Optional,
+    Required,
 }
 
 fn yes() -> bool {
@@ -230,6 +300,7 @@ impl Matcher {
 
 impl RouteSpec {
     pub(super) fn validate(&self, errors: &mut Vec<FieldError>) {
+        self.tls.validate(errors);
         let f = &self.frontend;
         for (i, host) in f.hosts.iter().enumerate() {
             if let Err(msg) = validate_host_pattern(host) {
