@@ -41,6 +41,8 @@ pub struct DataPlaneRecord {
     pub applied_hash: String,
     pub last_nack: Option<Nack>,
     pub last_error: Option<String>,
+    /// When the client certificate of its stream expires (with TLS).
+    pub certificate_expires: Option<String>,
     #[serde(skip)]
     session: u64,
 }
@@ -62,6 +64,7 @@ pub struct Hello {
     pub address: String,
     pub held_revision: u64,
     pub held_hash: String,
+    pub certificate_expires: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -114,6 +117,7 @@ impl Fleet {
                     applied_hash: hello.held_hash.clone(),
                     last_nack: None,
                     last_error: None,
+                    certificate_expires: hello.certificate_expires.clone(),
                     session,
                 },
             );

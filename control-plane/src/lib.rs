@@ -12,6 +12,8 @@
 //! - [`transfer`]: whole-configuration export and import (one transaction).
 //! - [`otoroshi`]: converts an Otoroshi export into Nio resources, with a report.
 //! - [`tokens`]: admin and join tokens (created on first start, never logged).
+//! - [`pki`]: the CA for the gRPC listener and data-plane client
+//!   certificates (enrollment, renewal, revocation).
 //! - [`server`]: wires them together: [`server::run`] serves until shutdown.
 //!
 //! The binaries in `src/bin` only parse flags and call into this library.
@@ -20,6 +22,7 @@ pub mod admin;
 pub mod apikeys;
 pub mod fleet;
 pub mod otoroshi;
+pub mod pki;
 pub mod publisher;
 pub mod server;
 pub mod store;

@@ -4,19 +4,23 @@
 
 use crate::admin::{self, AdminState};
 use crate::fleet::Fleet;
+use crate::pki::{Pki, PkiError, PkiOptions};
 use crate::publisher::{PublishOptions, Publisher};
 use crate::store::{Store, StoreError};
-use crate::sync::{AdmissionOptions, SyncService, SyncStats};
+use crate::sync::{AdmissionOptions, EnrollmentService, SyncService, SyncStats};
 use crate::tokens::{Token, TokenError};
 use nio_proto::v1::config_sync_server::ConfigSyncServer;
+use nio_proto::v1::enrollment_server::EnrollmentServer;
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
 use tonic::codec::CompressionEncoding;
+use tonic::transport::{Identity, ServerTlsConfig};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -29,6 +33,12 @@ pub struct Options {
     pub join_token: Option<String>,
     pub publish: PublishOptions,
     pub admission: AdmissionOptions,
+    /// TLS on the gRPC listener with the control plane's CA (data planes
+    /// enroll, then use mutual TLS); `None`: plaintext, join token on every
+    /// stream (`--grpc-plaintext`, for local development).
+    pub grpc_tls: Option<PkiOptions>,
+    /// Certificate and key files for the admin API; `None`: plain HTTP.
+    pub admin_tls: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +56,8 @@ pub enum ServerError {
     Flush(StoreError),
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error("TLS: {0}")]
+    Pki(#[from] PkiError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -100,6 +112,13 @@ pub async fn run(
         "store opened"
     );
 
+    let pki = match &opts.grpc_tls {
+        Some(pki_opts) => Some(Arc::new(Pki::load_or_create(&opts.data_dir, pki_opts)?)),
+        None => {
+            tracing::warn!("gRPC without TLS (--grpc-plaintext): join tokens and configuration, keys included, cross the network in clear; for local development only");
+            None
+        }
+    };
     let fleet = Arc::new(Fleet::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -122,28 +141,63 @@ pub async fn run(
         fleet: fleet.clone(),
         stats: stats.clone(),
         admin_token,
+        pki: pki.clone(),
     });
-    let admin = tokio::spawn(
-        axum::serve(
-            admin_listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stopped())
-        .into_future(),
-    );
+    let admin = match &opts.admin_tls {
+        None => tokio::spawn(
+            axum::serve(admin_listener, app.into_make_service())
+                .with_graceful_shutdown(stopped())
+                .into_future(),
+        ),
+        Some((cert, key)) => {
+            let config = admin_tls_config(cert, key)?;
+            tracing::info!("admin API serves TLS");
+            tokio::spawn(
+                axum::serve(
+                    TlsListener::new(admin_listener, config),
+                    app.into_make_service(),
+                )
+                .with_graceful_shutdown(stopped())
+                .into_future(),
+            )
+        }
+    };
 
+    let enrollment = pki
+        .clone()
+        .map(|pki| EnrollmentServer::new(EnrollmentService::new(pki, join_token.clone())));
     let sync = SyncService::new(
         publisher,
         fleet,
         join_token,
+        pki.clone(),
         stats,
         opts.admission,
         stopped.clone(),
     );
+    let mut grpc_server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if let Some(pki) = &pki {
+        // Client certificates are optional at the TLS layer (a data plane
+        // enrolls before it has one); ConfigSync.Sync requires one.
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(
+                &pki.server_cert_pem,
+                &pki.server_key_pem,
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&pki.ca_pem))
+            .client_auth_optional(true);
+        grpc_server = grpc_server
+            .tls_config(tls)
+            .map_err(|e| ServerError::Serve {
+                what: "gRPC",
+                reason: format!("TLS: {e}"),
+            })?;
+    }
     let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        grpc_server
+            .add_optional_service(enrollment)
             .add_service(
                 // Full snapshots carry their own gzip, compressed once per
                 // group; deltas are small. Per-message gzip would cost a
@@ -195,4 +249,93 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 
 fn local(l: &TcpListener) -> String {
     l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+}
+
+fn admin_tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &Path, reason: String| ServerError::Serve {
+        what: "admin API",
+        reason: format!("{}: {reason}", what.display()),
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad(cert, format!("not a PEM certificate chain: {e}")))?;
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| bad(key, format!("not a PEM private key: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key_der))
+    .map_err(|e| bad(cert, e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The admin listener with TLS: each handshake runs in its own task (a
+/// slow client cannot hold up the others, and gets 10 s), and finished
+/// connections are handed to axum.
+struct TlsListener {
+    ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> TlsListener {
+        let local = tcp
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        let accepting = tokio::spawn(async move {
+            loop {
+                let Ok((stream, peer)) = tcp.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "admin TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        TlsListener {
+            ready,
+            local,
+            accepting,
+        }
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
 }

@@ -17,12 +17,15 @@
 //! revision is never sent again; the next one goes out as a full snapshot.
 
 use crate::fleet::{Fleet, Hello};
+use crate::pki::{Identity, Pki};
 use crate::publisher::{GroupUpdate, Labels, Publisher};
 use crate::tokens::{bearer, Token};
 use nio_proto::snapshot::ResourceSet;
 use nio_proto::v1::config_sync_server::ConfigSync;
+use nio_proto::v1::enrollment_server::Enrollment;
 use nio_proto::v1::{self, control_plane_message, data_plane_message};
 use nio_proto::v1::{ControlPlaneMessage, DataPlaneMessage};
+use nio_proto::v1::{EnrollRequest, EnrollResponse};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,6 +74,9 @@ pub struct SyncService {
     publisher: Arc<Publisher>,
     fleet: Arc<Fleet>,
     join_token: Token,
+    /// With TLS: streams authenticate with client certificates from this
+    /// CA. `None` (`--grpc-plaintext`): with the join token.
+    pki: Option<Arc<Pki>>,
     stats: Arc<SyncStats>,
     admission: Mutex<TokenBucket>,
     full_pushes: Arc<Semaphore>,
@@ -119,6 +125,7 @@ impl SyncService {
         publisher: Arc<Publisher>,
         fleet: Arc<Fleet>,
         join_token: Token,
+        pki: Option<Arc<Pki>>,
         stats: Arc<SyncStats>,
         admission: AdmissionOptions,
         shutdown: F,
@@ -131,6 +138,7 @@ impl SyncService {
             publisher,
             fleet,
             join_token,
+            pki,
             stats,
             admission: Mutex::new(TokenBucket {
                 tokens: admission.burst,
@@ -175,18 +183,24 @@ impl ConfigSync for SyncService {
         &self,
         request: Request<Streaming<DataPlaneMessage>>,
     ) -> Result<Response<OutStream>, Status> {
-        let presented = bearer(
-            request
-                .metadata()
-                .get("authorization")
-                .map(|v| v.as_bytes()),
-        );
-        if !presented.is_some_and(|t| self.join_token.matches(t)) {
-            tracing::warn!(peer = ?request.remote_addr(), "data plane refused: missing or wrong join token");
-            return Err(self.refuse(Status::unauthenticated(
-                "join token missing or wrong; start the data plane with --join-token-file or NIO_JOIN_TOKEN",
-            )));
-        }
+        let identity = match &self.pki {
+            Some(pki) => {
+                let identity = client_identity(pki, &request).map_err(|s| {
+                    tracing::warn!(peer = ?request.remote_addr(), reason = %s.message(), "data plane refused");
+                    self.refuse(s)
+                })?;
+                Some(identity)
+            }
+            None => {
+                if !has_join_token(&self.join_token, &request) {
+                    tracing::warn!(peer = ?request.remote_addr(), "data plane refused: missing or wrong join token");
+                    return Err(self.refuse(Status::unauthenticated(
+                        "join token missing or wrong; start the data plane with --join-token-file or NIO_JOIN_TOKEN",
+                    )));
+                }
+                None
+            }
+        };
         let admitted = self
             .admission
             .lock()
@@ -212,6 +226,13 @@ impl ConfigSync for SyncService {
             return Err(Status::invalid_argument("the first message must be Hello"));
         };
         validate_id(&h.id)?;
+        if let Some(identity) = identity.as_ref().filter(|i| i.id != h.id) {
+            tracing::warn!(certificate = %identity.id, hello = %h.id, "data plane refused: certificate for another id");
+            return Err(self.refuse(Status::permission_denied(format!(
+                "this certificate was issued to data plane \"{}\", not \"{}\"",
+                identity.id, h.id
+            ))));
+        }
         let held: Vec<((String, String), u64)> = h
             .held_resources
             .into_iter()
@@ -224,6 +245,7 @@ impl ConfigSync for SyncService {
             address,
             held_revision: h.held_revision,
             held_hash: h.held_hash,
+            certificate_expires: identity.as_ref().map(Identity::expires),
         };
         if !compatible(nio_proto::VERSION, &hello.version) {
             let reason = format!(
@@ -253,10 +275,88 @@ impl ConfigSync for SyncService {
             session,
             tx,
             holds: None,
+            revocation: self.pki.clone().zip(identity),
         };
         let updates = self.publisher.join(&labels);
         tokio::spawn(stream.run(inbound, updates, hello, held, (self.shutdown)()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn has_join_token<T>(token: &Token, request: &Request<T>) -> bool {
+    bearer(
+        request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes()),
+    )
+    .is_some_and(|t| token.matches(t))
+}
+
+/// The data plane a request's client certificate names. The TLS layer
+/// already checked that it chains to the CA and is current.
+fn client_identity<T>(pki: &Pki, request: &Request<T>) -> Result<Identity, Status> {
+    let certs = request.peer_certs();
+    let leaf = certs.as_ref().and_then(|c| c.first()).ok_or_else(|| {
+        Status::unauthenticated(
+            "no client certificate: a data plane enrolls with the join token first (Enrollment.Enroll), then connects with the certificate it received",
+        )
+    })?;
+    pki.identify(leaf).map_err(Status::permission_denied)
+}
+
+/// `Enrollment`: issues data-plane certificates (see [`crate::pki`]).
+pub struct EnrollmentService {
+    pki: Arc<Pki>,
+    join_token: Token,
+}
+
+impl EnrollmentService {
+    pub fn new(pki: Arc<Pki>, join_token: Token) -> EnrollmentService {
+        EnrollmentService { pki, join_token }
+    }
+}
+
+#[tonic::async_trait]
+impl Enrollment for EnrollmentService {
+    async fn enroll(
+        &self,
+        request: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        let peer = request.remote_addr();
+        // A renewal presents the current certificate; a first enrollment
+        // the join token.
+        let renewal = match client_identity(&self.pki, &request) {
+            Ok(identity) => Some(identity),
+            Err(s) if s.code() == tonic::Code::Unauthenticated => None,
+            Err(s) => {
+                tracing::warn!(?peer, reason = %s.message(), "enrollment refused");
+                return Err(s);
+            }
+        };
+        if renewal.is_none() && !has_join_token(&self.join_token, &request) {
+            tracing::warn!(?peer, "enrollment refused: missing or wrong join token");
+            return Err(Status::unauthenticated(
+                "join token missing or wrong; start the data plane with --join-token-file or NIO_JOIN_TOKEN",
+            ));
+        }
+        let req = request.into_inner();
+        validate_id(&req.id)?;
+        if let Some(identity) = renewal.as_ref().filter(|i| i.id != req.id) {
+            return Err(Status::permission_denied(format!(
+                "a certificate for \"{}\" cannot renew \"{}\"",
+                identity.id, req.id
+            )));
+        }
+        let (certificate_pem, identity) = self
+            .pki
+            .issue(&req.id, &req.csr_pem)
+            .map_err(Status::invalid_argument)?;
+        tracing::info!(id = %req.id, expires = %identity.expires(), renewal = renewal.is_some(), "issued a data-plane certificate");
+        Ok(Response::new(EnrollResponse {
+            certificate_pem,
+            ca_pem: self.pki.ca_pem.clone(),
+        }))
     }
 }
 
@@ -270,6 +370,8 @@ struct Stream {
     /// What the data plane holds once it applies what we sent (None: unknown,
     /// send a full snapshot next).
     holds: Option<(u64, Arc<ResourceSet>)>,
+    /// The stream's certificate: revoking it ends the stream.
+    revocation: Option<(Arc<Pki>, Identity)>,
 }
 
 /// Deltas above this share of the full set are sent as full snapshots.
@@ -307,8 +409,22 @@ impl Stream {
         if sent.is_err() {
             return self.fleet.disconnected(&self.id, self.session);
         }
+        let revocation = self.revocation.clone();
+        let revoked = async {
+            match &revocation {
+                Some((pki, identity)) => pki.revoked(identity).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(revoked);
         let reason = loop {
             tokio::select! {
+                () = &mut revoked => {
+                    let _ = self.tx.try_send(Err(Status::permission_denied(
+                        "this data plane's certificate was revoked; enroll it again with the join token",
+                    )));
+                    break "certificate revoked".to_string();
+                }
                 () = &mut shutdown => {
                     let _ = self.tx.try_send(Err(Status::unavailable(
                         "control plane shutting down; reconnect later",

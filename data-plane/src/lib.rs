@@ -4,6 +4,8 @@
 //! control plane.
 //!
 //! - [`sync`]: the stream to the control plane; applies snapshots, ACK/NACK.
+//! - [`identity`]: the data plane's client certificate (enrollment,
+//!   renewal) toward a TLS control plane.
 //! - [`runtime`]: compiles a snapshot into an immutable [`runtime::Runtime`]
 //!   and holds the current one in an `ArcSwap` slot.
 //! - [`router`]: host and path matching, most specific first.
@@ -33,6 +35,7 @@ pub mod access_log;
 pub mod body;
 pub mod cache;
 pub mod forwarded;
+pub mod identity;
 pub mod metrics;
 pub mod plugins;
 pub mod proxy;

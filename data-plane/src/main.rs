@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use nio_data_plane::access_log::Sink;
 use nio_data_plane::forwarded::TrustedProxies;
+use nio_data_plane::identity::Identity;
 use nio_data_plane::proxy::ProxyOptions;
 use nio_data_plane::server::{self, Options};
 use nio_data_plane::sync::SyncOptions;
@@ -25,14 +26,22 @@ struct Args {
     /// from the host name and a random suffix on first start.
     #[arg(long, env = "NIO_DP_ID")]
     id: Option<String>,
-    /// Control plane gRPC URL.
+    /// Control plane gRPC URL: https:// (mutual TLS with a certificate
+    /// from the control plane's CA) or http:// (a control plane started
+    /// with --grpc-plaintext).
     #[arg(
         long,
         env = "NIO_CONTROL_PLANE",
-        default_value = "http://127.0.0.1:9001"
+        default_value = "https://127.0.0.1:9001"
     )]
     control_plane: String,
-    /// File holding the join token (or set NIO_JOIN_TOKEN).
+    /// The CA of the control plane's gRPC certificate (PEM): the control
+    /// plane writes it to <data dir>/pki/ca.pem. Default: the system roots.
+    #[arg(long, env = "NIO_CONTROL_PLANE_CA")]
+    control_plane_ca: Option<PathBuf>,
+    /// File holding the join token (or set NIO_JOIN_TOKEN). Needed to
+    /// enroll; a data plane with a certificate in its cache dir
+    /// reconnects without it.
     #[arg(long, env = "NIO_JOIN_TOKEN_FILE")]
     join_token_file: Option<PathBuf>,
     /// Proxy listener.
@@ -125,14 +134,14 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args.log_format);
     let join_token = match (&args.join_token_file, std::env::var("NIO_JOIN_TOKEN")) {
-        (Some(f), _) => std::fs::read_to_string(f)
-            .with_context(|| format!("reading the join token file {}", f.display()))?
-            .trim()
-            .to_string(),
-        (None, Ok(t)) => t.trim().to_string(),
-        (None, Err(_)) => anyhow::bail!(
-            "no join token: pass --join-token-file (the control plane writes one to its data dir as join-token) or set NIO_JOIN_TOKEN"
+        (Some(f), _) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the join token file {}", f.display()))?
+                .trim()
+                .to_string(),
         ),
+        (None, Ok(t)) => Some(t.trim().to_string()),
+        (None, Err(_)) => None,
     };
     std::fs::create_dir_all(&args.cache_dir)
         .with_context(|| format!("creating the cache dir {}", args.cache_dir.display()))?;
@@ -140,14 +149,31 @@ fn main() -> anyhow::Result<()> {
         Some(id) => id,
         None => stable_id(&args.cache_dir)?,
     };
+    let tls = args.control_plane.starts_with("https://");
+    let enrolled = Identity::load(&args.cache_dir).is_some_and(|i| i.usable_for(&id));
+    if join_token.is_none() && !(tls && enrolled) {
+        anyhow::bail!(
+            "no join token: pass --join-token-file (the control plane writes one to its data dir as join-token) or set NIO_JOIN_TOKEN{}",
+            if tls { " (a data plane that enrolled before reconnects with the certificate in its cache dir, but there is none usable)" } else { "" }
+        );
+    }
+    let control_plane_ca = match &args.control_plane_ca {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the control plane CA {}", f.display()))?,
+        ),
+        None => None,
+    };
     let opts = Options {
         http_listen: args.http_listen,
         https_listen: args.https_listen,
         ops_listen: args.ops_listen,
-        cache_dir: args.cache_dir,
+        cache_dir: args.cache_dir.clone(),
         sync: SyncOptions {
             control_plane: args.control_plane,
             join_token,
+            control_plane_ca,
+            identity_dir: args.cache_dir.clone(),
             id,
             version: nio_proto::VERSION.to_string(),
             labels: parse_labels(&args.labels)?,

@@ -2,7 +2,9 @@
 //! control plane, apply each snapshot, answer ACK or NACK.
 //!
 //! ```text
-//! connect (join token) ─▶ Hello{id, version, labels, held revision/hash}
+//! connect (mutual TLS with the certificate from enrollment, see
+//!   [`crate::identity`]; or the join token to a plaintext control plane)
+//!   ─▶ Hello{id, version, labels, held revision/hash}
 //!   loop: Snapshot ─▶ decode + validate (nio-proto) ─▶ compile ─▶ swap ─▶ cache ─▶ Ack
 //!                     └─ any failure ─▶ Nack(reason), keep serving the previous runtime
 //! stream lost ─▶ jittered exponential backoff ─▶ reconnect (serving meanwhile)
@@ -11,6 +13,7 @@
 //! Applying is the only writer of the runtime slot; the proxy only reads it.
 
 use crate::cache::Cache;
+use crate::identity::{self, Identity};
 use crate::metrics::Metrics;
 use crate::runtime::{compile, Runtime, RuntimeSlot};
 use nio_proto::model::{Config, Kind};
@@ -27,12 +30,21 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
+    /// `https://` (TLS, client certificate from enrollment) or `http://`
+    /// (a control plane started with `--grpc-plaintext`).
     pub control_plane: String,
-    pub join_token: String,
+    /// Needed to enroll (first start, or after the certificate expired) and
+    /// on every stream to a plaintext control plane.
+    pub join_token: Option<String>,
+    /// The CA the control plane's certificate chains to (PEM); `None`: the
+    /// system roots.
+    pub control_plane_ca: Option<String>,
+    /// Where the data plane's certificate and key are kept.
+    pub identity_dir: std::path::PathBuf,
     pub id: String,
     /// Announced in `Hello`; the control plane refuses versions it cannot serve.
     pub version: String,
@@ -273,6 +285,11 @@ pub async fn run(opts: SyncOptions, applier: Arc<Applier>, mut leave: watch::Rec
             Ok(Ended::ByControlPlane) => {
                 tracing::info!("control plane closed the stream; reconnecting")
             }
+            Ok(Ended::Renewed) => {
+                applier.metrics.sync_connected.store(0, Ordering::Relaxed);
+                backoff = opts.backoff_min;
+                continue;
+            }
             Err(SessionError::Refused(msg)) => {
                 tracing::error!(reason = %msg, "control plane refused this data plane")
             }
@@ -306,6 +323,8 @@ async fn leaving(leave: &mut watch::Receiver<bool>) {
 enum Ended {
     ByControlPlane,
     Left,
+    /// A renewed certificate: reconnect at once to present it.
+    Renewed,
 }
 
 enum SessionError {
@@ -337,11 +356,51 @@ async fn session(
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| SessionError::Lost(format!("connect {}: {e}", opts.control_plane)))?;
-    let mut client = ConfigSyncClient::new(channel)
+    let connect = |endpoint: Endpoint| async move {
+        endpoint.connect().await.map_err(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text = format!("{text}: {s}");
+                source = s.source();
+            }
+            SessionError::Lost(format!("connect {}: {text}", opts.control_plane))
+        })
+    };
+    let tls = opts.control_plane.starts_with("https://");
+    let (channel, identity) = if tls {
+        let server_tls = match &opts.control_plane_ca {
+            Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        let with_tls = |t: ClientTlsConfig| {
+            endpoint
+                .clone()
+                .tls_config(t)
+                .map_err(|e| SessionError::Refused(format!("TLS to the control plane: {e}")))
+        };
+        let identity = match Identity::load(&opts.identity_dir).filter(|i| i.usable_for(&opts.id)) {
+            Some(identity) => identity,
+            None => {
+                let Some(token) = opts.join_token.as_deref() else {
+                    return Err(SessionError::Refused(format!(
+                        "no usable certificate in {} (none, expired, or for another id) and no join token to enroll with; start with --join-token-file or NIO_JOIN_TOKEN",
+                        opts.identity_dir.display()
+                    )));
+                };
+                let channel = connect(with_tls(server_tls.clone())?).await?;
+                identity::enroll(channel, &opts.id, Some(token), &opts.identity_dir).await?
+            }
+        };
+        let mutual = server_tls.identity(tonic::transport::Identity::from_pem(
+            &identity.cert_pem,
+            &identity.key_pem,
+        ));
+        (connect(with_tls(mutual)?).await?, Some(identity))
+    } else {
+        (connect(endpoint).await?, None)
+    };
+    let mut client = ConfigSyncClient::new(channel.clone())
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(usize::MAX);
 
@@ -360,9 +419,19 @@ async fn session(
     let _ = tx.try_send(send(data_plane_message::Msg::Hello(hello)));
 
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let auth = MetadataValue::try_from(format!("Bearer {}", opts.join_token))
-        .map_err(|_| SessionError::Refused("the join token contains invalid characters".into()))?;
-    request.metadata_mut().insert("authorization", auth);
+    // Without TLS the join token authenticates every stream; with TLS the
+    // certificate does, and the token never goes on the wire again.
+    if identity.is_none() {
+        let token = opts.join_token.as_deref().ok_or_else(|| {
+            SessionError::Refused(
+                "no join token: start with --join-token-file or NIO_JOIN_TOKEN".into(),
+            )
+        })?;
+        let auth = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+            SessionError::Refused("the join token contains invalid characters".into())
+        })?;
+        request.metadata_mut().insert("authorization", auth);
+    }
     let mut inbound = client.sync(request).await?.into_inner();
     tracing::info!(control_plane = %opts.control_plane, id = %opts.id, "connected to the control plane");
     applier.metrics.sync_connected.store(1, Ordering::Relaxed);
@@ -387,10 +456,24 @@ async fn session(
             }
         })
     };
+    // Renewal: at two thirds of the certificate's life, over this mutual-TLS
+    // channel; then a new stream presents the new certificate. A failed
+    // renewal is tried again a minute later.
+    let mut renew_at = identity.as_ref().map_or(Duration::MAX, Identity::renew_in);
     let result = async {
         loop {
             let msg = tokio::select! {
                 msg = inbound.message() => msg?,
+                () = tokio::time::sleep(renew_at) => {
+                    match identity::enroll(channel.clone(), &opts.id, None, &opts.identity_dir).await {
+                        Ok(_) => return Ok(Ended::Renewed),
+                        Err(e) => {
+                            tracing::warn!(error = %e.message(), "could not renew the data-plane certificate; trying again in a minute");
+                            renew_at = Duration::from_secs(60);
+                            continue;
+                        }
+                    }
+                }
                 () = leaving(leave) => {
                     let bye = send(data_plane_message::Msg::Goodbye(Goodbye {
                         reason: "shutting down".into(),

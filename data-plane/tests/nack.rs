@@ -138,7 +138,9 @@ async fn bad_snapshots_are_nacked_and_the_previous_one_keeps_serving() {
         cache_dir: cache.path().to_path_buf(),
         sync: SyncOptions {
             control_plane: format!("http://{cp_addr}"),
-            join_token: "test-token-0123456789".into(),
+            join_token: Some("test-token-0123456789".into()),
+            control_plane_ca: None,
+            identity_dir: cache.path().to_path_buf(),
             id: "dp-test".into(),
             version: nio_proto::VERSION.into(),
             labels: Default::default(),

@@ -187,12 +187,28 @@ pub struct ControlPlane {
     pub admin: SocketAddr,
     pub grpc: SocketAddr,
     pub token: String,
+    /// Extra flags it was started with (kept for restarts).
+    pub flags: Vec<String>,
 }
 
 impl ControlPlane {
-    /// Starts a control plane on `data_dir` (ports from `:0`).
+    /// Starts a control plane on `data_dir` (ports from `:0`), gRPC over
+    /// TLS with its own CA (the default).
     pub async fn start(data_dir: &Path) -> Result<ControlPlane> {
         Self::start_on(data_dir, "127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?).await
+    }
+
+    /// With `--grpc-plaintext`, for tests that speak the sync protocol
+    /// with simulated data planes.
+    pub async fn start_plaintext(data_dir: &Path) -> Result<ControlPlane> {
+        Self::start_with_flags(data_dir, &["--grpc-plaintext"]).await
+    }
+
+    /// With more flags.
+    pub async fn start_with_flags(data_dir: &Path, flags: &[&str]) -> Result<ControlPlane> {
+        let any = "127.0.0.1:0".parse()?;
+        let flags = flags.iter().map(|f| f.to_string()).collect();
+        Self::launch(data_dir, any, any, flags).await
     }
 
     /// Starts on given addresses, e.g. to come back where data planes look.
@@ -201,6 +217,15 @@ impl ControlPlane {
         admin: SocketAddr,
         grpc: SocketAddr,
     ) -> Result<ControlPlane> {
+        Self::launch(data_dir, admin, grpc, Vec::new()).await
+    }
+
+    async fn launch(
+        data_dir: &Path,
+        admin: SocketAddr,
+        grpc: SocketAddr,
+        flags: Vec<String>,
+    ) -> Result<ControlPlane> {
         let mut cmd = Command::new(bin("nio-control-plane"));
         cmd.arg("--data-dir")
             .arg(data_dir)
@@ -208,7 +233,8 @@ impl ControlPlane {
             .args(["--grpc-listen", &grpc.to_string()])
             .args(["--log-format", "json"])
             .env_remove("NIO_ADMIN_TOKEN")
-            .env_remove("NIO_JOIN_TOKEN");
+            .env_remove("NIO_JOIN_TOKEN")
+            .args(&flags);
         let mut proc = Proc::spawn("control plane", cmd)?;
         let admin = proc.addr_from_log("admin API listening").await?;
         let grpc = proc.addr_from_log("gRPC sync listening").await?;
@@ -221,18 +247,27 @@ impl ControlPlane {
             admin,
             grpc,
             token,
+            flags,
         })
     }
 
     /// Kills (SIGKILL) and starts again on the same data dir and ports.
     pub async fn restart(&mut self) -> Result<()> {
         self.proc.kill9();
-        *self = ControlPlane::start_on(&self.data_dir, self.admin, self.grpc).await?;
+        let flags = std::mem::take(&mut self.flags);
+        *self = ControlPlane::launch(&self.data_dir, self.admin, self.grpc, flags).await?;
         Ok(())
     }
 
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc)
+        let plaintext = self.flags.iter().any(|f| f == "--grpc-plaintext");
+        let scheme = if plaintext { "http" } else { "https" };
+        format!("{scheme}://{}", self.grpc)
+    }
+
+    /// The CA data planes verify the gRPC listener with.
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir.join("pki").join("ca.pem")
     }
 
     pub fn join_token_file(&self) -> PathBuf {
@@ -270,6 +305,7 @@ impl DataPlane {
         Self::start_with(&cp.grpc_url(), &cp.join_token_file(), id, cache_dir, &[]).await
     }
 
+    /// `join_token_file`: an empty path starts it without a join token.
     pub async fn start_with(
         control_plane: &str,
         join_token_file: &Path,
@@ -278,20 +314,30 @@ impl DataPlane {
         extra: &[&str],
     ) -> Result<DataPlane> {
         let mut cmd = Command::new(bin("nio-data-plane"));
-        cmd.args(["--id", id, "--control-plane", control_plane])
-            .arg("--join-token-file")
-            .arg(join_token_file)
-            .args([
-                "--http-listen",
-                "127.0.0.1:0",
-                "--ops-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--cache-dir")
-            .arg(cache_dir)
-            .args(["--log-format", "json"])
-            .args(extra)
-            .env_remove("NIO_JOIN_TOKEN");
+        cmd.args(["--id", id, "--control-plane", control_plane]);
+        if !join_token_file.as_os_str().is_empty() {
+            cmd.arg("--join-token-file").arg(join_token_file);
+        }
+        // The control plane's CA sits next to its join token (unless the
+        // test says where it is).
+        let ca = join_token_file.with_file_name("pki").join("ca.pem");
+        if control_plane.starts_with("https://")
+            && !extra.contains(&"--control-plane-ca")
+            && ca.exists()
+        {
+            cmd.arg("--control-plane-ca").arg(ca);
+        }
+        cmd.args([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--cache-dir")
+        .arg(cache_dir)
+        .args(["--log-format", "json"])
+        .args(extra)
+        .env_remove("NIO_JOIN_TOKEN");
         let mut proc = Proc::spawn(&format!("data plane {id}"), cmd)?;
         let http = proc.addr_from_log("proxy listening").await?;
         let https = match extra.contains(&"--https-listen") {

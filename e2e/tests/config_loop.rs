@@ -286,12 +286,13 @@ async fn wrong_join_token_is_refused() -> anyhow::Result<()> {
     let cp = ControlPlane::start(&dir.path().join("cp")).await?;
     let bad = dir.path().join("bad-token");
     std::fs::write(&bad, "0123456789abcdef-not-the-token")?;
+    let ca = cp.ca_file();
     let dp = DataPlane::start_with(
         &cp.grpc_url(),
         &bad,
         "intruder",
         &dir.path().join("dp"),
-        &[],
+        &["--control-plane-ca", ca.to_str().unwrap_or_default()],
     )
     .await?;
     wait_for("refusal logged", DEADLINE, || async {

@@ -186,7 +186,7 @@ async fn reconnect_after_100_writes_gets_a_delta() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn divergent_inventory_is_resynced() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let cp = ControlPlane::start(&dir.path().join("cp")).await?;
+    let cp = ControlPlane::start_plaintext(&dir.path().join("cp")).await?;
     let admin = cp.admin();
     admin
         .create(backend("app", &["http://127.0.0.1:9".into()]))
@@ -251,7 +251,7 @@ async fn divergent_inventory_is_resynced() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn incompatible_versions_are_refused_and_listed() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let cp = ControlPlane::start(&dir.path().join("cp")).await?;
+    let cp = ControlPlane::start_plaintext(&dir.path().join("cp")).await?;
     let token = cp.join_token()?;
     let opts = SimOptions {
         version: "9.0.0".into(),
@@ -281,7 +281,7 @@ async fn incompatible_versions_are_refused_and_listed() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_revision_is_not_resent() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let cp = ControlPlane::start(&dir.path().join("cp")).await?;
+    let cp = ControlPlane::start_plaintext(&dir.path().join("cp")).await?;
     let admin = cp.admin();
     admin
         .create(backend("app", &["http://127.0.0.1:9".into()]))

@@ -514,3 +514,48 @@ async fn invalid_certificate_uploads_say_what_is_wrong() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_api_over_tls() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca = Ca::new("Admin CA");
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+    let (cert_file, key_file) = (
+        dir.path().join("admin.pem"),
+        dir.path().join("admin-key.pem"),
+    );
+    std::fs::write(&cert_file, cert)?;
+    std::fs::write(&key_file, key)?;
+    let cp = nio_e2e::ControlPlane::start_with_flags(
+        &dir.path().join("cp"),
+        &[
+            "--admin-tls-cert",
+            cert_file.to_str().unwrap(),
+            "--admin-tls-key",
+            key_file.to_str().unwrap(),
+        ],
+    )
+    .await?;
+    let https = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes())?)
+        .build()?;
+    let resp = https
+        .get(format!(
+            "https://127.0.0.1:{}/api/v1/revision",
+            cp.admin.port()
+        ))
+        .bearer_auth(&cp.token)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200);
+    // Plain HTTP on the TLS port gets nowhere.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{}/healthz", cp.admin))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(plain.is_err() || plain.is_ok_and(|r| r.status() != 200));
+    Ok(())
+}

@@ -6,6 +6,7 @@
 //! GET                      /metrics                      (no auth, Prometheus)
 //! GET                      /api/v1/revision
 //! GET                      /api/v1/dataplanes
+//! POST                     /api/v1/dataplanes/{id}/revoke
 //! GET                      /api/v1/export                [?includeSecrets=true]
 //! POST                     /api/v1/import                [?dryRun=true&from=otoroshi&rewriteTargets=URL]
 //! GET, POST                /apis/nio.dev/v1/{plural}
@@ -42,12 +43,15 @@ pub struct AdminState {
     pub fleet: Arc<Fleet>,
     pub stats: Arc<crate::sync::SyncStats>,
     pub admin_token: Token,
+    /// The CA of data-plane certificates (`None` with `--grpc-plaintext`).
+    pub pki: Option<Arc<crate::pki::Pki>>,
 }
 
 pub fn router(state: AdminState) -> Router {
     let authed = Router::new()
         .route("/api/v1/revision", get(revision))
         .route("/api/v1/dataplanes", get(dataplanes))
+        .route("/api/v1/dataplanes/{id}/revoke", post(revoke))
         .route("/api/v1/export", get(transfer::export))
         .route("/api/v1/import", post(transfer::import))
         .route(
@@ -101,6 +105,25 @@ async fn revision(State(state): State<AdminState>) -> Json<serde_json::Value> {
 async fn dataplanes(State(state): State<AdminState>) -> Json<serde_json::Value> {
     let revision = state.store.current().revision;
     Json(json!({"revision": revision, "items": state.fleet.list()}))
+}
+
+/// Revokes the data plane's certificates: its open stream is closed, and
+/// it cannot connect again until it enrolls with the join token.
+async fn revoke(
+    State(state): State<AdminState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let pki = state.pki.as_ref().ok_or_else(|| {
+        ApiError::new(
+            http::StatusCode::CONFLICT,
+            "data planes have no certificates: the gRPC listener runs without TLS (--grpc-plaintext); change the join token to shut a data plane out",
+        )
+    })?;
+    let at = pki
+        .revoke(&id)
+        .map_err(|e| ApiError::new(http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    tracing::info!(%id, "data-plane certificates revoked");
+    Ok(Json(json!({"id": id, "revokedAt": at})))
 }
 
 fn load(c: &std::sync::atomic::AtomicU64) -> u64 {

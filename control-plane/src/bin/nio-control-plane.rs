@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use nio_control_plane::pki::PkiOptions;
 use nio_control_plane::server::{self, Options};
 use nio_control_plane::store::Store;
 use nio_control_plane::transfer;
@@ -35,6 +36,39 @@ struct Args {
     /// Log format: text or json (level from RUST_LOG, default info).
     #[arg(long, env = "NIO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Serve gRPC without TLS; data planes then present the join token on
+    /// every stream and receive configuration (keys included) in clear.
+    /// Local development only.
+    #[arg(long, env = "NIO_GRPC_PLAINTEXT")]
+    grpc_plaintext: bool,
+    /// Names data planes reach the gRPC listener by (DNS names or IPs,
+    /// comma-separated), put in the certificate the control plane issues
+    /// itself at each start. Default: localhost, 127.0.0.1, ::1, the
+    /// listen address and the host name.
+    #[arg(long, env = "NIO_GRPC_TLS_NAMES", value_delimiter = ',')]
+    grpc_tls_names: Vec<String>,
+    /// The gRPC listener's certificate (PEM chain) instead of one issued by
+    /// the control plane's CA; with --grpc-tls-key.
+    #[arg(long, env = "NIO_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    grpc_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "NIO_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    grpc_tls_key: Option<PathBuf>,
+    /// A CA (certificate and key, PEM) to issue data-plane certificates
+    /// with, instead of the one created in <data dir>/pki on first start.
+    #[arg(long, env = "NIO_CA_CERT", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    #[arg(long, env = "NIO_CA_KEY", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// Lifetime of a data-plane certificate; data planes renew at two
+    /// thirds of it.
+    #[arg(long, env = "NIO_DATAPLANE_CERT_VALIDITY", default_value = "30d", value_parser = humantime::parse_duration)]
+    dataplane_cert_validity: std::time::Duration,
+    /// Serve the admin API over TLS with this certificate (PEM chain);
+    /// with --admin-tls-key.
+    #[arg(long, env = "NIO_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    admin_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "NIO_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    admin_tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -79,6 +113,17 @@ fn main() -> anyhow::Result<()> {
         join_token: std::env::var("NIO_JOIN_TOKEN").ok(),
         publish: Default::default(),
         admission: Default::default(),
+        grpc_tls: (!args.grpc_plaintext).then(|| PkiOptions {
+            ca: args.ca_cert.zip(args.ca_key),
+            server: args.grpc_tls_cert.zip(args.grpc_tls_key),
+            server_names: if args.grpc_tls_names.is_empty() {
+                default_names(args.grpc_listen)
+            } else {
+                args.grpc_tls_names
+            },
+            validity: args.dataplane_cert_validity,
+        }),
+        admin_tls: args.admin_tls_cert.zip(args.admin_tls_key),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -90,6 +135,21 @@ fn main() -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Names the gRPC listener is reached by on this machine.
+fn default_names(listen: SocketAddr) -> Vec<String> {
+    let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+    if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
+        names.push(listen.ip().to_string());
+    }
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let host = host.trim();
+        if !host.is_empty() && !names.iter().any(|n| n == host) {
+            names.push(host.to_string());
+        }
+    }
+    names
 }
 
 fn backup(data_dir: &Path, to: &Path, admin_url: Option<&str>) -> anyhow::Result<()> {

@@ -214,7 +214,9 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
     let app = TestBackend::start("bench").await?;
-    let mut cp = ControlPlane::start(&dir.path().join("cp")).await?;
+    // Plaintext gRPC: the simulated data planes speak the sync protocol
+    // with the join token; TLS handshakes are not part of these figures.
+    let mut cp = ControlPlane::start_plaintext(&dir.path().join("cp")).await?;
     let admin = cp.admin();
     let http = reqwest::Client::new();
     let mut out = String::new();

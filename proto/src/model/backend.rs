@@ -689,7 +689,10 @@ mod tests {
         assert_eq!((a.host.as_str(), a.port), ("10.0.0.12", 8080));
         assert_eq!(parse_target_url("http://svc/").unwrap().authority, "svc:80");
         let tls = parse_target_url("https://api.example.com").unwrap();
-        assert_eq!((tls.tls, tls.authority.as_str()), (true, "api.example.com:443"));
+        assert_eq!(
+            (tls.tls, tls.authority.as_str()),
+            (true, "api.example.com:443")
+        );
         assert_eq!(
             parse_target_url("http://[::1]:9").unwrap().authority,
             "[::1]:9"
