@@ -13,7 +13,7 @@ out=${1:-target/deploy}
 echo "==> cargo build --release (stripped) into $out"
 CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
   cargo build --locked --release --bins -p nio-control-plane -p nio-data-plane -p nio-e2e
-mkdir -p "$out/bin" "$out/state/var/lib/nio" "$out/state/var/cache/nio"
+mkdir -p "$out/bin" "$out/state/var/lib/nio" "$out/state/var/lib/nio-ca" "$out/state/var/cache/nio"
 for b in nio-control-plane nioctl nio-data-plane nio-demo-backend; do
   cp "target/release/$b" "$out/bin/$b"
 done

@@ -283,7 +283,8 @@ impl Pki {
     }
 }
 
-fn new_ca() -> Result<(String, String), PkiError> {
+/// A new CA: its certificate and key (PEM).
+pub fn new_ca() -> Result<(String, String), PkiError> {
     let mut params = CertificateParams::default();
     params
         .distinguished_name

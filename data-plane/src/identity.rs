@@ -84,9 +84,32 @@ impl Identity {
         }
     }
 
-    /// Usable for `id` now (issued to it, not expired).
-    pub fn usable_for(&self, id: &str) -> bool {
-        self.id == id && now_secs() < self.not_after
+    /// Usable for `id` now: issued to it, not expired, and — when the
+    /// control plane's CA is known — by that CA (a control plane that
+    /// lost its data dir has a new CA: the data plane enrolls again).
+    pub fn usable_for(&self, id: &str, ca_pem: Option<&str>) -> bool {
+        self.id == id && now_secs() < self.not_after && ca_pem.is_none_or(|ca| self.chains_to(ca))
+    }
+
+    fn chains_to(&self, ca_pem: &str) -> bool {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::CertificateDer;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()).flatten() {
+            let _ = roots.add(ca);
+        }
+        let Ok(leaf) = CertificateDer::from_pem_slice(self.cert_pem.as_bytes()) else {
+            return false;
+        };
+        rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            crate::tls::provider(),
+        )
+        .build()
+        .is_ok_and(|v| {
+            v.verify_client_cert(&leaf, &[], rustls_pki_types::UnixTime::now())
+                .is_ok()
+        })
     }
 
     /// When to renew: at two thirds of its life.

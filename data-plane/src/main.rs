@@ -149,14 +149,6 @@ fn main() -> anyhow::Result<()> {
         Some(id) => id,
         None => stable_id(&args.cache_dir)?,
     };
-    let tls = args.control_plane.starts_with("https://");
-    let enrolled = Identity::load(&args.cache_dir).is_some_and(|i| i.usable_for(&id));
-    if join_token.is_none() && !(tls && enrolled) {
-        anyhow::bail!(
-            "no join token: pass --join-token-file (the control plane writes one to its data dir as join-token) or set NIO_JOIN_TOKEN{}",
-            if tls { " (a data plane that enrolled before reconnects with the certificate in its cache dir, but there is none usable)" } else { "" }
-        );
-    }
     let control_plane_ca = match &args.control_plane_ca {
         Some(f) => Some(
             std::fs::read_to_string(f)
@@ -164,6 +156,15 @@ fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let tls = args.control_plane.starts_with("https://");
+    let enrolled = Identity::load(&args.cache_dir)
+        .is_some_and(|i| i.usable_for(&id, control_plane_ca.as_deref()));
+    if join_token.is_none() && !(tls && enrolled) {
+        anyhow::bail!(
+            "no join token: pass --join-token-file (the control plane writes one to its data dir as join-token) or set NIO_JOIN_TOKEN{}",
+            if tls { " (a data plane that enrolled before reconnects with the certificate in its cache dir, but there is none usable)" } else { "" }
+        );
+    }
     let opts = Options {
         http_listen: args.http_listen,
         https_listen: args.https_listen,

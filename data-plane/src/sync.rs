@@ -379,7 +379,9 @@ async fn session(
                 .tls_config(t)
                 .map_err(|e| SessionError::Refused(format!("TLS to the control plane: {e}")))
         };
-        let identity = match Identity::load(&opts.identity_dir).filter(|i| i.usable_for(&opts.id)) {
+        let identity = match Identity::load(&opts.identity_dir)
+            .filter(|i| i.usable_for(&opts.id, opts.control_plane_ca.as_deref()))
+        {
             Some(identity) => identity,
             None => {
                 let Some(token) = opts.join_token.as_deref() else {

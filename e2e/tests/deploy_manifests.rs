@@ -94,6 +94,27 @@ fn kustomize(dir: &Path) -> Result<Vec<Value>> {
     Ok(docs)
 }
 
+/// Whether `path` is a file of a volume mounted in container `c` from
+/// Secret `secret` (the whole Secret, or an item with that file name).
+fn mounted_from_secret(pod: &Value, c: &Value, path: &str, secret: &str) -> bool {
+    let (dir, file) = path.rsplit_once('/').unwrap();
+    c["volumeMounts"].as_array().into_iter().flatten().any(|m| {
+        m["mountPath"] == dir
+            && pod["spec"]["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|v| {
+                    let s = &v["secret"];
+                    v["name"] == m["name"]
+                        && s["secretName"] == secret
+                        && s["items"]
+                            .as_array()
+                            .is_none_or(|items| items.iter().any(|i| i["path"] == file))
+                })
+    })
+}
+
 #[test]
 fn kubernetes_manifests_match_the_binaries() -> Result<()> {
     let docs = kustomize(&repo().join("deploy/k8s/overlays/example"))?;
@@ -118,6 +139,7 @@ fn kubernetes_manifests_match_the_binaries() -> Result<()> {
         .collect();
     let mut helps = HashMap::new();
     let mut seen = Vec::new();
+    let (mut dp_hosts, mut cp_names) = (Vec::new(), Vec::new());
     for workload in by_kind("StatefulSet").chain(by_kind("Deployment")) {
         let name = workload["metadata"]["name"].as_str().unwrap();
         let pod = &workload["spec"]["template"];
@@ -151,6 +173,16 @@ fn kubernetes_manifests_match_the_binaries() -> Result<()> {
                 .map(|a| a.as_str().unwrap().to_string())
                 .collect();
             check_settings(name, binary, &env, &args, &mut helps)?;
+            if let Some(names) = env.get("NIO_GRPC_TLS_NAMES") {
+                cp_names.extend(names.split(',').map(str::to_string));
+                for file in ["NIO_CA_CERT", "NIO_CA_KEY"] {
+                    let path = &env[file];
+                    assert!(
+                        mounted_from_secret(pod, c, path, "nio-ca"),
+                        "{name}: {file} {path} is not mounted from the nio-ca Secret"
+                    );
+                }
+            }
 
             // Named ports are the ports the process listens on.
             let ports: HashMap<&str, u16> = c["ports"]
@@ -204,8 +236,17 @@ fn kubernetes_manifests_match_the_binaries() -> Result<()> {
                 assert!(grace > pre_stop + delay + drain, "{name}: terminationGracePeriodSeconds {grace} must exceed preStop {pre_stop} + drain delay {delay} + drain timeout {drain}");
                 // The control plane URL names a real Service and port.
                 let url = &env["NIO_CONTROL_PLANE"];
-                let hostport = url.trim_start_matches("http://");
+                let hostport = url.strip_prefix("https://").with_context(|| {
+                    format!("{name}: NIO_CONTROL_PLANE {url} must be https:// (mutual TLS)")
+                })?;
                 let (host, port) = hostport.split_once(':').unwrap();
+                dp_hosts.push(host.to_string());
+                // The CA file is on a volume mounted from the nio-ca Secret.
+                let ca = &env["NIO_CONTROL_PLANE_CA"];
+                assert!(
+                    mounted_from_secret(pod, c, ca, "nio-ca"),
+                    "{name}: {ca} is not mounted from the nio-ca Secret"
+                );
                 let svc = services.get(host).with_context(|| {
                     format!("{name}: NIO_CONTROL_PLANE names no Service {host}")
                 })?;
@@ -235,6 +276,13 @@ fn kubernetes_manifests_match_the_binaries() -> Result<()> {
         }
     }
     assert!(seen.contains(&"nio-control-plane") && seen.contains(&"nio-data-plane"));
+    // The control plane's gRPC certificate names the host data planes use.
+    for host in &dp_hosts {
+        assert!(
+            cp_names.contains(host),
+            "NIO_GRPC_TLS_NAMES {cp_names:?} lacks {host}"
+        );
+    }
     // The HPA and PDB point at the data-plane Deployment.
     let hpa = by_kind("HorizontalPodAutoscaler").next().unwrap();
     assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "nio-data-plane");
@@ -298,7 +346,8 @@ fn compose_file_matches_the_binaries() -> Result<()> {
                 "{name}: stop_grace_period {grace}s must exceed drain delay + timeout"
             );
             let cp = env["NIO_CONTROL_PLANE"]
-                .trim_start_matches("http://")
+                .strip_prefix("https://")
+                .with_context(|| format!("{name}: NIO_CONTROL_PLANE must be https://"))?
                 .split(':')
                 .next()
                 .unwrap()
@@ -306,6 +355,21 @@ fn compose_file_matches_the_binaries() -> Result<()> {
             assert!(
                 services.contains_key(&cp),
                 "{name}: NIO_CONTROL_PLANE names no service {cp}"
+            );
+            // The gRPC certificate names that host, and the CA file the data
+            // plane reads is the one init-ca writes, on a shared volume.
+            let cp_env = &services[&cp]["environment"];
+            let names = cp_env["NIO_GRPC_TLS_NAMES"].as_str().unwrap_or_default();
+            assert!(
+                names.split(',').any(|n| n == cp),
+                "{cp}: NIO_GRPC_TLS_NAMES lacks {cp}"
+            );
+            let ca = &env["NIO_CONTROL_PLANE_CA"];
+            assert_eq!(cp_env["NIO_CA_CERT"].as_str(), Some(ca.as_str()));
+            let init = services["pki-init"]["command"].as_array().unwrap();
+            assert!(
+                init.iter().any(|a| a == ca.as_str()),
+                "pki-init does not write {ca}"
             );
         }
     }

@@ -86,6 +86,18 @@ enum Cmd {
         #[arg(long, env = "NIO_ADMIN_URL")]
         admin_url: Option<String>,
     },
+    /// Creates a CA for data-plane certificates (to share its certificate
+    /// with data planes before the control plane starts, e.g. as a
+    /// Kubernetes Secret); use it with --ca-cert/--ca-key. Does nothing
+    /// when both files exist.
+    InitCa {
+        /// Where to write the CA certificate (PEM, public).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Where to write its private key (PEM, mode 0600).
+        #[arg(long)]
+        key: PathBuf,
+    },
     /// Loads a backup into a fresh data dir (refused if it has a store).
     /// Start the control plane on it afterwards.
     Restore {
@@ -103,6 +115,25 @@ fn main() -> anyhow::Result<()> {
             return backup(&args.data_dir, to, admin_url.as_deref());
         }
         Some(Cmd::Restore { from }) => return restore(&args.data_dir, from),
+        Some(Cmd::InitCa { cert, key }) => {
+            if cert.exists() && key.exists() {
+                println!(
+                    "init-ca: {} and {} exist; nothing to do",
+                    cert.display(),
+                    key.display()
+                );
+                return Ok(());
+            }
+            let (cert_pem, key_pem) = nio_control_plane::pki::new_ca()?;
+            nio_control_plane::pki::write_file(key, key_pem.as_bytes(), true)?;
+            nio_control_plane::pki::write_file(cert, cert_pem.as_bytes(), false)?;
+            println!(
+                "init-ca: wrote {} and {} (mode 0600)",
+                cert.display(),
+                key.display()
+            );
+            return Ok(());
+        }
         None => {}
     }
     let opts = Options {
