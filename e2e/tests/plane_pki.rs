@@ -165,14 +165,18 @@ async fn join_once_then_mutual_tls_and_refusals() -> Result<()> {
     assert_eq!(valid, "ok", "a certificate from the CA is accepted");
 
     // Revoked: the open stream is closed, and the certificate refused.
-    let (s, body) = admin
-        .send(
-            reqwest::Method::POST,
-            "/api/v1/dataplanes/dp-1/revoke",
-            None,
-        )
-        .await?;
-    assert_eq!(s, 200, "{body}");
+    // (with nioctl, over the admin API's POST /api/v1/dataplanes/{id}/revoke)
+    let out = std::process::Command::new(nio_e2e::bin("nioctl"))
+        .args(["dataplanes", "--revoke", "dp-1"])
+        .env("NIO_SERVER", format!("http://{}", cp.admin))
+        .env("NIO_ADMIN_TOKEN", &cp.token)
+        .env("NIOCONFIG", dir.path().join("nioctl-config.yaml"))
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("dataplane/dp-1 revoked at"),
+        "{text}"
+    );
     wait_for("the data plane to be cut off", DEADLINE, || async {
         let planes = admin.dataplanes().await?;
         Ok((planes["dp-1"]["connected"] == false).then_some(()))
@@ -183,6 +187,8 @@ async fn join_once_then_mutual_tls_and_refusals() -> Result<()> {
     })
     .await?;
     let revoked = sync_as(&cp, "dp-1", Some(stored_identity(&cache)), None).await;
+    let planes = admin.dataplanes().await?;
+    assert_eq!(planes["dp-1"]["connected"], false);
     assert!(
         revoked.contains("PermissionDenied") && revoked.contains("revoked"),
         "{revoked}"

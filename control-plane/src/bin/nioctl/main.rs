@@ -110,10 +110,15 @@ enum Command {
     /// API keys: create one, rotate its secret (the secret is printed once).
     #[command(subcommand)]
     Apikeys(ApiKeys),
-    /// List the data planes, their applied revision and lag.
+    /// List the data planes, their applied revision, lag and certificate
+    /// expiry; or revoke one's certificates.
     Dataplanes {
         #[arg(short = 'o', long, value_parser = ["table", "json", "yaml"], default_value = "table")]
         output: String,
+        /// Revoke this data plane's certificates: its stream is closed and
+        /// refused until it enrolls again with the join token.
+        #[arg(long, value_name = "ID")]
+        revoke: Option<String>,
     },
     /// Contexts: which control plane nioctl talks to.
     #[command(subcommand)]
@@ -325,7 +330,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}/{name} deleted", kind.as_str().to_ascii_lowercase());
             }
         }
-        Command::Dataplanes { output } => {
+        Command::Dataplanes {
+            revoke: Some(id), ..
+        } => {
+            let path = format!("/api/v1/dataplanes/{id}/revoke");
+            let v = client.send(reqwest::Method::POST, &path, &[], None).await?;
+            println!(
+                "dataplane/{id} revoked at {}",
+                v["revokedAt"].as_str().unwrap_or_default()
+            );
+        }
+        Command::Dataplanes { output, .. } => {
             let v = client.get_json("/api/v1/dataplanes").await?;
             match output.as_str() {
                 "json" | "yaml" => print_value(&v, &output)?,
@@ -500,6 +515,7 @@ fn print_dataplanes(v: &Value) {
                         latest.saturating_sub(applied).to_string(),
                         d["version"].as_str().unwrap_or_default().to_string(),
                         d["lastSeen"].as_str().unwrap_or_default().to_string(),
+                        d["certificateExpires"].as_str().unwrap_or("-").to_string(),
                         d["lastNack"]["reason"].as_str().unwrap_or("-").to_string(),
                     ]
                 })
@@ -514,6 +530,7 @@ fn print_dataplanes(v: &Value) {
             "LAG",
             "VERSION",
             "LAST SEEN",
+            "CERT EXPIRES",
             "LAST NACK",
         ],
         &rows,
