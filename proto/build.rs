@@ -2,7 +2,7 @@
 //! so building Nio never needs a system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/nio/v1/sync.proto"];
+    let files = ["proto/nio/v1/sync.proto", "proto/nio/v1/events.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -9,6 +9,9 @@
 //! - [`sync`]: the `ConfigSync` gRPC service that pushes deltas or snapshots
 //!   to data planes and takes their ACK/NACKs; version checks, admission.
 //! - [`fleet`]: what is known of each data plane, for the admin API.
+//! - [`events`]: the event log (sequence numbers, retention) and the feed.
+//! - [`telemetry`]: data-plane reports, the event feed service, fleet-wide
+//!   metrics.
 //! - [`transfer`]: whole-configuration export and import (one transaction).
 //! - [`otoroshi`]: converts an Otoroshi export into Nio resources, with a report.
 //! - [`tokens`]: admin and join tokens (created on first start, never logged).
@@ -20,6 +23,7 @@
 
 pub mod admin;
 pub mod apikeys;
+pub mod events;
 pub mod fleet;
 pub mod otoroshi;
 pub mod pki;
@@ -27,5 +31,6 @@ pub mod publisher;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod telemetry;
 pub mod tokens;
 pub mod transfer;

@@ -2,15 +2,21 @@
 //! until `shutdown` resolves; then closes data-plane streams with
 //! `UNAVAILABLE` (they reconnect with backoff) and flushes the store.
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, Peer};
+use crate::events::{EventLog, Retention};
 use crate::fleet::Fleet;
 use crate::pki::{Pki, PkiError, PkiOptions};
 use crate::publisher::{PublishOptions, Publisher};
 use crate::store::{Store, StoreError};
 use crate::sync::{AdmissionOptions, EnrollmentService, SyncService, SyncStats};
+use crate::telemetry::{FeedService, TelemetryService};
 use crate::tokens::{Token, TokenError};
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
 use nio_proto::v1::config_sync_server::ConfigSyncServer;
 use nio_proto::v1::enrollment_server::EnrollmentServer;
+use nio_proto::v1::event_feed_server::EventFeedServer;
+use nio_proto::v1::telemetry_server::TelemetryServer;
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +45,12 @@ pub struct Options {
     pub grpc_tls: Option<PkiOptions>,
     /// Certificate and key files for the admin API; `None`: plain HTTP.
     pub admin_tls: Option<(PathBuf, PathBuf)>,
+    /// How long and how many events the event log keeps.
+    pub retention: Retention,
+    /// Events a feed consumer may fall behind before it is cut off.
+    pub feed_max_lag: u64,
+    /// From `NIO_FEED_TOKEN`; otherwise the `feed-token` file is used.
+    pub feed_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +131,21 @@ pub async fn run(
             None
         }
     };
-    let fleet = Arc::new(Fleet::default());
+    let (feed_token, src) = Token::load_or_create(
+        opts.feed_token.clone(),
+        "NIO_FEED_TOKEN",
+        &opts.data_dir,
+        "feed-token",
+    )?;
+    tracing::info!(source = %src, "event feed token loaded");
+    let events =
+        EventLog::open(&store, opts.retention.clone()).map_err(|source| ServerError::Store {
+            path: store_dir.clone(),
+            source,
+        })?;
+    events.start_retention();
+    tokio::spawn(certificate_alerts(store.clone(), events.clone()));
+    let fleet = Arc::new(Fleet::new(Some(events.clone())));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -140,14 +166,18 @@ pub async fn run(
         store: store.clone(),
         fleet: fleet.clone(),
         stats: stats.clone(),
-        admin_token,
+        admin_token: admin_token.clone(),
         pki: pki.clone(),
+        events: events.clone(),
     });
     let admin = match &opts.admin_tls {
         None => tokio::spawn(
-            axum::serve(admin_listener, app.into_make_service())
-                .with_graceful_shutdown(stopped())
-                .into_future(),
+            axum::serve(
+                admin_listener,
+                app.into_make_service_with_connect_info::<Peer>(),
+            )
+            .with_graceful_shutdown(stopped())
+            .into_future(),
         ),
         Some((cert, key)) => {
             let config = admin_tls_config(cert, key)?;
@@ -155,7 +185,7 @@ pub async fn run(
             tokio::spawn(
                 axum::serve(
                     TlsListener::new(admin_listener, config),
-                    app.into_make_service(),
+                    app.into_make_service_with_connect_info::<Peer>(),
                 )
                 .with_graceful_shutdown(stopped())
                 .into_future(),
@@ -166,6 +196,19 @@ pub async fn run(
     let enrollment = pki
         .clone()
         .map(|pki| EnrollmentServer::new(EnrollmentService::new(pki, join_token.clone())));
+    let telemetry = TelemetryServer::new(TelemetryService {
+        log: events.clone(),
+        fleet: fleet.clone(),
+        pki: pki.clone(),
+        join_token: join_token.clone(),
+    })
+    .max_decoding_message_size(64 * 1024 * 1024);
+    let feed = EventFeedServer::new(FeedService {
+        log: events.clone(),
+        admin_token,
+        feed_token,
+        max_lag: opts.feed_max_lag,
+    });
     let sync = SyncService::new(
         publisher,
         fleet,
@@ -198,6 +241,8 @@ pub async fn run(
     let grpc = tokio::spawn(
         grpc_server
             .add_optional_service(enrollment)
+            .add_service(telemetry)
+            .add_service(feed)
             .add_service(
                 // Full snapshots carry their own gzip, compressed once per
                 // group; deltas are small. Per-message gzip would cost a
@@ -337,5 +382,65 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         Ok(self.local)
+    }
+}
+
+/// Alerts for certificates that expire within 14 days: at start, then
+/// every hour, once a day per certificate.
+async fn certificate_alerts(store: Arc<Store>, events: Arc<EventLog>) {
+    use nio_proto::model::AnyResource;
+    let mut told: std::collections::HashMap<String, std::time::Instant> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let now = std::time::SystemTime::now();
+        for r in store.current().config.iter() {
+            let AnyResource::Certificate(c) = r else {
+                continue;
+            };
+            let Ok(info) = c.spec.info() else { continue };
+            let Ok(not_after) = humantime::parse_rfc3339(&info.not_after) else {
+                continue;
+            };
+            let left = not_after.duration_since(now).unwrap_or_default();
+            let name = &c.metadata.name;
+            if left > Duration::from_secs(14 * 24 * 3600)
+                || told
+                    .get(name)
+                    .is_some_and(|at| at.elapsed() < Duration::from_secs(24 * 3600))
+            {
+                continue;
+            }
+            told.insert(name.clone(), std::time::Instant::now());
+            let (severity, what) = if left.is_zero() {
+                ("critical", "has expired".to_string())
+            } else {
+                (
+                    "warning",
+                    format!("expires in {} days", left.as_secs() / 86_400),
+                )
+            };
+            events.append(vec![crate::events::alert(
+                "certificate-expiring",
+                severity,
+                &format!("certificate/{name}"),
+                format!(
+                    "certificate {name} ({}) {what} ({})",
+                    info.subject, info.not_after
+                ),
+            )]);
+        }
+    }
+}
+
+impl Connected<IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Peer {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Peer {
+        Peer(*stream.remote_addr())
     }
 }

@@ -512,6 +512,16 @@ impl Store {
             .map_err(|e| StoreError::Sled(sled::Error::Io(e)))
     }
 
+    /// Another tree in the same database (the event log keeps its own).
+    pub fn open_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
+    /// Bytes the database takes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
     /// Blocks (off the async threads) until everything written is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let db = self.db.clone();

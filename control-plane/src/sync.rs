@@ -66,6 +66,38 @@ pub struct SyncStats {
     pub delta_pushes: AtomicU64,
     pub up_to_date: AtomicU64,
     pub refused_streams: AtomicU64,
+    /// Size of the last full snapshot sent (protobuf bytes).
+    pub snapshot_bytes: AtomicU64,
+    /// The latest revision pushed and when it was first pushed.
+    pushed: Mutex<Option<(u64, Instant)>>,
+    /// Push-to-ACK latency of the latest revision, per bucket of
+    /// [`ACK_BUCKETS`] (not cumulative; the last is +Inf), and the sum in
+    /// microseconds.
+    pub ack_latency: [AtomicU64; ACK_BUCKETS.len() + 1],
+    pub ack_latency_us: AtomicU64,
+}
+
+/// Upper bounds (seconds) of the push-to-ACK latency histogram.
+pub const ACK_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+impl SyncStats {
+    fn pushing(&self, revision: u64) {
+        let mut pushed = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
+        if pushed.is_none_or(|(r, _)| r < revision) {
+            *pushed = Some((revision, Instant::now()));
+        }
+    }
+
+    fn acked(&self, revision: u64) {
+        let pushed = *self.pushed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, at)) = pushed.filter(|(r, _)| *r == revision) {
+            let secs = at.elapsed().as_secs_f64();
+            let bucket = ACK_BUCKETS.partition_point(|b| *b < secs);
+            self.ack_latency[bucket].fetch_add(1, Ordering::Relaxed);
+            self.ack_latency_us
+                .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+        }
+    }
 }
 
 type Shutdown = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -283,7 +315,7 @@ impl ConfigSync for SyncService {
     }
 }
 
-fn has_join_token<T>(token: &Token, request: &Request<T>) -> bool {
+pub(crate) fn has_join_token<T>(token: &Token, request: &Request<T>) -> bool {
     bearer(
         request
             .metadata()
@@ -295,7 +327,7 @@ fn has_join_token<T>(token: &Token, request: &Request<T>) -> bool {
 
 /// The data plane a request's client certificate names. The TLS layer
 /// already checked that it chains to the CA and is current.
-fn client_identity<T>(pki: &Pki, request: &Request<T>) -> Result<Identity, Status> {
+pub(crate) fn client_identity<T>(pki: &Pki, request: &Request<T>) -> Result<Identity, Status> {
     let certs = request.peer_certs();
     let leaf = certs.as_ref().and_then(|c| c.first()).ok_or_else(|| {
         Status::unauthenticated(
@@ -436,6 +468,7 @@ impl Stream {
                         break "control plane shutting down".to_string();
                     }
                     let update = updates.borrow_and_update().clone();
+                    self.stats.pushing(update.revision);
                     if self.push(&update).await.is_err() {
                         break "stream closed".to_string();
                     }
@@ -467,6 +500,7 @@ impl Stream {
                         }
                         Some(data_plane_message::Msg::Ack(a)) => {
                             tracing::debug!(id = %self.id, revision = a.revision, "acknowledged");
+                            self.stats.acked(a.revision);
                             self.fleet.acked(&self.id, self.session, a.revision, &a.hash);
                         }
                         _ => self.fleet.seen(&self.id, self.session),
@@ -515,6 +549,10 @@ impl Stream {
         let _permit = self.full_pushes.acquire().await.map_err(|_| ())?;
         self.holds = Some((update.revision, update.set.clone()));
         let snapshot = (*update.full()).clone();
+        self.stats.snapshot_bytes.store(
+            prost::Message::encoded_len(&snapshot) as u64,
+            Ordering::Relaxed,
+        );
         self.send(control_plane_message::Msg::Snapshot(snapshot))
             .await
     }

@@ -2,6 +2,9 @@
 //! so the request path only hands a record to a bounded channel. When the
 //! writer falls behind, records are dropped and counted
 //! (`nio_access_log_dropped_total`) rather than slowing requests down.
+//!
+//! The same record becomes the request's `GatewayEvent` (see
+//! [`crate::events`]) when the route samples it.
 
 use crate::metrics::Metrics;
 use serde::Serialize;
@@ -60,8 +63,44 @@ pub struct Record {
     /// The subject of the verified client certificate (mutual TLS).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<String>,
+    /// Who the caller is: the ApiKey's name or the JWT's subject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+    /// The W3C trace id sent to the backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     #[serde(skip)]
     pub started: Instant,
+    /// Write an access-log line (the route's `accessLog`).
+    #[serde(skip)]
+    pub write_line: bool,
+    /// Send a GatewayEvent (the route's event sampling).
+    #[serde(skip)]
+    pub emit_event: bool,
+}
+
+impl Record {
+    fn event(&self) -> nio_proto::v1::event::Kind {
+        let text = |s: &Option<String>| s.clone().unwrap_or_default();
+        nio_proto::v1::event::Kind::Gateway(nio_proto::v1::GatewayEvent {
+            route: text(&self.route),
+            backend: String::new(),
+            target: text(&self.target),
+            method: self.method.clone(),
+            host: self.host.clone(),
+            path: self.path.clone(),
+            status: u32::from(self.status),
+            duration_ms: self.duration_ms,
+            upstream_ms: self.upstream_ms.unwrap_or(0.0),
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            client_ip: self.client.to_string(),
+            consumer: text(&self.consumer),
+            request_id: self.request_id.clone(),
+            error: self.error.unwrap_or_default().to_string(),
+            trace_id: text(&self.trace_id),
+        })
+    }
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -70,7 +109,8 @@ fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error
 
 #[derive(Debug)]
 pub struct AccessLog {
-    tx: mpsc::Sender<Box<Record>>,
+    /// `None` with `--access-log off` (records then only become events).
+    tx: Option<mpsc::Sender<Box<Record>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -78,10 +118,10 @@ pub struct AccessLog {
 const QUEUE: usize = 16_384;
 
 impl AccessLog {
-    /// Starts the writer; `None` when the log is off.
-    pub async fn start(sink: &Sink, metrics: Arc<Metrics>) -> std::io::Result<Option<AccessLog>> {
+    /// Starts the writer (none when the log is off).
+    pub async fn start(sink: &Sink, metrics: Arc<Metrics>) -> std::io::Result<AccessLog> {
         let out: Box<dyn tokio::io::AsyncWrite + Send + Unpin> = match sink {
-            Sink::Off => return Ok(None),
+            Sink::Off => return Ok(AccessLog { tx: None, metrics }),
             Sink::Stdout => Box::new(tokio::io::stdout()),
             Sink::File(path) => Box::new(
                 tokio::fs::OpenOptions::new()
@@ -93,12 +133,26 @@ impl AccessLog {
         };
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(write_lines(rx, out));
-        Ok(Some(AccessLog { tx, metrics }))
+        Ok(AccessLog {
+            tx: Some(tx),
+            metrics,
+        })
+    }
+
+    /// Whether lines are written at all.
+    pub fn writes_lines(&self) -> bool {
+        self.tx.is_some()
     }
 
     pub fn send(&self, mut record: Box<Record>) {
         record.duration_ms = millis(record.started.elapsed());
-        if self.tx.try_send(record).is_err() {
+        if record.emit_event {
+            crate::events::emit(record.event());
+        }
+        let Some(tx) = self.tx.as_ref().filter(|_| record.write_line) else {
+            return;
+        };
+        if tx.try_send(record).is_err() {
             self.metrics
                 .access_log_dropped
                 .fetch_add(1, Ordering::Relaxed);

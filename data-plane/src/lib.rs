@@ -17,6 +17,8 @@
 //! - [`proxy`]: the request path, retries, upgrades, and the single
 //!   error-to-response mapping.
 //! - [`body`]: streamed bodies with idle timeouts and byte counts.
+//! - [`events`]: gateway events, alerts and counters reported to the
+//!   control plane (`Telemetry.Report`), buffered while it is away.
 //! - [`forwarded`]: `X-Forwarded-*`/`Forwarded` and trusted proxies.
 //! - [`access_log`]: one JSON line per request, written off the request path.
 //! - [`cache`]: the last good snapshot on disk, for starts without a
@@ -34,6 +36,7 @@
 pub mod access_log;
 pub mod body;
 pub mod cache;
+pub mod events;
 pub mod forwarded;
 pub mod identity;
 pub mod metrics;

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use nio_data_plane::access_log::Sink;
+use nio_data_plane::events::ReportOptions;
 use nio_data_plane::forwarded::TrustedProxies;
 use nio_data_plane::identity::Identity;
 use nio_data_plane::proxy::ProxyOptions;
@@ -125,6 +126,14 @@ struct Args {
     /// Most concurrent streams on one HTTP/2 connection.
     #[arg(long, env = "NIO_H2_MAX_CONCURRENT_STREAMS", default_value_t = 100)]
     h2_max_concurrent_streams: u32,
+    /// Events kept while the control plane is away (the oldest are
+    /// dropped, and counted, beyond).
+    #[arg(long, env = "NIO_EVENT_BUFFER", default_value_t = 50_000)]
+    event_buffer: usize,
+    /// Milliseconds between reports (events, counters) to the control
+    /// plane.
+    #[arg(long, env = "NIO_REPORT_INTERVAL_MS", default_value_t = 1000)]
+    report_interval_ms: u64,
     /// Log format: text or json (level from RUST_LOG, default info).
     #[arg(long, env = "NIO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -181,6 +190,10 @@ fn main() -> anyhow::Result<()> {
             heartbeat: Duration::from_secs(5),
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
+        },
+        report: ReportOptions {
+            buffer: args.event_buffer.max(1),
+            interval: Duration::from_millis(args.report_interval_ms.max(10)),
         },
         proxy: ProxyOptions {
             trusted_proxies: args.trusted_proxies,

@@ -10,6 +10,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use nio_proto::LATENCY_BUCKETS_MS;
+
 /// Per-route counters, kept across snapshots while the route exists.
 #[derive(Debug, Default)]
 pub struct RouteStats {
@@ -17,6 +19,8 @@ pub struct RouteStats {
     pub by_class: [AtomicU64; 5],
     /// Sum of request durations (microseconds), for the mean latency.
     pub duration_us: AtomicU64,
+    /// Requests per latency bucket (not cumulative; the last is +Inf).
+    pub latency: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
     /// Requests refused by a plugin, by reason.
     pub denials: [AtomicU64; Reason::ALL.len()],
 }
@@ -30,6 +34,20 @@ impl RouteStats {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].fetch_add(1, Ordering::Relaxed);
         self.duration_us.fetch_add(micros, Ordering::Relaxed);
+        let bucket = LATENCY_BUCKETS_MS.partition_point(|ms| ms * 1000 < micros);
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The histogram as Prometheus wants it: cumulative counts per bucket.
+    fn cumulative(&self) -> Vec<u64> {
+        let mut total = 0;
+        self.latency
+            .iter()
+            .map(|b| {
+                total += b.load(Ordering::Relaxed);
+                total
+            })
+            .collect()
     }
 }
 
@@ -82,6 +100,25 @@ impl Metrics {
         routes.retain(|name, _| keep(name));
     }
 
+    /// The per-route counters for the control plane's fleet-wide view.
+    pub fn report(&self) -> nio_proto::v1::DataPlaneMetrics {
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        nio_proto::v1::DataPlaneMetrics {
+            routes: routes
+                .iter()
+                .map(|(name, s)| nio_proto::v1::RouteMetrics {
+                    route: name.clone(),
+                    by_class: s.by_class.iter().map(g).collect(),
+                    duration_us: g(&s.duration_us),
+                    latency_buckets: s.cumulative(),
+                    bytes_in: 0,
+                    bytes_out: 0,
+                })
+                .collect(),
+        }
+    }
+
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(1024);
@@ -108,14 +145,24 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP nio_request_duration_seconds_sum Total time spent serving requests, by route."
+            "# HELP nio_request_duration_seconds Time to serve requests, by route.\n# TYPE nio_request_duration_seconds histogram"
         );
-        let _ = writeln!(out, "# TYPE nio_request_duration_seconds_sum counter");
         for (name, stats) in &routes {
+            let cumulative = stats.cumulative();
+            for (i, count) in cumulative.iter().enumerate() {
+                let le = LATENCY_BUCKETS_MS
+                    .get(i)
+                    .map_or("+Inf".to_string(), |ms| format!("{}", *ms as f64 / 1000.0));
+                let _ = writeln!(
+                    out,
+                    "nio_request_duration_seconds_bucket{{route=\"{name}\",le=\"{le}\"}} {count}"
+                );
+            }
             let _ = writeln!(
                 out,
-                "nio_request_duration_seconds_sum{{route=\"{name}\"}} {}",
-                g(&stats.duration_us) as f64 / 1e6
+                "nio_request_duration_seconds_sum{{route=\"{name}\"}} {}\nnio_request_duration_seconds_count{{route=\"{name}\"}} {}",
+                g(&stats.duration_us) as f64 / 1e6,
+                cumulative.last().copied().unwrap_or(0)
             );
         }
         let _ = writeln!(

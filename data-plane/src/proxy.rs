@@ -117,7 +117,7 @@ pub struct Proxy {
     /// clients move to other data planes.
     draining: Arc<AtomicBool>,
     opts: ProxyOptions,
-    access_log: Option<Arc<AccessLog>>,
+    access_log: Arc<AccessLog>,
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -199,6 +199,46 @@ impl ProxyError {
             ProxyError::Overloaded => "the gateway is handling too many requests; retry later",
         }
     }
+}
+
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// W3C Trace Context: the request joins the trace it carries (same trace
+/// id and flags, the gateway's own span id as the parent the backend
+/// sees), or starts one (sampled). `tracestate` passes through untouched.
+/// Returns the trace id.
+fn traceparent(headers: &mut HeaderMap) -> String {
+    let incoming = headers
+        .get(&TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let mut parts = v.split('-');
+            let (version, trace, parent, flags) =
+                (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+            let hex = |s: &str, n: usize| {
+                s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            };
+            let valid = hex(version, 2)
+                && version != "ff"
+                && (version != "00" || parts.next().is_none())
+                && hex(trace, 32)
+                && trace.bytes().any(|b| b != b'0')
+                && hex(parent, 16)
+                && parent.bytes().any(|b| b != b'0')
+                && hex(flags, 2);
+            valid.then(|| (trace.to_string(), flags.to_string()))
+        });
+    let (trace, flags) = incoming.unwrap_or_else(|| {
+        (
+            format!("{:032x}", rand::random::<u128>().max(1)),
+            "01".to_string(),
+        )
+    });
+    let span = format!("{:016x}", rand::random::<u64>().max(1));
+    if let Ok(v) = HeaderValue::from_str(&format!("00-{trace}-{span}-{flags}")) {
+        headers.insert(TRACEPARENT.clone(), v);
+    }
+    trace
 }
 
 /// An error and its sources, `outer: inner: innermost`.
@@ -338,7 +378,7 @@ impl Proxy {
         metrics: Arc<Metrics>,
         draining: Arc<AtomicBool>,
         opts: ProxyOptions,
-        access_log: Option<Arc<AccessLog>>,
+        access_log: Arc<AccessLog>,
     ) -> Proxy {
         Proxy {
             runtime,
@@ -406,7 +446,8 @@ impl Proxy {
             .as_ref()
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
-        let mut log = self.access_log.as_ref().map(|sink| LogStart {
+        let sink = &self.access_log;
+        let mut log = Some(LogStart {
             record: Box::new(Record {
                 time: SystemTime::now(),
                 request_id: request_id.to_str().unwrap_or_default().to_string(),
@@ -425,7 +466,11 @@ impl Proxy {
                 upstream_ms: None,
                 duration_ms: 0.0,
                 client_certificate: None,
+                consumer: None,
+                trace_id: None,
                 started,
+                write_line: sink.writes_lines(),
+                emit_event: true,
             }),
             counters: Arc::default(),
             sink: sink.clone(),
@@ -469,8 +514,12 @@ impl Proxy {
         if let Some(l) = &mut ctx.log {
             l.record.route = Some(route.name.clone());
         }
-        if !route.access_log {
-            ctx.log = None;
+        if let Some(l) = &mut ctx.log {
+            l.record.write_line &= route.access_log;
+            l.record.emit_event = route.sample_event();
+            if !(l.record.write_line || l.record.emit_event) {
+                ctx.log = None;
+            }
         }
         if route.tls != RouteTls::default() {
             if let Some(stop) = self.route_tls(&route, &mut req, ctx.tls.as_deref(), host) {
@@ -487,6 +536,9 @@ impl Proxy {
             let stopped = self
                 .run_plugins(&runtime, &route, &mut parts, &mut state, &ctx)
                 .await;
+            if let (Some(l), Some(c)) = (&mut ctx.log, &state.consumer) {
+                l.record.consumer = Some(c.clone());
+            }
             if let Some(stop) = stopped {
                 return self.stopped(stop, &route, ctx, started);
             }
@@ -720,6 +772,10 @@ impl Proxy {
             if ctx.tls.is_some() { "https" } else { "http" },
             host.and_then(|h| h.to_str().ok()),
         );
+        let trace_id = traceparent(headers);
+        if let Some(l) = log.as_mut() {
+            l.record.trace_id = Some(trace_id);
+        }
         match route.host_rule() {
             HostRule::Target => {}
             HostRule::Preserve => {
@@ -1198,6 +1254,35 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traceparent_is_joined_or_started() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        assert_eq!(traceparent(&mut h), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let sent = h["traceparent"].to_str().unwrap();
+        assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(!sent.contains("00f067aa0ba902b7"), "our own span id: {sent}");
+        assert!(sent.ends_with("-01"));
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("traceparent", HeaderValue::from_static(bad));
+            let trace = traceparent(&mut h);
+            assert_eq!(trace.len(), 32);
+            assert!(!bad.contains(&trace), "{bad}: a new trace");
+        }
+        let mut h = HeaderMap::new();
+        let trace = traceparent(&mut h);
+        assert_eq!(h["traceparent"].len(), 55, "{trace}");
+    }
 
     #[test]
     fn hop_by_hop_headers_are_removed() {

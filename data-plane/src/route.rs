@@ -33,6 +33,8 @@ pub struct CompiledRoute {
     pub request_headers: CompiledRules,
     pub response_headers: CompiledRules,
     pub access_log: bool,
+    /// Percentage of requests that become GatewayEvents.
+    event_sample_percent: u8,
     /// The Route's labels (API keys may select routes by label).
     pub labels: BTreeMap<String, String>,
     pub plugins: Chain,
@@ -170,6 +172,7 @@ impl CompiledRoute {
             request_headers: CompiledRules::new(&spec.request_headers)?,
             response_headers: CompiledRules::new(&spec.response_headers)?,
             access_log: spec.access_log,
+            event_sample_percent: spec.event_sample_percent,
             labels: route.metadata.labels.clone(),
             plugins: Chain::build(&spec.plugins, "spec.plugins")?,
             stats,
@@ -181,6 +184,15 @@ impl CompiledRoute {
                 .map(|h| HeaderName::from_bytes(h.as_bytes()).map_err(|e| format!("{h}: {e}")))
                 .transpose()?,
         })
+    }
+
+    /// Whether this request becomes a GatewayEvent.
+    pub fn sample_event(&self) -> bool {
+        match self.event_sample_percent {
+            0 => false,
+            100.. => true,
+            p => rand::random_range(0..100u8) < p,
+        }
     }
 
     /// Method, header and query conditions, for ranking ties.

@@ -6,6 +6,7 @@
 
 use crate::access_log::AccessLog;
 use crate::cache::Cache;
+use crate::events::{self, ReportOptions};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyOptions};
 use crate::runtime::RuntimeSlot;
@@ -41,6 +42,8 @@ pub struct Options {
     pub ops_listen: SocketAddr,
     pub cache_dir: PathBuf,
     pub sync: SyncOptions,
+    /// Events and counters reported to the control plane.
+    pub report: ReportOptions,
     pub proxy: ProxyOptions,
     /// How long requests in flight may take to finish on shutdown.
     pub drain_timeout: Duration,
@@ -99,6 +102,12 @@ pub async fn run(
     tracing::info!(addr = %local(&ops), "ops listening");
 
     let (leave_tx, leave_rx) = watch::channel(false);
+    let report_task = events::start(
+        opts.report.clone(),
+        opts.sync.clone(),
+        metrics.clone(),
+        leave_rx.clone(),
+    );
     let sync_task = tokio::spawn(sync::run(opts.sync.clone(), applier.clone(), leave_rx));
     let draining = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -113,10 +122,11 @@ pub async fn run(
         startup_sync_timeout: opts.startup_sync_timeout,
     };
     let ops_task = tokio::spawn(serve_ops(ops, health, metrics.clone(), ops_stop_rx));
-    let access_log = AccessLog::start(&opts.proxy.access_log, metrics.clone())
-        .await
-        .map_err(ServerError::AccessLog)?
-        .map(Arc::new);
+    let access_log = Arc::new(
+        AccessLog::start(&opts.proxy.access_log, metrics.clone())
+            .await
+            .map_err(ServerError::AccessLog)?,
+    );
     let mut proxy_opts = opts.proxy.clone();
     if proxy_opts.https_port.is_none() {
         proxy_opts.https_port = https
@@ -175,6 +185,7 @@ pub async fn run(
     {
         tracing::warn!("could not say goodbye to the control plane in time");
     }
+    let _ = tokio::time::timeout(Duration::from_secs(3), report_task).await;
     let _ = ops_stop_tx.send(true);
     let _ = ops_task.await;
     tracing::info!("drained; bye");

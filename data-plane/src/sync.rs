@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
@@ -327,9 +327,17 @@ enum Ended {
     Renewed,
 }
 
-enum SessionError {
+pub(crate) enum SessionError {
     Refused(String),
     Lost(String),
+}
+
+impl std::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionError::Refused(m) | SessionError::Lost(m) => f.write_str(m),
+        }
+    }
 }
 
 impl From<tonic::Status> for SessionError {
@@ -344,19 +352,20 @@ impl From<tonic::Status> for SessionError {
     }
 }
 
-async fn session(
+/// A channel to the control plane: mutual TLS with the stored certificate
+/// (enrolling first with the join token when there is none usable and
+/// `enroll` allows it), or plaintext for an `http://` URL.
+pub(crate) async fn connect(
     opts: &SyncOptions,
-    applier: &Applier,
-    connected: &mut bool,
-    leave: &mut watch::Receiver<bool>,
-) -> Result<Ended, SessionError> {
+    enroll: bool,
+) -> Result<(Channel, Option<Identity>), SessionError> {
     let endpoint = Endpoint::from_shared(opts.control_plane.clone())
         .map_err(|e| SessionError::Refused(format!("bad control plane URL: {e}")))?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true);
-    let connect = |endpoint: Endpoint| async move {
+    let open = |endpoint: Endpoint| async move {
         endpoint.connect().await.map_err(|e| {
             let mut text = e.to_string();
             let mut source = std::error::Error::source(&e);
@@ -384,13 +393,14 @@ async fn session(
         {
             Some(identity) => identity,
             None => {
-                let Some(token) = opts.join_token.as_deref() else {
+                let token = opts.join_token.as_deref().filter(|_| enroll);
+                let Some(token) = token else {
                     return Err(SessionError::Refused(format!(
                         "no usable certificate in {} (none, expired, or for another id) and no join token to enroll with; start with --join-token-file or NIO_JOIN_TOKEN",
                         opts.identity_dir.display()
                     )));
                 };
-                let channel = connect(with_tls(server_tls.clone())?).await?;
+                let channel = open(with_tls(server_tls.clone())?).await?;
                 identity::enroll(channel, &opts.id, Some(token), &opts.identity_dir).await?
             }
         };
@@ -398,10 +408,20 @@ async fn session(
             &identity.cert_pem,
             &identity.key_pem,
         ));
-        (connect(with_tls(mutual)?).await?, Some(identity))
+        (open(with_tls(mutual)?).await?, Some(identity))
     } else {
-        (connect(endpoint).await?, None)
+        (open(endpoint).await?, None)
     };
+    Ok((channel, identity))
+}
+
+async fn session(
+    opts: &SyncOptions,
+    applier: &Applier,
+    connected: &mut bool,
+    leave: &mut watch::Receiver<bool>,
+) -> Result<Ended, SessionError> {
+    let (channel, identity) = connect(opts, true).await?;
     let mut client = ConfigSyncClient::new(channel.clone())
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(usize::MAX);

@@ -148,6 +148,10 @@ async fn bad_snapshots_are_nacked_and_the_previous_one_keeps_serving() {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_millis(500),
         },
+        report: nio_data_plane::events::ReportOptions {
+            buffer: 100,
+            interval: Duration::from_secs(1),
+        },
         proxy: ProxyOptions::default(),
         drain_timeout: Duration::from_secs(1),
         drain_delay: Duration::ZERO,

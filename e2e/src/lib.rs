@@ -890,6 +890,59 @@ pub fn served_by(body: &str) -> String {
 }
 
 /// Median and p-quantile helpers for reported figures.
+/// A Python with grpcio, grpcio-tools and prometheus-client (a venv in
+/// `target/e2e-venv`, created on first use), for tests that play a
+/// third-party consumer in another language.
+pub fn python() -> Result<PathBuf> {
+    static READY: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut ready = READY.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = ready.as_ref() {
+        return Ok(p.clone());
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("repository root")?
+        .to_path_buf();
+    let venv = root.join("target").join("e2e-venv");
+    let python = venv.join("bin").join("python");
+    let has = |p: &Path| {
+        std::process::Command::new(p)
+            .args(["-c", "import grpc, grpc_tools, prometheus_client"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has(&python) {
+        let run = |cmd: &mut std::process::Command| -> Result<()> {
+            let out = cmd.output()?;
+            if !out.status.success() {
+                bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        run(std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv))?;
+        run(
+            std::process::Command::new(venv.join("bin").join("pip")).args([
+                "install",
+                "-q",
+                "grpcio",
+                "grpcio-tools",
+                "prometheus-client",
+            ]),
+        )?;
+    }
+    *ready = Some(python.clone());
+    Ok(python)
+}
+
+/// `e2e/py/feed.py`, the Python event-feed consumer.
+pub fn feed_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("py")
+        .join("feed.py")
+}
+
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;

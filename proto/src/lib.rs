@@ -26,4 +26,9 @@ pub mod v1 {
 pub const API_VERSION: &str = "nio.dev/v1";
 
 /// Software version shared by both planes; data planes announce it in `Hello`.
+/// Upper bounds (milliseconds) of the request-latency histogram data
+/// planes keep and report (`RouteMetrics.latency_buckets`); a last,
+/// unbounded bucket follows.
+pub const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000];
+
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

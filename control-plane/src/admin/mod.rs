@@ -7,6 +7,7 @@
 //! GET                      /api/v1/revision
 //! GET                      /api/v1/dataplanes
 //! POST                     /api/v1/dataplanes/{id}/revoke
+//! GET                      /api/v1/events                [?kinds=&route=&dataPlane=&fromSequence=&limit=&follow=true]
 //! GET                      /api/v1/export                [?includeSecrets=true]
 //! POST                     /api/v1/import                [?dryRun=true&from=otoroshi&rewriteTargets=URL]
 //! GET, POST                /apis/nio.dev/v1/{plural}
@@ -14,25 +15,29 @@
 //! ```
 //!
 //! Everything but health and metrics needs `Authorization: Bearer <admin
-//! token>`. Errors are `{"error", "code", "details": [{field, message}]}`:
+//! token>`. Every call that changes something, and every refused call,
+//! becomes an AuditEvent on the event feed. Errors are `{"error", "code", "details": [{field, message}]}`:
 //! 400 unreadable body, 401 no or wrong token, 404 unknown, 409 conflict
 //! (exists, stale resourceVersion, in use), 422 invalid resource.
 
 mod error;
+mod events_api;
 mod resources;
 mod transfer;
 
 pub use error::ApiError;
 
+use crate::events;
 use crate::fleet::Fleet;
 use crate::store::Store;
 use crate::tokens::{bearer, Token};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use nio_proto::model::AnyResource;
+use nio_proto::model::{AnyResource, Kind};
+use nio_proto::v1::AuditEvent;
 use serde_json::json;
 use serde_json::Value;
 use std::sync::Arc;
@@ -45,6 +50,7 @@ pub struct AdminState {
     pub admin_token: Token,
     /// The CA of data-plane certificates (`None` with `--grpc-plaintext`).
     pub pki: Option<Arc<crate::pki::Pki>>,
+    pub events: Arc<crate::events::EventLog>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -52,6 +58,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/revision", get(revision))
         .route("/api/v1/dataplanes", get(dataplanes))
         .route("/api/v1/dataplanes/{id}/revoke", post(revoke))
+        .route("/api/v1/events", get(events_api::list))
         .route("/api/v1/export", get(transfer::export))
         .route("/api/v1/import", post(transfer::import))
         .route(
@@ -69,6 +76,7 @@ pub fn router(state: AdminState) -> Router {
             "/apis/nio.dev/v1/apikeys/{name}/rotate",
             post(resources::rotate),
         )
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
@@ -93,10 +101,101 @@ async fn authenticate(State(state): State<AdminState>, req: Request, next: Next)
         Some(t) if state.admin_token.matches(t) => next.run(req).await,
         _ => {
             tracing::warn!(method = %req.method(), path = %req.uri().path(), "admin call refused: missing or wrong token");
+            let mut event = audit_event(&req, "anonymous", "refused");
+            event.status = 401;
+            event.message = "missing or wrong admin token".into();
+            state.events.append(vec![events::audit(event)]);
             ApiError::unauthorized().into_response()
         }
     }
 }
+
+/// The audit record of a call, before its outcome.
+fn audit_event(req: &Request, actor: &str, action: &str) -> AuditEvent {
+    let path = req.uri().path();
+    let mut parts = path
+        .strip_prefix("/apis/nio.dev/v1/")
+        .unwrap_or_default()
+        .split('/');
+    let kind = parts.next().and_then(Kind::parse);
+    let name = parts.next().unwrap_or_default();
+    AuditEvent {
+        actor: actor.into(),
+        action: action.into(),
+        kind: kind.map(|k| k.as_str().to_string()).unwrap_or_default(),
+        name: name.into(),
+        source_ip: req
+            .extensions()
+            .get::<ConnectInfo<Peer>>()
+            .map(|c| c.0 .0.ip().to_string())
+            .unwrap_or_default(),
+        method: req.method().to_string(),
+        path: path.into(),
+        ..Default::default()
+    }
+}
+
+/// Records every call that can change something (all but GET and HEAD)
+/// as an AuditEvent: who, what, the resource and its versions before and
+/// after, the outcome. Stored (and flushed) before the answer goes out.
+async fn audit(State(state): State<AdminState>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    if matches!(method, http::Method::GET | http::Method::HEAD) {
+        return next.run(req).await;
+    }
+    let path = req.uri().path().to_string();
+    let action = match (&method, path.as_str()) {
+        (_, p) if p.ends_with("/rotate") => "rotate",
+        (_, p) if p.ends_with("/revoke") => "revoke",
+        (_, "/api/v1/import") => "import",
+        (&http::Method::POST, _) => "create",
+        (&http::Method::PUT, _) => "replace",
+        (&http::Method::PATCH, _) => "patch",
+        (&http::Method::DELETE, _) => "delete",
+        _ => "call",
+    };
+    let mut event = audit_event(&req, "admin-token", action);
+    if let Some(kind) = Kind::from_kind_field(&event.kind) {
+        event.old_version = state
+            .store
+            .current()
+            .config
+            .get(kind, &event.name)
+            .map_or(0, |r| r.metadata().version());
+    }
+    let resp = next.run(req).await;
+    event.status = u32::from(resp.status().as_u16());
+    if let Some(w) = resp.extensions().get::<WrittenResource>() {
+        event.kind = w.kind.as_str().to_string();
+        event.name.clone_from(&w.name);
+        event.new_version = w.version;
+    } else if resp.status().is_success() {
+        event.new_version = resp
+            .headers()
+            .get("x-nio-revision")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+    }
+    let log = state.events.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        log.append(vec![events::audit(event)]);
+        log.flush();
+    })
+    .await;
+    resp
+}
+
+/// What a write handler wrote, for the audit record.
+#[derive(Debug, Clone)]
+pub(crate) struct WrittenResource {
+    pub kind: Kind,
+    pub name: String,
+    pub version: u64,
+}
+
+/// The peer address of an admin connection (plain or TLS).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
 
 async fn revision(State(state): State<AdminState>) -> Json<serde_json::Value> {
     Json(json!({"revision": state.store.current().revision}))
@@ -166,6 +265,47 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         load(&state.stats.up_to_date),
         load(&state.stats.refused_streams),
     );
+    let mut body = body;
+    use std::fmt::Write;
+    let (first, next) = state.events.bounds();
+    let dropped: u64 = planes.iter().map(|p| p.events_dropped).sum();
+    let _ = write!(
+        body,
+        "# HELP nio_snapshot_bytes Size of the last full snapshot sent to a data plane.\n\
+         # TYPE nio_snapshot_bytes gauge\n\
+         nio_snapshot_bytes {}\n\
+         # HELP nio_event_log_events Events retained in the event log.\n\
+         # TYPE nio_event_log_events gauge\n\
+         nio_event_log_events {}\n\
+         # HELP nio_event_log_next_sequence Sequence number the next event gets.\n\
+         # TYPE nio_event_log_next_sequence gauge\n\
+         nio_event_log_next_sequence {next}\n\
+         # HELP nio_store_bytes Bytes the store (configuration and event log) takes on disk.\n\
+         # TYPE nio_store_bytes gauge\n\
+         nio_store_bytes {}\n\
+         # HELP nio_fleet_events_dropped Events data planes dropped because their buffer was full (as last reported).\n\
+         # TYPE nio_fleet_events_dropped gauge\n\
+         nio_fleet_events_dropped {dropped}\n\
+         # HELP nio_push_ack_seconds Time from pushing a revision to each data plane's ACK of it.\n\
+         # TYPE nio_push_ack_seconds histogram\n",
+        load(&state.stats.snapshot_bytes),
+        next - first,
+        state.store.size_on_disk(),
+    );
+    let mut total = 0;
+    for (i, c) in state.stats.ack_latency.iter().enumerate() {
+        total += load(c);
+        let le = crate::sync::ACK_BUCKETS
+            .get(i)
+            .map_or("+Inf".to_string(), |b| b.to_string());
+        let _ = writeln!(body, "nio_push_ack_seconds_bucket{{le=\"{le}\"}} {total}");
+    }
+    let _ = writeln!(
+        body,
+        "nio_push_ack_seconds_sum {}\nnio_push_ack_seconds_count {total}",
+        load(&state.stats.ack_latency_us) as f64 / 1e6
+    );
+    crate::telemetry::render_fleet_metrics(&state.fleet, &mut body);
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         body,

@@ -123,7 +123,15 @@ fn respond_written(headers: &HeaderMap, w: &Written, body: Value) -> Response {
         Outcome::Created => StatusCode::CREATED,
         _ => StatusCode::OK,
     };
-    respond(headers, status, &body, w.revision)
+    let mut resp = respond(headers, status, &body, w.revision);
+    // For the audit record: what was written (a create names it only in
+    // its body).
+    resp.extensions_mut().insert(super::WrittenResource {
+        kind: w.resource.kind(),
+        name: w.resource.name().to_string(),
+        version: w.resource.metadata().version(),
+    });
+    resp
 }
 
 fn decode_for(kind: Kind, mut value: Value) -> Result<AnyResource, ApiError> {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
     name = "nio-control-plane",
     version,
     about = "Nio control plane: configuration store, admin API and snapshot streaming",
-    after_help = "Environment only (otherwise generated once into the data dir, mode 0600):\n  NIO_ADMIN_TOKEN  the admin API bearer token\n  NIO_JOIN_TOKEN   the token data planes join with"
+    after_help = "Environment only (otherwise generated once into the data dir, mode 0600):\n  NIO_ADMIN_TOKEN  the admin API bearer token\n  NIO_JOIN_TOKEN   the token data planes join with\n  NIO_FEED_TOKEN   a read-only token for the event feed"
 )]
 struct Args {
     #[command(subcommand)]
@@ -63,6 +63,16 @@ struct Args {
     /// thirds of it.
     #[arg(long, env = "NIO_DATAPLANE_CERT_VALIDITY", default_value = "30d", value_parser = humantime::parse_duration)]
     dataplane_cert_validity: std::time::Duration,
+    /// How long the event log keeps events.
+    #[arg(long, env = "NIO_EVENT_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    event_retention: std::time::Duration,
+    /// Most events the event log keeps (the oldest go first).
+    #[arg(long, env = "NIO_EVENT_RETENTION_EVENTS", default_value_t = 1_000_000)]
+    event_retention_events: u64,
+    /// Events a feed consumer may fall behind before it is cut off (it can
+    /// resume from the sequence number it is given).
+    #[arg(long, env = "NIO_FEED_MAX_LAG", default_value_t = 100_000)]
+    feed_max_lag: u64,
     /// Serve the admin API over TLS with this certificate (PEM chain);
     /// with --admin-tls-key.
     #[arg(long, env = "NIO_ADMIN_TLS_CERT", requires = "admin_tls_key")]
@@ -155,6 +165,12 @@ fn main() -> anyhow::Result<()> {
             validity: args.dataplane_cert_validity,
         }),
         admin_tls: args.admin_tls_cert.zip(args.admin_tls_key),
+        retention: nio_control_plane::events::Retention {
+            max_events: args.event_retention_events.max(1),
+            max_age: args.event_retention,
+        },
+        feed_max_lag: args.feed_max_lag.max(1),
+        feed_token: std::env::var("NIO_FEED_TOKEN").ok(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -238,7 +238,21 @@ fn log_change(backend: &str, target: &str, condition: Condition) {
                 target,
                 state = other.as_str(),
                 "target taken out of the pool"
-            )
+            );
+            let alert = match other {
+                Condition::CircuitOpen => "circuit-opened",
+                Condition::Unhealthy => "health-check-failed",
+                _ => "target-ejected",
+            };
+            crate::events::alert(
+                alert,
+                "warning",
+                format!("{backend}/{target}"),
+                format!(
+                    "target {target} of backend {backend} is out of the pool: {}",
+                    other.as_str()
+                ),
+            );
         }
     }
 }

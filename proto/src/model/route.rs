@@ -31,6 +31,10 @@ pub struct RouteSpec {
     /// One access-log line per request on this route (default on).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub access_log: bool,
+    /// Share of this route's requests that become GatewayEvents on the
+    /// event feed, 0 (off) to 100 (default).
+    #[serde(default = "all", skip_serializing_if = "is_all")]
+    pub event_sample_percent: u8,
     /// Which data planes receive this route (by their labels). Absent: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_plane_selector: Option<LabelSelector>,
@@ -112,6 +116,14 @@ fn yes() -> bool {
 
 fn is_true(b: &bool) -> bool {
     *b
+}
+
+fn all() -> u8 {
+    100
+}
+
+fn is_all(p: &u8) -> bool {
+    *p == 100
 }
 
 /// Selects data planes by label, Kubernetes style.
@@ -301,6 +313,12 @@ impl Matcher {
 impl RouteSpec {
     pub(super) fn validate(&self, errors: &mut Vec<FieldError>) {
         self.tls.validate(errors);
+        if self.event_sample_percent > 100 {
+            errors.push(FieldError::new(
+                "spec.eventSamplePercent",
+                "a percentage: 0 (no events) to 100 (every request)",
+            ));
+        }
         let f = &self.frontend;
         for (i, host) in f.hosts.iter().enumerate() {
             if let Err(msg) = validate_host_pattern(host) {

@@ -1,0 +1,206 @@
+//! The gRPC side of events: data-plane reports in (`Telemetry.Report`),
+//! the feed out (`EventFeed.Subscribe`), and the fleet-wide metrics built
+//! from the reports' counters.
+
+use crate::events::{self, EventLog, Filter, Stop};
+use crate::fleet::Fleet;
+use crate::pki::Pki;
+use crate::sync::{client_identity, has_join_token};
+use crate::tokens::{bearer, Token};
+use nio_proto::v1::event_feed_server::EventFeed;
+use nio_proto::v1::telemetry_server::Telemetry;
+use nio_proto::v1::{DataPlaneReport, Event, ReportAck, SubscribeRequest};
+use nio_proto::LATENCY_BUCKETS_MS;
+use std::fmt::Write;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+type Out<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+pub struct TelemetryService {
+    pub log: Arc<EventLog>,
+    pub fleet: Arc<Fleet>,
+    pub pki: Option<Arc<Pki>>,
+    pub join_token: Token,
+}
+
+#[tonic::async_trait]
+impl Telemetry for TelemetryService {
+    type ReportStream = Out<ReportAck>;
+
+    async fn report(
+        &self,
+        request: Request<Streaming<DataPlaneReport>>,
+    ) -> Result<Response<Self::ReportStream>, Status> {
+        // Who may report: as for ConfigSync.Sync.
+        let identity = match &self.pki {
+            Some(pki) => Some(client_identity(pki, &request)?.id),
+            None if has_join_token(&self.join_token, &request) => None,
+            None => return Err(Status::unauthenticated("join token missing or wrong")),
+        };
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(8);
+        let (log, fleet) = (self.log.clone(), self.fleet.clone());
+        tokio::spawn(async move {
+            while let Ok(Some(report)) = inbound.message().await {
+                if identity.as_ref().is_some_and(|id| *id != report.data_plane) {
+                    let _ = tx
+                        .send(Err(Status::permission_denied(
+                            "a data plane reports under its own id only",
+                        )))
+                        .await;
+                    return;
+                }
+                let dp = report.data_plane.clone();
+                let metrics = report.metrics.unwrap_or_default();
+                let newly_dropped = fleet.reported(&dp, metrics, report.dropped_events);
+                let log2 = log.clone();
+                let (run, first, batch) = (report.run, report.first_event, report.events);
+                let dp2 = dp.clone();
+                let stored = tokio::task::spawn_blocking(move || {
+                    log2.append_report(&dp2, &run, first, batch)
+                })
+                .await;
+                let next = match stored {
+                    Ok(Ok(next)) => next,
+                    _ => {
+                        let _ = tx
+                            .send(Err(Status::unavailable(
+                                "the event log cannot store; retry",
+                            )))
+                            .await;
+                        return;
+                    }
+                };
+                if newly_dropped > 0 {
+                    let mut alert = events::alert(
+                        "events-dropped",
+                        "warning",
+                        &dp,
+                        format!(
+                            "data plane {dp} dropped {newly_dropped} events (its buffer was full)"
+                        ),
+                    );
+                    alert.data_plane = dp.clone();
+                    if let Some(nio_proto::v1::event::Kind::Alert(a)) = &mut alert.kind {
+                        a.labels.insert("dropped".into(), newly_dropped.to_string());
+                    }
+                    log.append(vec![alert]);
+                }
+                if tx.send(Ok(ReportAck { next_event: next })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+pub struct FeedService {
+    pub log: Arc<EventLog>,
+    pub admin_token: Token,
+    pub feed_token: Token,
+    /// Events a consumer may fall behind before it is cut off.
+    pub max_lag: u64,
+}
+
+/// Events queued for one consumer.
+const CONSUMER_QUEUE: usize = 1024;
+
+#[tonic::async_trait]
+impl EventFeed for FeedService {
+    type SubscribeStream = Out<Event>;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let presented = bearer(
+            request
+                .metadata()
+                .get("authorization")
+                .map(|v| v.as_bytes()),
+        );
+        if !presented.is_some_and(|t| self.admin_token.matches(t) || self.feed_token.matches(t)) {
+            return Err(Status::unauthenticated(
+                "the event feed needs authorization: Bearer <admin token or feed token>",
+            ));
+        }
+        let req = request.into_inner();
+        let filter = Filter::from(&req);
+        filter.check().map_err(Status::invalid_argument)?;
+        let (tx, rx) = mpsc::channel(CONSUMER_QUEUE);
+        let (log, max_lag) = (self.log.clone(), self.max_lag);
+        tokio::spawn(async move {
+            let sender = tx.clone();
+            let stop = events::follow(&log, &filter, req.from_sequence, max_lag, |e| {
+                let tx = sender.clone();
+                async move { tx.send(Ok(e)).await.is_ok() }
+            })
+            .await;
+            if let Stop::TooSlow { resume, behind } = stop {
+                tracing::warn!(behind, resume, "event feed consumer too slow; cut off");
+                let _ = tx.try_send(Err(Status::resource_exhausted(format!(
+                    "consumer too slow: {behind} events behind; subscribe again with from_sequence={resume}"
+                ))));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Fleet-wide counters from the data planes' last reports, in Prometheus
+/// text format: per data plane, route and status class, and a latency
+/// histogram per route summed over the fleet.
+pub fn render_fleet_metrics(fleet: &Fleet, out: &mut String) {
+    let reports = fleet.reports();
+    let _ = writeln!(
+        out,
+        "# HELP nio_fleet_requests_total Requests served by the fleet, by data plane, route and status class.\n# TYPE nio_fleet_requests_total counter"
+    );
+    let mut histograms: std::collections::BTreeMap<&str, (Vec<u64>, u64)> = Default::default();
+    for (dp, m) in &reports {
+        for r in &m.routes {
+            for (i, n) in r.by_class.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "nio_fleet_requests_total{{data_plane=\"{dp}\",route=\"{}\",code=\"{}xx\"}} {n}",
+                    r.route,
+                    i + 1
+                );
+            }
+            let h = histograms.entry(r.route.as_str()).or_default();
+            if h.0.len() < r.latency_buckets.len() {
+                h.0.resize(r.latency_buckets.len(), 0);
+            }
+            for (i, n) in r.latency_buckets.iter().enumerate() {
+                h.0[i] += n;
+            }
+            h.1 += r.duration_us;
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP nio_fleet_request_duration_seconds Time to serve requests across the fleet, by route.\n# TYPE nio_fleet_request_duration_seconds histogram"
+    );
+    for (route, (buckets, micros)) in &histograms {
+        for (i, n) in buckets.iter().enumerate() {
+            let le = LATENCY_BUCKETS_MS
+                .get(i)
+                .map_or("+Inf".to_string(), |ms| format!("{}", *ms as f64 / 1000.0));
+            let _ = writeln!(
+                out,
+                "nio_fleet_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "nio_fleet_request_duration_seconds_sum{{route=\"{route}\"}} {}\nnio_fleet_request_duration_seconds_count{{route=\"{route}\"}} {}",
+            *micros as f64 / 1e6,
+            buckets.last().copied().unwrap_or(0)
+        );
+    }
+}
