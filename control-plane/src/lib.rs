@@ -10,6 +10,7 @@
 //!   to data planes and takes their ACK/NACKs; version checks, admission.
 //! - [`fleet`]: what is known of each data plane, for the admin API.
 //! - [`events`]: the event log (sequence numbers, retention) and the feed.
+//! - [`exporters`]: EventExporter resources: webhooks fed from the log.
 //! - [`telemetry`]: data-plane reports, the event feed service, fleet-wide
 //!   metrics.
 //! - [`transfer`]: whole-configuration export and import (one transaction).
@@ -24,6 +25,7 @@
 pub mod admin;
 pub mod apikeys;
 pub mod events;
+pub mod exporters;
 pub mod fleet;
 pub mod otoroshi;
 pub mod pki;

@@ -177,6 +177,8 @@ impl Inner {
                         }
                     }
                 }
+                // The control plane's own, like `Config::select` says.
+                Kind::EventExporter => {}
                 // Sent to every group, like `Config::select` says.
                 Kind::ApiKey | Kind::JwtVerifier | Kind::GlobalConfig | Kind::Certificate => {
                     match self.encoded(*kind, name) {

@@ -4,6 +4,7 @@
 
 use crate::admin::{self, AdminState, Peer};
 use crate::events::{EventLog, Retention};
+use crate::exporters::Exporters;
 use crate::fleet::Fleet;
 use crate::pki::{Pki, PkiError, PkiOptions};
 use crate::publisher::{PublishOptions, Publisher};
@@ -145,6 +146,12 @@ pub async fn run(
         })?;
     events.start_retention();
     tokio::spawn(certificate_alerts(store.clone(), events.clone()));
+    let exporters = Arc::new(Exporters::default());
+    tokio::spawn(crate::exporters::supervise(
+        store.clone(),
+        events.clone(),
+        exporters.clone(),
+    ));
     let fleet = Arc::new(Fleet::new(Some(events.clone())));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -169,6 +176,7 @@ pub async fn run(
         admin_token: admin_token.clone(),
         pki: pki.clone(),
         events: events.clone(),
+        exporters,
     });
     let admin = match &opts.admin_tls {
         None => tokio::spawn(

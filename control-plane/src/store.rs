@@ -538,8 +538,9 @@ impl Store {
 
 /// Secrets the admin API never returns survive writes that cannot carry
 /// them: an ApiKey's credentials belong to the control plane (rotation goes
-/// through [`Store::update`]), and a Certificate written without its
-/// `privateKey` keeps the stored one.
+/// through [`Store::update`]), a Certificate written without its
+/// `privateKey` keeps the stored one, and an EventExporter header sent back
+/// as `<hidden>` keeps its stored value.
 fn keep_secrets(existing: &AnyResource, incoming: &mut AnyResource) {
     match (existing, incoming) {
         (AnyResource::ApiKey(old), AnyResource::ApiKey(new)) => {
@@ -552,6 +553,15 @@ fn keep_secrets(existing: &AnyResource, incoming: &mut AnyResource) {
         }
         (AnyResource::JwtVerifier(old), AnyResource::JwtVerifier(new)) => {
             keep_jwt_secrets(&old.spec, &mut new.spec);
+        }
+        (AnyResource::EventExporter(old), AnyResource::EventExporter(new)) => {
+            for (name, value) in &mut new.spec.headers {
+                if value == nio_proto::model::HIDDEN {
+                    if let Some(stored) = old.spec.headers.get(name) {
+                        value.clone_from(stored);
+                    }
+                }
+            }
         }
         _ => {}
     }

@@ -45,6 +45,7 @@ pub fn export(state: &State, include_secrets: bool) -> Value {
         Kind::Route,
         Kind::ApiKey,
         Kind::GlobalConfig,
+        Kind::EventExporter,
     ] {
         for r in state.config.of_kind(kind) {
             let mut v = r.to_value();
@@ -54,6 +55,7 @@ pub fn export(state: &State, include_secrets: bool) -> Value {
                     spec.remove("privateKey");
                 }
                 crate::admin::strip_jwt_secrets(&mut v);
+                crate::admin::hide_header_values(&mut v);
             }
             items.push(v);
         }

@@ -1265,7 +1265,10 @@ mod tests {
         assert_eq!(traceparent(&mut h), "4bf92f3577b34da6a3ce929d0e0e4736");
         let sent = h["traceparent"].to_str().unwrap();
         assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
-        assert!(!sent.contains("00f067aa0ba902b7"), "our own span id: {sent}");
+        assert!(
+            !sent.contains("00f067aa0ba902b7"),
+            "our own span id: {sent}"
+        );
         assert!(sent.ends_with("-01"));
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",

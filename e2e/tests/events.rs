@@ -402,3 +402,134 @@ async fn refused_calls_nacks_and_disconnections_become_events() -> Result<()> {
     assert_eq!(status, 400);
     Ok(())
 }
+
+/// A webhook receiver: fails the first `failures` POSTs with 503, then
+/// keeps every batch (and the Authorization header it came with).
+async fn webhook(
+    failures: u64,
+) -> Result<(
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+)> {
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let seen = Arc::new(AtomicU64::new(0));
+    let store = got.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (store, seen) = (store.clone(), seen.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (store, seen) = (store.clone(), seen.clone());
+                        async move {
+                            let auth = req
+                                .headers()
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_string();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let status = if seen.fetch_add(1, Ordering::SeqCst) < failures {
+                                503
+                            } else {
+                                if let Ok(v) = serde_json::from_slice(&body) {
+                                    store.lock().unwrap().push((auth, v));
+                                }
+                                200
+                            };
+                            let mut resp = hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::new(),
+                            ));
+                            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    Ok((addr, got))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_exporter_delivers_batches_with_retries() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(&dir.path().join("cp")).await?;
+    let admin = cp.admin();
+    let (addr, got) = webhook(2).await?;
+    admin
+        .create(nio_e2e::resource(
+            "EventExporter",
+            "audit-hook",
+            serde_json::json!({
+                "url": format!("http://{addr}/events"),
+                "headers": {"Authorization": "Bearer hook-secret"},
+                "kinds": ["audit"],
+                "batchSize": 2,
+                "flushInterval": "200ms",
+            }),
+        ))
+        .await?;
+    // Never shown back.
+    let (_, shown) = admin
+        .send(
+            reqwest::Method::GET,
+            "/apis/nio.dev/v1/eventexporters/audit-hook",
+            None,
+        )
+        .await?;
+    assert_eq!(shown["spec"]["headers"]["Authorization"], "<hidden>");
+    for name in ["one", "two", "three"] {
+        admin
+            .create(backend(name, &["http://127.0.0.1:9".into()]))
+            .await?;
+    }
+    let batches = wait_for("three audit events at the webhook", DEADLINE, || async {
+        let got = got.lock().unwrap().clone();
+        let names: Vec<String> = got
+            .iter()
+            .flat_map(|(_, b)| b.as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e["audit"]["name"].as_str().map(String::from))
+            .collect();
+        let all = ["one", "two", "three"]
+            .iter()
+            .all(|n| names.iter().any(|m| m == n));
+        Ok(all.then_some(got))
+    })
+    .await?;
+    // Batches of at most two, only audit events, with the secret header;
+    // each event once although the first POSTs failed.
+    let events: Vec<Value> = batches
+        .iter()
+        .flat_map(|(_, b)| b.as_array().cloned().unwrap_or_default())
+        .collect();
+    assert!(batches.iter().all(
+        |(auth, b)| auth == "Bearer hook-secret" && b.as_array().is_some_and(|a| a.len() <= 2)
+    ));
+    assert!(events.iter().all(|e| e["kind"] == "audit"));
+    let seqs = sequences(&events);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let metrics = reqwest::get(format!("http://{}/metrics", cp.admin))
+        .await?
+        .text()
+        .await?;
+    let m = parse_metrics(&metrics).await?;
+    assert!(
+        m["nio_exporter_failures_total{exporter=audit-hook}"].as_f64() >= Some(2.0),
+        "{m}"
+    );
+    Ok(())
+}

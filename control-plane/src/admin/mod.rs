@@ -51,6 +51,7 @@ pub struct AdminState {
     /// The CA of data-plane certificates (`None` with `--grpc-plaintext`).
     pub pki: Option<Arc<crate::pki::Pki>>,
     pub events: Arc<crate::events::EventLog>,
+    pub exporters: Arc<crate::exporters::Exporters>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -306,10 +307,26 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         load(&state.stats.ack_latency_us) as f64 / 1e6
     );
     crate::telemetry::render_fleet_metrics(&state.fleet, &mut body);
+    state.exporters.render(&mut body);
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         body,
     )
+}
+
+/// An EventExporter's header values are credentials: shown as `<hidden>`.
+pub fn hide_header_values(value: &mut Value) {
+    if value["kind"] != "EventExporter" {
+        return;
+    }
+    if let Some(headers) = value["spec"]
+        .get_mut("headers")
+        .and_then(Value::as_object_mut)
+    {
+        for v in headers.values_mut() {
+            *v = Value::String(nio_proto::model::HIDDEN.into());
+        }
+    }
 }
 
 /// The resource as the admin API shows it: for an ApiKey, the credentials
@@ -322,6 +339,7 @@ pub fn shown(resource: &AnyResource) -> Value {
     if let AnyResource::JwtVerifier(_) = resource {
         strip_jwt_secrets(&mut value);
     }
+    hide_header_values(&mut value);
     if let AnyResource::Certificate(cert) = resource {
         if let Some(spec) = value.get_mut("spec").and_then(Value::as_object_mut) {
             spec.remove("privateKey");

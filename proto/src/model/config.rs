@@ -130,6 +130,8 @@ impl Config {
             | AnyResource::JwtVerifier(_)
             | AnyResource::GlobalConfig(_)
             | AnyResource::Certificate(_) => true,
+            // The control plane's own.
+            AnyResource::EventExporter(_) => false,
         })
     }
 
@@ -163,7 +165,7 @@ impl Config {
                     )
                 })
                 .collect(),
-            Kind::Route | Kind::ApiKey | Kind::GlobalConfig => Vec::new(),
+            Kind::Route | Kind::ApiKey | Kind::GlobalConfig | Kind::EventExporter => Vec::new(),
         }
     }
 

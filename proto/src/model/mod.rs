@@ -13,6 +13,7 @@ mod certificate;
 mod cidr;
 mod config;
 mod duration;
+mod exporter;
 mod global;
 mod jwt;
 mod plugins;
@@ -26,6 +27,7 @@ pub use backend::{
 pub use certificate::{CertificateInfo, CertificateSpec};
 pub use cidr::{canonical_ip, Cidr};
 pub use config::Config;
+pub use exporter::{EventExporterSpec, HIDDEN};
 pub use global::{GlobalConfigSpec, GLOBAL_NAME};
 pub use jwt::{
     check_key, inline_key, parse_algorithm, pem_public_key, ClaimCheck, JwtKey, JwtVerifierSpec,
@@ -53,16 +55,18 @@ pub enum Kind {
     JwtVerifier,
     GlobalConfig,
     Certificate,
+    EventExporter,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Route,
         Kind::Backend,
         Kind::ApiKey,
         Kind::JwtVerifier,
         Kind::GlobalConfig,
         Kind::Certificate,
+        Kind::EventExporter,
     ];
 
     /// The `kind` field value, e.g. `Route`.
@@ -74,6 +78,7 @@ impl Kind {
             Kind::JwtVerifier => "JwtVerifier",
             Kind::GlobalConfig => "GlobalConfig",
             Kind::Certificate => "Certificate",
+            Kind::EventExporter => "EventExporter",
         }
     }
 
@@ -86,6 +91,7 @@ impl Kind {
             Kind::JwtVerifier => "jwtverifiers",
             Kind::GlobalConfig => "globalconfigs",
             Kind::Certificate => "certificates",
+            Kind::EventExporter => "eventexporters",
         }
     }
 
@@ -97,6 +103,7 @@ impl Kind {
             Kind::JwtVerifier => "jwt",
             Kind::GlobalConfig => "gc",
             Kind::Certificate => "cert",
+            Kind::EventExporter => "exp",
         }
     }
 
@@ -150,6 +157,7 @@ pub type ApiKey = Resource<ApiKeySpec>;
 pub type JwtVerifier = Resource<JwtVerifierSpec>;
 pub type GlobalConfig = Resource<GlobalConfigSpec>;
 pub type Certificate = Resource<CertificateSpec>;
+pub type EventExporter = Resource<EventExporterSpec>;
 
 impl Metadata {
     /// `resourceVersion` as a number (0 when unset or unparseable).
@@ -226,6 +234,7 @@ pub enum AnyResource {
     JwtVerifier(JwtVerifier),
     GlobalConfig(GlobalConfig),
     Certificate(Certificate),
+    EventExporter(EventExporter),
 }
 
 /// `$body` with `$r` bound to the resource, whatever its kind.
@@ -238,6 +247,7 @@ macro_rules! each_kind {
             AnyResource::JwtVerifier($r) => $body,
             AnyResource::GlobalConfig($r) => $body,
             AnyResource::Certificate($r) => $body,
+            AnyResource::EventExporter($r) => $body,
         }
     };
 }
@@ -286,6 +296,7 @@ impl AnyResource {
             Kind::JwtVerifier => AnyResource::JwtVerifier(decode(value)?),
             Kind::GlobalConfig => AnyResource::GlobalConfig(decode(value)?),
             Kind::Certificate => AnyResource::Certificate(decode(value)?),
+            Kind::EventExporter => AnyResource::EventExporter(decode(value)?),
         })
     }
 
@@ -297,6 +308,7 @@ impl AnyResource {
             AnyResource::JwtVerifier(_) => Kind::JwtVerifier,
             AnyResource::GlobalConfig(_) => Kind::GlobalConfig,
             AnyResource::Certificate(_) => Kind::Certificate,
+            AnyResource::EventExporter(_) => Kind::EventExporter,
         }
     }
 
@@ -323,6 +335,7 @@ impl AnyResource {
             AnyResource::JwtVerifier(r) => r.spec.validate(&mut errors),
             AnyResource::GlobalConfig(r) => r.spec.validate(&r.metadata.name, &mut errors),
             AnyResource::Certificate(r) => r.spec.validate(&mut errors),
+            AnyResource::EventExporter(r) => r.spec.validate(&mut errors),
         }
         if errors.is_empty() {
             Ok(())

@@ -401,6 +401,7 @@ fn print_table(kind: Kind, items: &[Value], wide: bool) {
         Kind::JwtVerifier => &["NAME", "ALGORITHMS", "JWKS", "REVISION"],
         Kind::GlobalConfig => &["NAME", "PLUGINS", "REVISION"],
         Kind::Certificate => &["NAME", "SANS", "NOT AFTER", "KEY", "REVISION"],
+        Kind::EventExporter => &["NAME", "URL", "KINDS", "REVISION"],
     };
     let mut header = header.to_vec();
     if wide {
@@ -490,6 +491,12 @@ fn table_row(kind: Kind, r: &Value) -> Vec<String> {
                 "no"
             }
             .to_string(),
+            rv,
+        ],
+        Kind::EventExporter => vec![
+            name,
+            r["spec"]["url"].as_str().unwrap_or_default().to_string(),
+            join(&r["spec"]["kinds"]),
             rv,
         ],
     }
