@@ -177,6 +177,7 @@ pub async fn run(
         pki: pki.clone(),
         events: events.clone(),
         exporters,
+        stopping: stopping(stopped.clone()),
     });
     let admin = match &opts.admin_tls {
         None => tokio::spawn(
@@ -209,6 +210,7 @@ pub async fn run(
         fleet: fleet.clone(),
         pki: pki.clone(),
         join_token: join_token.clone(),
+        stopping: stopping(stopped.clone()),
     })
     .max_decoding_message_size(64 * 1024 * 1024);
     let feed = EventFeedServer::new(FeedService {
@@ -216,6 +218,7 @@ pub async fn run(
         admin_token,
         feed_token,
         max_lag: opts.feed_max_lag,
+        stopping: stopping(stopped.clone()),
     });
     let sync = SyncService::new(
         publisher,
@@ -285,6 +288,15 @@ pub async fn run(
         Ok(Err(e)) => Err(serve_err("gRPC", e)),
         Err(e) => Err(serve_err("gRPC", e)),
     }
+}
+
+/// A [`crate::telemetry::Stopping`] from the shutdown signal.
+fn stopping<F, Fut>(stopped: F) -> crate::telemetry::Stopping
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Arc::new(move || Box::pin(stopped()))
 }
 
 fn serve_err(what: &'static str, e: impl std::fmt::Display) -> ServerError {

@@ -100,7 +100,7 @@ impl SyncStats {
     }
 }
 
-type Shutdown = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+pub(crate) type Shutdown = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 pub struct SyncService {
     publisher: Arc<Publisher>,

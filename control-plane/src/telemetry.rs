@@ -5,7 +5,7 @@
 use crate::events::{self, EventLog, Filter, Stop};
 use crate::fleet::Fleet;
 use crate::pki::Pki;
-use crate::sync::{client_identity, has_join_token};
+use crate::sync::{client_identity, has_join_token, Shutdown};
 use crate::tokens::{bearer, Token};
 use nio_proto::v1::event_feed_server::EventFeed;
 use nio_proto::v1::telemetry_server::Telemetry;
@@ -20,11 +20,16 @@ use tonic::{Request, Response, Status, Streaming};
 
 type Out<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
 
+/// Makes a future that resolves when the control plane shuts down: open
+/// report and feed streams end then, so the server can stop.
+pub type Stopping = Arc<dyn Fn() -> Shutdown + Send + Sync>;
+
 pub struct TelemetryService {
     pub log: Arc<EventLog>,
     pub fleet: Arc<Fleet>,
     pub pki: Option<Arc<Pki>>,
     pub join_token: Token,
+    pub stopping: Stopping,
 }
 
 #[tonic::async_trait]
@@ -44,8 +49,19 @@ impl Telemetry for TelemetryService {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(8);
         let (log, fleet) = (self.log.clone(), self.fleet.clone());
+        let mut stopping = (self.stopping)();
         tokio::spawn(async move {
-            while let Ok(Some(report)) = inbound.message().await {
+            loop {
+                let report = tokio::select! {
+                    () = &mut stopping => {
+                        let _ = tx.send(Err(Status::unavailable("control plane shutting down"))).await;
+                        return;
+                    }
+                    m = inbound.message() => match m {
+                        Ok(Some(report)) => report,
+                        _ => return,
+                    },
+                };
                 if identity.as_ref().is_some_and(|id| *id != report.data_plane) {
                     let _ = tx
                         .send(Err(Status::permission_denied(
@@ -105,6 +121,7 @@ pub struct FeedService {
     pub feed_token: Token,
     /// Events a consumer may fall behind before it is cut off.
     pub max_lag: u64,
+    pub stopping: Stopping,
 }
 
 /// Events queued for one consumer.
@@ -134,13 +151,20 @@ impl EventFeed for FeedService {
         filter.check().map_err(Status::invalid_argument)?;
         let (tx, rx) = mpsc::channel(CONSUMER_QUEUE);
         let (log, max_lag) = (self.log.clone(), self.max_lag);
+        let stopping = (self.stopping)();
         tokio::spawn(async move {
             let sender = tx.clone();
-            let stop = events::follow(&log, &filter, req.from_sequence, max_lag, |e| {
+            let follow = events::follow(&log, &filter, req.from_sequence, max_lag, |e| {
                 let tx = sender.clone();
                 async move { tx.send(Ok(e)).await.is_ok() }
-            })
-            .await;
+            });
+            let stop = tokio::select! {
+                stop = follow => stop,
+                () = stopping => {
+                    let _ = tx.try_send(Err(Status::unavailable("control plane shutting down; resume later")));
+                    return;
+                }
+            };
             if let Stop::TooSlow { resume, behind } = stop {
                 tracing::warn!(behind, resume, "event feed consumer too slow; cut off");
                 let _ = tx.try_send(Err(Status::resource_exhausted(format!(

@@ -64,9 +64,10 @@ pub async fn list(
             .map(|id| id + 1);
         let from = resume.or(p.from_sequence).unwrap_or(0);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(256);
+        let stopping = (state.stopping)();
         tokio::spawn(async move {
             let sender = tx.clone();
-            let stop = events::follow(&log, &filter, from, 100_000, |e| {
+            let follow = events::follow(&log, &filter, from, 100_000, |e| {
                 let tx = sender.clone();
                 async move {
                     let sse = SseEvent::default()
@@ -76,8 +77,11 @@ pub async fn list(
                         .unwrap_or_default();
                     tx.send(Ok(sse)).await.is_ok()
                 }
-            })
-            .await;
+            });
+            let stop = tokio::select! {
+                stop = follow => stop,
+                () = stopping => return,
+            };
             if let Stop::TooSlow { resume, .. } = stop {
                 let _ = tx
                     .send(Ok(SseEvent::default().event("error").data(format!(

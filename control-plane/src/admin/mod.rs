@@ -52,6 +52,8 @@ pub struct AdminState {
     pub pki: Option<Arc<crate::pki::Pki>>,
     pub events: Arc<crate::events::EventLog>,
     pub exporters: Arc<crate::exporters::Exporters>,
+    /// Ends open event streams (SSE) on shutdown.
+    pub stopping: crate::telemetry::Stopping,
 }
 
 pub fn router(state: AdminState) -> Router {
