@@ -186,8 +186,14 @@ pub fn render_fleet_metrics(fleet: &Fleet, out: &mut String) {
         "# HELP nio_fleet_requests_total Requests served by the fleet, by data plane, route and status class.\n# TYPE nio_fleet_requests_total counter"
     );
     let mut histograms: std::collections::BTreeMap<&str, (Vec<u64>, u64)> = Default::default();
+    let mut bytes = String::new();
     for (dp, m) in &reports {
         for r in &m.routes {
+            let _ = writeln!(
+                bytes,
+                "nio_fleet_body_bytes_total{{data_plane=\"{dp}\",route=\"{}\",direction=\"in\"}} {}\nnio_fleet_body_bytes_total{{data_plane=\"{dp}\",route=\"{}\",direction=\"out\"}} {}",
+                r.route, r.bytes_in, r.route, r.bytes_out
+            );
             for (i, n) in r.by_class.iter().enumerate() {
                 let _ = writeln!(
                     out,
@@ -206,6 +212,10 @@ pub fn render_fleet_metrics(fleet: &Fleet, out: &mut String) {
             h.1 += r.duration_us;
         }
     }
+    let _ = write!(
+        out,
+        "# HELP nio_fleet_body_bytes_total Body bytes the fleet received (in) and sent (out), by data plane and route.\n# TYPE nio_fleet_body_bytes_total counter\n{bytes}"
+    );
     let _ = writeln!(
         out,
         "# HELP nio_fleet_request_duration_seconds Time to serve requests across the fleet, by route.\n# TYPE nio_fleet_request_duration_seconds histogram"

@@ -23,6 +23,10 @@ pub struct RouteStats {
     pub latency: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
     /// Requests refused by a plugin, by reason.
     pub denials: [AtomicU64; Reason::ALL.len()],
+    /// Body bytes from clients and to clients (requests with an access-log
+    /// record or an event; others are not measured).
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
 }
 
 impl RouteStats {
@@ -112,8 +116,8 @@ impl Metrics {
                     by_class: s.by_class.iter().map(g).collect(),
                     duration_us: g(&s.duration_us),
                     latency_buckets: s.cumulative(),
-                    bytes_in: 0,
-                    bytes_out: 0,
+                    bytes_in: g(&s.bytes_in),
+                    bytes_out: g(&s.bytes_out),
                 })
                 .collect(),
         }
@@ -164,6 +168,23 @@ impl Metrics {
                 g(&stats.duration_us) as f64 / 1e6,
                 cumulative.last().copied().unwrap_or(0)
             );
+        }
+        for (metric, help, read) in [
+            (
+                "nio_request_body_bytes_total",
+                "Request body bytes received from clients, by route.",
+                (|s: &RouteStats| &s.bytes_in) as fn(&RouteStats) -> &AtomicU64,
+            ),
+            (
+                "nio_response_body_bytes_total",
+                "Response body bytes sent to clients, by route.",
+                |s| &s.bytes_out,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+            for (name, stats) in &routes {
+                let _ = writeln!(out, "{metric}{{route=\"{name}\"}} {}", g(read(stats)));
+            }
         }
         let _ = writeln!(
             out,

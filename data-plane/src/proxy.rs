@@ -319,6 +319,8 @@ pub struct Exchange {
     target: u32,
     log: Option<(Box<Record>, Arc<AccessLog>)>,
     counters: Option<Arc<Counters>>,
+    /// The route's counters, for the bytes the exchange moved.
+    stats: Option<Arc<crate::metrics::RouteStats>>,
 }
 
 impl Exchange {
@@ -331,6 +333,7 @@ impl Exchange {
             target,
             log: None,
             counters: None,
+            stats: None,
         }
     }
 }
@@ -340,10 +343,20 @@ impl Drop for Exchange {
         if let Some(t) = self.pool.target(self.target) {
             t.state.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
+        let bytes = self.counters.as_ref().map(|c| {
+            (
+                c.bytes_in.load(Ordering::Relaxed),
+                c.bytes_out.load(Ordering::Relaxed),
+            )
+        });
+        if let (Some(stats), Some((bytes_in, bytes_out))) = (&self.stats, bytes) {
+            stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+            stats.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+        }
         if let Some((mut record, log)) = self.log.take() {
-            if let Some(c) = &self.counters {
-                record.bytes_in = c.bytes_in.load(Ordering::Relaxed);
-                record.bytes_out = c.bytes_out.load(Ordering::Relaxed);
+            if let Some((bytes_in, bytes_out)) = bytes {
+                record.bytes_in = bytes_in;
+                record.bytes_out = bytes_out;
             }
             log.send(record);
         }
@@ -921,6 +934,7 @@ impl Proxy {
                         record.upstream_ms = Some(millis(sent.elapsed()));
                         exchange.log = Some((record, l.sink));
                         exchange.counters = Some(l.counters);
+                        exchange.stats = Some(route.stats.clone());
                     }
                     if status == 101 {
                         if let Some(client) = on_upgrade {

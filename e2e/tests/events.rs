@@ -221,6 +221,10 @@ async fn a_python_consumer_resumes_without_loss_or_duplicates() -> Result<()> {
     let m = parse_metrics(&text).await?;
     assert_eq!(m["nio_requests_total{code=2xx,route=svc}"], 25.0, "{m}");
     assert_eq!(m["nio_request_duration_seconds_count{route=svc}"], 25.0);
+    assert!(
+        m["nio_response_body_bytes_total{route=svc}"].as_f64() > Some(25.0 * 50.0),
+        "{m}"
+    );
     let fleet = wait_for("the fleet-wide counters", DEADLINE, || async {
         let text = reqwest::get(format!("http://{}/metrics", cp.admin))
             .await?
@@ -238,6 +242,10 @@ async fn a_python_consumer_resumes_without_loss_or_duplicates() -> Result<()> {
     assert_eq!(
         fleet["nio_fleet_request_duration_seconds_count{route=svc}"],
         50.0
+    );
+    assert_eq!(
+        fleet["nio_fleet_body_bytes_total{data_plane=dp-a,direction=out,route=svc}"],
+        m["nio_response_body_bytes_total{route=svc}"]
     );
     assert!(
         fleet["nio_event_log_events{}"].as_f64() >= Some(50.0),
