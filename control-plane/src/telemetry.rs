@@ -212,6 +212,44 @@ pub fn render_fleet_metrics(fleet: &Fleet, out: &mut String) {
             h.1 += r.duration_us;
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP nio_fleet_apikey_requests_total Requests each API key authenticated, by data plane.\n# TYPE nio_fleet_apikey_requests_total counter"
+    );
+    for (dp, m) in &reports {
+        for k in &m.api_keys {
+            let _ = writeln!(
+                out,
+                "nio_fleet_apikey_requests_total{{data_plane=\"{dp}\",apikey=\"{}\"}} {}",
+                k.name, k.requests
+            );
+        }
+    }
+    for (metric, help, failures) in [
+        (
+            "nio_fleet_target_requests_total",
+            "Requests sent to each backend target, by data plane.",
+            false,
+        ),
+        (
+            "nio_fleet_target_failures_total",
+            "Failed requests to each backend target, by data plane.",
+            true,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+        for (dp, m) in &reports {
+            for t in &m.targets {
+                let value = if failures { t.failures } else { t.requests };
+                let _ = writeln!(
+                    out,
+                    "{metric}{{data_plane=\"{dp}\",backend=\"{}\",target=\"{}\"}} {value}",
+                    t.backend,
+                    t.target.replace('"', "")
+                );
+            }
+        }
+    }
     let _ = write!(
         out,
         "# HELP nio_fleet_body_bytes_total Body bytes the fleet received (in) and sent (out), by data plane and route.\n# TYPE nio_fleet_body_bytes_total counter\n{bytes}"

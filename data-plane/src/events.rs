@@ -21,9 +21,12 @@
 //! request never waits for it.
 
 use crate::metrics::Metrics;
+use crate::runtime::RuntimeSlot;
 use crate::sync::{connect, SyncOptions};
 use nio_proto::v1::telemetry_client::TelemetryClient;
-use nio_proto::v1::{event, AlertEvent, DataPlaneReport, Event};
+use nio_proto::v1::{
+    event, AlertEvent, ApiKeyMetrics, DataPlaneMetrics, DataPlaneReport, Event, TargetMetrics,
+};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -130,6 +133,7 @@ pub fn start(
     opts: ReportOptions,
     sync: SyncOptions,
     metrics: Arc<Metrics>,
+    slot: Arc<RuntimeSlot>,
     leave: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let (tx, mut rx) = mpsc::channel(CHANNEL);
@@ -153,7 +157,8 @@ pub fn start(
             }
         }
     });
-    tokio::spawn(report_loop(opts, sync, metrics, ring, leave))
+    let counters = Counters { metrics, slot };
+    tokio::spawn(report_loop(opts, sync, counters, ring, leave))
 }
 
 async fn leaving(leave: &mut watch::Receiver<bool>) {
@@ -164,10 +169,50 @@ fn run_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
+/// What a report's counters are read from.
+struct Counters {
+    metrics: Arc<Metrics>,
+    slot: Arc<RuntimeSlot>,
+}
+
+impl Counters {
+    /// Per route (from the metrics), per API key and per backend target
+    /// (from the runtime now serving).
+    fn read(&self) -> DataPlaneMetrics {
+        let mut m = self.metrics.report();
+        let Some(rt) = self.slot.load_full() else {
+            return m;
+        };
+        let now = crate::upstream::health::now_ms();
+        m.api_keys = rt
+            .api_keys
+            .values()
+            .map(|k| ApiKeyMetrics {
+                name: k.name.clone(),
+                requests: k.requests.load(Ordering::Relaxed),
+            })
+            .collect();
+        m.targets = rt
+            .backends
+            .values()
+            .flat_map(|pool| {
+                pool.targets.iter().map(move |t| TargetMetrics {
+                    backend: pool.name.clone(),
+                    target: t.url.clone(),
+                    requests: t.state.requests.load(Ordering::Relaxed),
+                    failures: t.state.failures.load(Ordering::Relaxed),
+                    condition: t.state.condition(now).as_str().to_string(),
+                })
+            })
+            .collect();
+        m
+    }
+}
+
 async fn report_loop(
     opts: ReportOptions,
     sync: SyncOptions,
-    metrics: Arc<Metrics>,
+    metrics: Counters,
     ring: Arc<Mutex<Ring>>,
     mut leave: watch::Receiver<bool>,
 ) {
@@ -188,7 +233,7 @@ async fn report_loop(
 
 fn report(
     sync: &SyncOptions,
-    metrics: &Metrics,
+    metrics: &Counters,
     ring: &Mutex<Ring>,
     run: &str,
     from: u64,
@@ -208,7 +253,7 @@ fn report(
         run: run.to_string(),
         events,
         dropped_events: dropped + refused,
-        metrics: Some(metrics.report()),
+        metrics: Some(metrics.read()),
     };
     (report, next)
 }
@@ -216,7 +261,7 @@ fn report(
 async fn report_session(
     opts: &ReportOptions,
     sync: &SyncOptions,
-    metrics: &Metrics,
+    metrics: &Counters,
     ring: &Mutex<Ring>,
     run: &str,
     leave: &mut watch::Receiver<bool>,

@@ -120,6 +120,7 @@ impl Metrics {
                     bytes_out: g(&s.bytes_out),
                 })
                 .collect(),
+            ..Default::default()
         }
     }
 

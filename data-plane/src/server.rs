@@ -106,6 +106,7 @@ pub async fn run(
         opts.report.clone(),
         opts.sync.clone(),
         metrics.clone(),
+        slot.clone(),
         leave_rx.clone(),
     );
     let sync_task = tokio::spawn(sync::run(opts.sync.clone(), applier.clone(), leave_rx));

@@ -129,7 +129,7 @@ async fn fleet(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_python_consumer_resumes_without_loss_or_duplicates() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (cp, _svc, dps) = fleet(dir.path(), &[("dp-a", &[]), ("dp-b", &[])]).await?;
+    let (cp, svc, dps) = fleet(dir.path(), &[("dp-a", &[]), ("dp-b", &[])]).await?;
     let admin = cp.admin();
     let client = reqwest::Client::new();
     let mut sent = BTreeSet::new();
@@ -247,6 +247,11 @@ async fn a_python_consumer_resumes_without_loss_or_duplicates() -> Result<()> {
         fleet["nio_fleet_body_bytes_total{data_plane=dp-a,direction=out,route=svc}"],
         m["nio_response_body_bytes_total{route=svc}"]
     );
+    let target = format!(
+        "nio_fleet_target_requests_total{{backend=svc,data_plane=dp-b,target={}}}",
+        svc.url()
+    );
+    assert_eq!(fleet[target.as_str()], 25.0, "{fleet}");
     assert!(
         fleet["nio_event_log_events{}"].as_f64() >= Some(50.0),
         "{fleet}"

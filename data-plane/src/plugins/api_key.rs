@@ -35,6 +35,8 @@ pub struct CompiledKey {
     /// `Nio-Client-Meta-*` headers to forward.
     meta: Vec<(HeaderName, HeaderValue)>,
     secrets: Vec<Secret>,
+    /// Requests this key authenticated (reported to the control plane).
+    pub requests: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for CompiledKey {
@@ -95,6 +97,7 @@ impl CompiledKey {
             selector: spec.route_selector.clone(),
             meta,
             secrets,
+            requests: Default::default(),
         })
     }
 
@@ -284,6 +287,8 @@ impl Plugin for ApiKeyPlugin {
             }
         }
         ctx.state.consumer = Some(key.name.clone());
+        key.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Flow::Continue
     }
 }
