@@ -10,7 +10,6 @@ use crate::tokens::{bearer, Token};
 use nio_proto::v1::event_feed_server::EventFeed;
 use nio_proto::v1::telemetry_server::Telemetry;
 use nio_proto::v1::{DataPlaneReport, Event, ReportAck, SubscribeRequest};
-use nio_proto::LATENCY_BUCKETS_MS;
 use std::fmt::Write;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -259,20 +258,12 @@ pub fn render_fleet_metrics(fleet: &Fleet, out: &mut String) {
         "# HELP nio_fleet_request_duration_seconds Time to serve requests across the fleet, by route.\n# TYPE nio_fleet_request_duration_seconds histogram"
     );
     for (route, (buckets, micros)) in &histograms {
-        for (i, n) in buckets.iter().enumerate() {
-            let le = LATENCY_BUCKETS_MS
-                .get(i)
-                .map_or("+Inf".to_string(), |ms| format!("{}", *ms as f64 / 1000.0));
-            let _ = writeln!(
-                out,
-                "nio_fleet_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
+        nio_proto::write_latency_histogram(
             out,
-            "nio_fleet_request_duration_seconds_sum{{route=\"{route}\"}} {}\nnio_fleet_request_duration_seconds_count{{route=\"{route}\"}} {}",
-            *micros as f64 / 1e6,
-            buckets.last().copied().unwrap_or(0)
+            "nio_fleet_request_duration_seconds",
+            route,
+            buckets,
+            *micros,
         );
     }
 }

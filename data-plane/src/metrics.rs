@@ -153,21 +153,12 @@ impl Metrics {
             "# HELP nio_request_duration_seconds Time to serve requests, by route.\n# TYPE nio_request_duration_seconds histogram"
         );
         for (name, stats) in &routes {
-            let cumulative = stats.cumulative();
-            for (i, count) in cumulative.iter().enumerate() {
-                let le = LATENCY_BUCKETS_MS
-                    .get(i)
-                    .map_or("+Inf".to_string(), |ms| format!("{}", *ms as f64 / 1000.0));
-                let _ = writeln!(
-                    out,
-                    "nio_request_duration_seconds_bucket{{route=\"{name}\",le=\"{le}\"}} {count}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "nio_request_duration_seconds_sum{{route=\"{name}\"}} {}\nnio_request_duration_seconds_count{{route=\"{name}\"}} {}",
-                g(&stats.duration_us) as f64 / 1e6,
-                cumulative.last().copied().unwrap_or(0)
+            nio_proto::write_latency_histogram(
+                &mut out,
+                "nio_request_duration_seconds",
+                name,
+                &stats.cumulative(),
+                g(&stats.duration_us),
             );
         }
         for (metric, help, read) in [

@@ -31,4 +31,32 @@ pub const API_VERSION: &str = "nio.dev/v1";
 /// unbounded bucket follows.
 pub const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000];
 
+/// Writes the samples of one route's latency histogram in Prometheus text
+/// format: `cumulative` counts per bucket of [`LATENCY_BUCKETS_MS`] (then
+/// +Inf) and the sum of durations in microseconds.
+pub fn write_latency_histogram(
+    out: &mut String,
+    metric: &str,
+    route: &str,
+    cumulative: &[u64],
+    sum_us: u64,
+) {
+    use std::fmt::Write;
+    for (i, count) in cumulative.iter().enumerate() {
+        let le = LATENCY_BUCKETS_MS
+            .get(i)
+            .map_or("+Inf".to_string(), |ms| format!("{}", *ms as f64 / 1000.0));
+        let _ = writeln!(
+            out,
+            "{metric}_bucket{{route=\"{route}\",le=\"{le}\"}} {count}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{metric}_sum{{route=\"{route}\"}} {}\n{metric}_count{{route=\"{route}\"}} {}",
+        sum_us as f64 / 1e6,
+        cumulative.last().copied().unwrap_or(0)
+    );
+}
+
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

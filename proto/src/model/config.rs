@@ -143,30 +143,28 @@ impl Config {
                 .filter(|r| r.spec.backend == name)
                 .map(|r| format!("route \"{}\"", r.metadata.name))
                 .collect(),
-            Kind::JwtVerifier => self
-                .iter()
-                .filter(|r| plugins_of(r).is_some_and(|p| verifiers(p).any(|v| v == name)))
-                .map(|r| {
-                    format!(
-                        "{} \"{}\"",
-                        r.kind().as_str().to_ascii_lowercase(),
-                        r.name()
-                    )
-                })
-                .collect(),
-            Kind::Certificate => self
-                .iter()
-                .filter(|r| certificates_of(r).iter().any(|(_, c)| *c == name))
-                .map(|r| {
-                    format!(
-                        "{} \"{}\"",
-                        r.kind().as_str().to_ascii_lowercase(),
-                        r.name()
-                    )
-                })
-                .collect(),
+            Kind::JwtVerifier => {
+                self.naming(|r| plugins_of(r).is_some_and(|p| verifiers(p).any(|v| v == name)))
+            }
+            Kind::Certificate => {
+                self.naming(|r| certificates_of(r).iter().any(|(_, c)| *c == name))
+            }
             Kind::Route | Kind::ApiKey | Kind::GlobalConfig | Kind::EventExporter => Vec::new(),
         }
+    }
+
+    /// `kind "name"` of each resource for which `uses` holds.
+    fn naming(&self, uses: impl Fn(&AnyResource) -> bool) -> Vec<String> {
+        self.iter()
+            .filter(|r| uses(r))
+            .map(|r| {
+                format!(
+                    "{} \"{}\"",
+                    r.kind().as_str().to_ascii_lowercase(),
+                    r.name()
+                )
+            })
+            .collect()
     }
 
     /// Checks one resource's references against this configuration.
