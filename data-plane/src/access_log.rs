@@ -37,7 +37,7 @@ impl std::str::FromStr for Sink {
 }
 
 /// One request, as logged.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Record {
     #[serde(serialize_with = "rfc3339")]
@@ -80,25 +80,26 @@ pub struct Record {
 }
 
 impl Record {
-    fn event(&self) -> nio_proto::v1::event::Kind {
-        let text = |s: &Option<String>| s.clone().unwrap_or_default();
+    /// The request's GatewayEvent, taking the record's strings (the
+    /// record is not written after).
+    fn into_event(self) -> nio_proto::v1::event::Kind {
         nio_proto::v1::event::Kind::Gateway(nio_proto::v1::GatewayEvent {
-            route: text(&self.route),
+            route: self.route.unwrap_or_default(),
             backend: String::new(),
-            target: text(&self.target),
-            method: self.method.clone(),
-            host: self.host.clone(),
-            path: self.path.clone(),
+            target: self.target.unwrap_or_default(),
+            method: self.method,
+            host: self.host,
+            path: self.path,
             status: u32::from(self.status),
             duration_ms: self.duration_ms,
             upstream_ms: self.upstream_ms.unwrap_or(0.0),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             client_ip: self.client.to_string(),
-            consumer: text(&self.consumer),
-            request_id: self.request_id.clone(),
+            consumer: self.consumer.unwrap_or_default(),
+            request_id: self.request_id,
             error: self.error.unwrap_or_default().to_string(),
-            trace_id: text(&self.trace_id),
+            trace_id: self.trace_id.unwrap_or_default(),
         })
     }
 }
@@ -146,12 +147,16 @@ impl AccessLog {
 
     pub fn send(&self, mut record: Box<Record>) {
         record.duration_ms = millis(record.started.elapsed());
-        if record.emit_event {
-            crate::events::emit(record.event());
-        }
         let Some(tx) = self.tx.as_ref().filter(|_| record.write_line) else {
+            if record.emit_event {
+                crate::events::emit(Record::into_event(*record));
+            }
             return;
         };
+        if record.emit_event {
+            // Both: the line keeps the record, the event gets a copy.
+            crate::events::emit(Record::into_event((*record).clone()));
+        }
         if tx.try_send(record).is_err() {
             self.metrics
                 .access_log_dropped
