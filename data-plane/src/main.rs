@@ -110,6 +110,9 @@ struct Args {
     /// Most concurrent streams on one HTTP/2 connection.
     #[arg(long, env = "NIO_H2_MAX_CONCURRENT_STREAMS", default_value_t = 100)]
     h2_max_concurrent_streams: u32,
+    /// Threads that serve requests; 0: one per CPU the process may use.
+    #[arg(long, env = "NIO_WORKER_THREADS", default_value_t = 0)]
+    worker_threads: usize,
     /// Log format: text or json (level from RUST_LOG, default info).
     #[arg(long, env = "NIO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -173,9 +176,11 @@ fn main() -> anyhow::Result<()> {
         startup_sync_timeout: Duration::from_secs(args.startup_sync_timeout),
         send_timeout: Duration::from_secs(args.send_timeout.max(1)),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if args.worker_threads > 0 {
+        runtime.worker_threads(args.worker_threads);
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async {
         server::run(opts, shutdown_signal()).await?;
         Ok(())
