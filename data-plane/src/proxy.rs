@@ -1101,6 +1101,11 @@ fn ambiguous_framing(headers: &HeaderMap) -> bool {
 /// `;` path parameter as in `..;`), or encoded separators (`%2F`, `%5C`)
 /// and backslashes, which some servers turn into `/` before resolving dots.
 fn has_dot_segments(path: &str) -> bool {
+    // Every case below needs a '.', a '%' or a backslash: most paths have none
+    // (and the full check costs a lowercase copy and a copy per segment).
+    if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
+        return false;
+    }
     let lower = path.to_ascii_lowercase();
     if lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
         return true;
@@ -1249,6 +1254,12 @@ fn forwardable_headers(headers: &mut HeaderMap, upgrade: bool) {
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names is cheaper
+    // than nine removals, each hashing its name.
+    let hop = |n: &HeaderName| n == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(n);
+    if !headers.keys().any(hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

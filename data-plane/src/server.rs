@@ -308,11 +308,11 @@ impl Connections {
         let service = service_fn(move |mut req: Request<Incoming>| {
             let this = this.clone();
             if req.version() <= http::Version::HTTP_11 {
-                let target = req
-                    .uri()
-                    .path_and_query()
-                    .filter(|_| req.uri().authority().is_none())
-                    .map_or_else(|| req.uri().to_string(), |pq| pq.as_str().to_string());
+                // Borrowed in the common origin-form case (no copy per request).
+                let target: std::borrow::Cow<'_, str> = match req.uri().path_and_query() {
+                    Some(pq) if req.uri().authority().is_none() => pq.as_str().into(),
+                    _ => req.uri().to_string().into(),
+                };
                 if let Some(v) = service_facts.next_verdict(req.method().as_str(), &target) {
                     req.extensions_mut().insert::<HeadVerdict>(v);
                 }
