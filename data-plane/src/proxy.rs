@@ -242,7 +242,7 @@ fn traceparent(headers: &mut HeaderMap) -> String {
 }
 
 /// An error and its sources, `outer: inner: innermost`.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -367,13 +367,11 @@ pub(crate) async fn connect(
         .keep_alive_while_idle(true);
     let open = |endpoint: Endpoint| async move {
         endpoint.connect().await.map_err(|e| {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                text = format!("{text}: {s}");
-                source = s.source();
-            }
-            SessionError::Lost(format!("connect {}: {text}", opts.control_plane))
+            SessionError::Lost(format!(
+                "connect {}: {}",
+                opts.control_plane,
+                crate::proxy::error_chain(&e)
+            ))
         })
     };
     let tls = opts.control_plane.starts_with("https://");
