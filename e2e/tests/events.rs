@@ -408,11 +408,50 @@ async fn refused_calls_nacks_and_disconnections_become_events() -> Result<()> {
     assert!(events
         .iter()
         .any(|e| e["fleet"]["change"] == "joined" && e["dataPlane"] == "doomed"));
-    // The feed's token is not the admin token: a wrong one is refused.
     let (status, _) = admin
         .send(reqwest::Method::GET, "/api/v1/events?kinds=bogus", None)
         .await?;
     assert_eq!(status, 400);
+
+    // nioctl: the log, and following it live (SSE).
+    let nioctl = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(nio_e2e::bin("nioctl"));
+        cmd.args(args)
+            .env("NIO_SERVER", format!("http://{}", cp.admin))
+            .env("NIO_ADMIN_TOKEN", &cp.token)
+            .env("NIOCONFIG", dir.path().join("nioctl.yaml"))
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    };
+    let out = nioctl(&["events", "--kinds", "audit"]).output().await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("anonymous refused Backend/app -> 401"),
+        "{text}"
+    );
+    let mut follow = nioctl(&["events", "-f", "--kinds", "audit"]).spawn()?;
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        follow.stdout.take().context("stdout")?,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    admin
+        .create(backend("later", &["http://127.0.0.1:9".into()]))
+        .await?;
+    let line = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match lines.next_line().await? {
+                Some(l) if l.contains("Backend/later") => return Ok::<_, anyhow::Error>(l),
+                Some(_) => continue,
+                None => anyhow::bail!("nioctl events -f ended"),
+            }
+        }
+    })
+    .await??;
+    assert!(
+        line.contains("admin-token create Backend/later -> 201"),
+        "{line}"
+    );
     Ok(())
 }
 

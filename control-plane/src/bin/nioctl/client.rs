@@ -127,6 +127,24 @@ impl AdminClient {
         .into()
     }
 
+    /// A GET whose body is read as it comes (Server-Sent Events).
+    pub async fn stream(&self, path: &str, query: &[(&str, &str)]) -> Result<reqwest::Response> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the admin API at {}: {e}", self.base))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let v = resp.json::<Value>().await.unwrap_or(Value::Null);
+            return Err(Self::failure(status, &v));
+        }
+        Ok(resp)
+    }
+
     pub async fn get_json(&self, path: &str) -> Result<Value> {
         self.get_json_query(path, &[]).await
     }

@@ -120,6 +120,27 @@ enum Command {
         #[arg(long, value_name = "ID")]
         revoke: Option<String>,
     },
+    /// The event log: gateway, audit, alert and fleet events (the latest,
+    /// from a sequence number, or followed live with -f).
+    Events {
+        /// Comma-separated: gateway, audit, alert, fleet.
+        #[arg(long, default_value = "")]
+        kinds: String,
+        #[arg(long, default_value = "")]
+        route: String,
+        #[arg(long, default_value = "")]
+        data_plane: String,
+        /// Start at this sequence number.
+        #[arg(long)]
+        from: Option<u64>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Keep printing events as they happen.
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(short = 'o', long, value_parser = ["table", "json"], default_value = "table")]
+        output: String,
+    },
     /// Contexts: which control plane nioctl talks to.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -330,6 +351,55 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}/{name} deleted", kind.as_str().to_ascii_lowercase());
             }
         }
+        Command::Events {
+            kinds,
+            route,
+            data_plane,
+            from,
+            limit,
+            follow,
+            output,
+        } => {
+            let from = from.map(|f| f.to_string());
+            let limit = limit.to_string();
+            let mut query = vec![
+                ("kinds", kinds.as_str()),
+                ("route", route.as_str()),
+                ("dataPlane", data_plane.as_str()),
+                ("limit", limit.as_str()),
+            ];
+            if let Some(f) = &from {
+                query.push(("fromSequence", f.as_str()));
+            }
+            let print = |e: &Value| {
+                if output == "json" {
+                    println!("{e}");
+                } else {
+                    println!("{}", event_line(e));
+                }
+            };
+            if follow {
+                query.push(("follow", "true"));
+                let mut resp = client.stream("/api/v1/events", &query).await?;
+                let mut pending = String::new();
+                while let Some(chunk) = resp.chunk().await? {
+                    pending.push_str(&String::from_utf8_lossy(&chunk));
+                    while let Some(end) = pending.find("\n\n") {
+                        let message: String = pending.drain(..end + 2).collect();
+                        for data in message.lines().filter_map(|l| l.strip_prefix("data:")) {
+                            if let Ok(e) = serde_json::from_str::<Value>(data.trim()) {
+                                print(&e);
+                            }
+                        }
+                    }
+                }
+            } else {
+                let page = client.get_json_query("/api/v1/events", &query).await?;
+                for e in page["items"].as_array().into_iter().flatten() {
+                    print(e);
+                }
+            }
+        }
         Command::Dataplanes {
             revoke: Some(id), ..
         } => {
@@ -500,6 +570,53 @@ fn table_row(kind: Kind, r: &Value) -> Vec<String> {
             rv,
         ],
     }
+}
+
+/// One event on one line: sequence, time, kind, data plane, what.
+fn event_line(e: &Value) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let kind = s(&e["kind"]);
+    let body = &e[kind.as_str()];
+    let what = match kind.as_str() {
+        "gateway" => format!(
+            "{} {}{} -> {} route={} {}ms{}",
+            s(&body["method"]),
+            s(&body["host"]),
+            s(&body["path"]),
+            body["status"],
+            s(&body["route"]),
+            body["durationMs"],
+            match s(&body["error"]) {
+                e if e.is_empty() => String::new(),
+                e => format!(" error={e}"),
+            }
+        ),
+        "audit" => format!(
+            "{} {} {}/{} -> {}",
+            s(&body["actor"]),
+            s(&body["action"]),
+            s(&body["kind"]),
+            s(&body["name"]),
+            body["status"]
+        ),
+        "alert" => format!(
+            "{} {}: {}",
+            s(&body["severity"]),
+            s(&body["alert"]),
+            s(&body["message"])
+        ),
+        "fleet" => format!("{} revision {}", s(&body["change"]), body["revision"]),
+        _ => String::new(),
+    };
+    let dp = match s(&e["dataPlane"]) {
+        d if d.is_empty() => "-".to_string(),
+        d => d,
+    };
+    format!(
+        "{:>8}  {}  {kind:<7}  {dp}  {what}",
+        e["sequence"],
+        s(&e["time"])
+    )
 }
 
 fn print_dataplanes(v: &Value) {
