@@ -22,7 +22,7 @@
 
 use crate::metrics::Metrics;
 use crate::runtime::RuntimeSlot;
-use crate::sync::{connect, SyncOptions};
+use crate::sync::{connect, leaving, SyncOptions};
 use nio_proto::v1::telemetry_client::TelemetryClient;
 use nio_proto::v1::{
     event, AlertEvent, ApiKeyMetrics, DataPlaneMetrics, DataPlaneReport, Event, TargetMetrics,
@@ -159,10 +159,6 @@ pub fn start(
     });
     let counters = Counters { metrics, slot };
     tokio::spawn(report_loop(opts, sync, counters, ring, leave))
-}
-
-async fn leaving(leave: &mut watch::Receiver<bool>) {
-    let _ = leave.wait_for(|l| *l).await;
 }
 
 fn run_id() -> String {

@@ -316,7 +316,7 @@ fn jitter(d: Duration) -> Duration {
     half + half.mul_f64(rand::random::<f64>())
 }
 
-async fn leaving(leave: &mut watch::Receiver<bool>) {
+pub(crate) async fn leaving(leave: &mut watch::Receiver<bool>) {
     let _ = leave.wait_for(|l| *l).await;
 }
 
