@@ -8,14 +8,16 @@
 //! GET                      /api/v1/dataplanes
 //! POST                     /api/v1/dataplanes/{id}/revoke
 //! GET                      /api/v1/events                [?kinds=&route=&dataPlane=&fromSequence=&limit=&follow=true]
+//! GET                      /api/v1/stats                 (per-route counters, fleet-wide)
 //! GET                      /api/v1/export                [?includeSecrets=true]
 //! POST                     /api/v1/import                [?dryRun=true&from=otoroshi&rewriteTargets=URL]
 //! GET, POST                /apis/nio.dev/v1/{plural}
 //! GET, PUT, PATCH, DELETE  /apis/nio.dev/v1/{plural}/{name}
+//! GET                      /ui/…                         (no auth: the web UI's static files, see [`ui`])
 //! ```
 //!
-//! Everything but health and metrics needs `Authorization: Bearer <admin
-//! token>`. Every call that changes something, and every refused call,
+//! Everything but health, metrics and the UI's files needs
+//! `Authorization: Bearer <admin token>`. Every call that changes something, and every refused call,
 //! becomes an AuditEvent on the event feed. Errors are `{"error", "code", "details": [{field, message}]}`:
 //! 400 unreadable body, 401 no or wrong token, 404 unknown, 409 conflict
 //! (exists, stale resourceVersion, in use), 422 invalid resource.
@@ -24,6 +26,7 @@ mod error;
 mod events_api;
 mod resources;
 mod transfer;
+pub mod ui;
 
 pub use error::ApiError;
 
@@ -62,6 +65,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/dataplanes", get(dataplanes))
         .route("/api/v1/dataplanes/{id}/revoke", post(revoke))
         .route("/api/v1/events", get(events_api::list))
+        .route("/api/v1/stats", get(stats))
         .route("/api/v1/export", get(transfer::export))
         .route("/api/v1/import", post(transfer::import))
         .route(
@@ -88,6 +92,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
         .merge(authed)
+        .merge(ui::router())
         .fallback(|| async {
             ApiError::not_found("no such endpoint; resources live under /apis/nio.dev/v1/{plural}")
         })
@@ -226,6 +231,50 @@ async fn revoke(
         .map_err(|e| ApiError::new(http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     tracing::info!(%id, "data-plane certificates revoked");
     Ok(Json(json!({"id": id, "revokedAt": at})))
+}
+
+/// `GET /api/v1/stats`: each route's counters summed over the data
+/// planes' last reports (cumulative since each data plane started), for
+/// clients that chart rates from two readings, like the UI's overview.
+/// `/metrics` has the same numbers per data plane, in Prometheus text.
+async fn stats(State(state): State<AdminState>) -> Json<Value> {
+    use std::collections::BTreeMap;
+    #[derive(Default)]
+    struct Sum {
+        by_class: [u64; 5],
+        duration_us: u64,
+        buckets: Vec<u64>,
+    }
+    let mut routes: BTreeMap<String, Sum> = BTreeMap::new();
+    for (_, m) in state.fleet.reports() {
+        for r in m.routes {
+            let sum = routes.entry(r.route).or_default();
+            for (total, n) in sum.by_class.iter_mut().zip(&r.by_class) {
+                *total += n;
+            }
+            sum.duration_us += r.duration_us;
+            if sum.buckets.len() < r.latency_buckets.len() {
+                sum.buckets.resize(r.latency_buckets.len(), 0);
+            }
+            for (total, n) in sum.buckets.iter_mut().zip(&r.latency_buckets) {
+                *total += n;
+            }
+        }
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    Json(json!({
+        "timeMs": now_ms,
+        "latencyBucketsMs": nio_proto::LATENCY_BUCKETS_MS,
+        "routes": routes.into_iter().map(|(route, s)| json!({
+            "route": route,
+            "requests": s.by_class.iter().sum::<u64>(),
+            "byClass": s.by_class,
+            "durationUs": s.duration_us,
+            "latencyBuckets": s.buckets,
+        })).collect::<Vec<_>>(),
+    }))
 }
 
 fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
