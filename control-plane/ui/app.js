@@ -59,19 +59,20 @@ function Login({ onLogin }) {
   </main>`;
 }
 
-function Revision() {
+/** The current revision, read again on every navigation and every 3 s. */
+function Revision({ hash }) {
   const [rev, setRev] = useState(null);
   useEffect(() => {
     let stop = false;
     let timer;
     const tick = async () => {
       try { setRev((await api('/api/v1/revision')).revision); } catch (_) { /* 401 handled globally */ }
-      if (!stop) timer = setTimeout(tick, 5000);
+      if (!stop) timer = setTimeout(tick, 3000);
     };
     tick();
     return () => { stop = true; clearTimeout(timer); };
-  }, []);
-  return html`<span class="revision" title="Current configuration revision">rev ${rev ?? '…'}</span>`;
+  }, [hash]);
+  return html`<span class="revision" id="revision" title="Current configuration revision">revision ${rev ?? '…'}</span>`;
 }
 
 function pageFor(hash) {
@@ -98,7 +99,7 @@ function Shell({ hash, onLogout }) {
     <a class="skip" href="#main" onClick=${(e) => { e.preventDefault(); document.getElementById('main').focus(); }}>Skip to content</a>
     <header class="top">
       <a class="brand" href="#/"><span class="logo" aria-hidden="true">N</span> Nio</a>
-      <${Revision} />
+      <${Revision} hash=${hash} />
       <button type="button" class="link" id="logout" onClick=${onLogout}>Log out</button>
     </header>
     <nav aria-label="Sections"><ul>
@@ -121,4 +122,6 @@ function App() {
   return html`<${Shell} hash=${hash} onLogout=${() => { session.logout(); setLoggedIn(false); }} />`;
 }
 
-render(html`<${App} />`, document.getElementById('app'));
+const root = document.getElementById('app');
+root.textContent = '';
+render(html`<${App} />`, root);

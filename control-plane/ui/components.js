@@ -147,18 +147,25 @@ export function Badge({ tone = 'neutral', children }) {
   return html`<span class=${`badge ${tone}`}>${children}</span>`;
 }
 
-/** A line chart of the last values (SVG; no styles set inline). */
-export function Spark({ values, label, format = (v) => v.toFixed(1), max }) {
-  const w = 160;
-  const h = 36;
-  const vs = values.length ? values : [0];
+/**
+ * A line chart of the last `slots` values, newest on the right (SVG; no
+ * styles set inline).
+ */
+export function Spark({ values, label, format = (v) => v.toFixed(1), max, slots = 30 }) {
+  const w = 110;
+  const h = 32;
+  const vs = values.length ? values.slice(-slots) : [0];
   const top = Math.max(max ?? 0, ...vs, 1e-9);
-  const step = vs.length > 1 ? w / (vs.length - 1) : w;
-  const points = vs.map((v, i) => `${(i * step).toFixed(1)},${(h - 2 - (v / top) * (h - 4)).toFixed(1)}`).join(' ');
+  // Until the window is full, the readings so far span the whole width.
+  const line = vs.length === 1 ? [vs[0], vs[0]] : vs;
+  const step = w / (line.length - 1);
+  const y = (v) => (h - 2 - (v / top) * (h - 4)).toFixed(1);
+  const points = line.map((v, i) => `${(i * step).toFixed(1)},${y(v)}`).join(' ');
   const last = vs[vs.length - 1];
-  return html`<span class="spark">
+  return html`<span class="spark" data-points=${values.length}>
     <svg viewBox=${`0 0 ${w} ${h}`} width=${w} height=${h} role="img" aria-label=${`${label}: ${format(last)}`}>
-      <polyline points=${points} fill="none" stroke="currentColor" stroke-width="1.5" />
+      <line x1="0" y1=${h - 1} x2=${w} y2=${h - 1} stroke="#dde1e6" stroke-width="1" />
+      <polyline points=${points} fill="none" stroke="currentColor" stroke-width="1.5" stroke-linejoin="round" />
     </svg>
     <span class="spark-value">${format(last)}</span>
   </span>`;

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod sim;
+pub mod webdriver;
 
 /// Path of a workspace binary built with the same profile as the running
 /// executable (a test in `target/<profile>/deps/` or a tool in

@@ -130,7 +130,10 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/ui/") }))
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
-        .route("/ui/", get(|h: HeaderMap| async move { serve("index.html", &h) }))
+        .route(
+            "/ui/",
+            get(|h: HeaderMap| async move { serve("index.html", &h) }),
+        )
         .route(
             "/ui/{*path}",
             get(|Path(path): Path<String>, h: HeaderMap| async move { serve(&path, &h) }),
@@ -140,10 +143,11 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
 fn serve(path: &str, headers: &HeaderMap) -> Response {
     // Unknown paths get the page: the UI routes with `#/…`, but a
     // bookmarked `/ui/routes` should not be a dead end.
-    let asset = assets()
-        .iter()
-        .find(|a| a.path == path)
-        .or_else(|| (!path.contains('.')).then(|| assets().iter().find(|a| a.path == "index.html")).flatten());
+    let asset = assets().iter().find(|a| a.path == path).or_else(|| {
+        (!path.contains('.'))
+            .then(|| assets().iter().find(|a| a.path == "index.html"))
+            .flatten()
+    });
     let Some(asset) = asset else {
         return (StatusCode::NOT_FOUND, security_headers(), "no such UI file").into_response();
     };
@@ -163,7 +167,10 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
     if fresh {
         return (StatusCode::NOT_MODIFIED, common).into_response();
     }
-    let content_type = (header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
+    let content_type = (
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(asset.content_type),
+    );
     if accepts_gzip(headers) && asset.gzip.len() < asset.raw.len() {
         (
             common,
@@ -247,9 +254,15 @@ mod tests {
     fn gzip_only_when_accepted() {
         let mut h = HeaderMap::new();
         assert!(!accepts_gzip(&h));
-        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip, deflate, br"));
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip, deflate, br"),
+        );
         assert!(accepts_gzip(&h));
-        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("br, gzip;q=0"));
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("br, gzip;q=0"),
+        );
         assert!(!accepts_gzip(&h));
     }
 

@@ -59,7 +59,7 @@ function Live() {
   useReady('events', events !== null);
   const toggleKind = (k) => setKinds(kinds.includes(k) ? kinds.filter((x) => x !== k) : [...kinds, k]);
   return html`<form class="filters" aria-label="Event filters" onSubmit=${(e) => { e.preventDefault(); setApplied({ kinds: kinds.length ? kinds : ALL_KINDS, route: route.trim(), dataPlane: dataPlane.trim() }); }}>
-      <fieldset><legend>Kinds</legend>${ALL_KINDS.map((k) => html`<label class="check"><input type="checkbox" checked=${kinds.includes(k)} onChange=${() => toggleKind(k)} /> ${k}</label>`)}</fieldset>
+      <fieldset><legend>Kinds</legend>${ALL_KINDS.map((k) => html`<label class="check"><input type="checkbox" value=${k} checked=${kinds.includes(k)} onChange=${() => toggleKind(k)} /> ${k}</label>`)}</fieldset>
       <label>Route <input type="text" value=${route} onInput=${(e) => setRoute(e.target.value)} placeholder="any" /></label>
       <label>Data plane <input type="text" value=${dataPlane} onInput=${(e) => setDataPlane(e.target.value)} placeholder="any" /></label>
       <button type="submit">Apply filters</button>

@@ -6,7 +6,7 @@ import { html, useState } from '/ui/vendor/preact-htm.js';
 import { api } from '/ui/api.js';
 import { Badge, ErrorBox, Page, Spark, Table, ago, usePoll, useReady } from '/ui/components.js';
 
-const POINTS = 60;
+const POINTS = 30;
 // Kept across visits to the page, so the charts do not start empty again.
 const history = { last: null, routes: {} };
 

@@ -206,6 +206,7 @@ export function ResourceEdit({ kind, name }) {
       <button type="button" role="tab" aria-selected=${tab === 'form'} onClick=${() => { setError(null); setTab('form'); }}>Form</button>
       <button type="button" role="tab" aria-selected=${tab === 'yaml'} id="yaml-tab" onClick=${openYaml}>YAML</button>
     </div>
+    <div class="edit-layout">
     <form class="editor" onSubmit=${save} novalidate>
       ${general && html`<${ErrorBox} error=${general} />`}
       ${saved && html`<p class="notice" role="status" id="saved">Saved at revision ${saved}.</p>`}
@@ -228,8 +229,9 @@ export function ResourceEdit({ kind, name }) {
         <textarea id="yaml" class="yaml" spellcheck="false" rows="22" value=${yaml} onInput=${(e) => setYaml(e.target.value)}></textarea>`}
       <div class="form-actions"><button type="submit" class="primary" id="save">${creating ? 'Create' : 'Save'}</button></div>
     </form>
-    ${!creating && html`<h2>Served by</h2>
-      <${PlacementTable} kind=${kind} r=${resource} fleet=${fleet} />`}
+    ${!creating && html`<aside class="placement" aria-labelledby="served-by"><h2 id="served-by">Served by</h2>
+      <${PlacementTable} kind=${kind} r=${resource} fleet=${fleet} /></aside>`}
+    </div>
     <${ConfirmDelete} what=${deleting && `${kind.one} ${name}`} onCancel=${() => setDeleting(false)}
       onConfirm=${async () => { await api(resourcePath(kind.plural, name), { method: 'DELETE' }); location.hash = `#/${kind.plural}`; }} />
   <//>`;
@@ -238,7 +240,7 @@ export function ResourceEdit({ kind, name }) {
 function PlacementTable({ kind, r, fleet }) {
   if (!fleet) return html`<p class="muted">Loading the fleet…</p>`;
   const { version, planes } = placement(kind, r, fleet);
-  return html`<${Table} id="placement" head=${['Data plane', 'Applied revision', `This ${kind.one} (revision ${version})`]}
+  return html`<${Table} id="placement" head=${['Data plane', 'Applied', `Revision ${version}`]}
     empty="No connected data plane is meant to serve it."
     rows=${planes.map((p) => html`<tr><th scope="row"><a href="#/dataplanes">${p.id}</a></th><td>${p.appliedRevision}</td>
       <td>${p.appliedRevision >= version ? html`<${Badge} tone="ok">serving<//>` : html`<${Badge} tone="warn">pending<//>`}</td></tr>`)} />`;
