@@ -40,18 +40,31 @@ function Live() {
     const ctl = new AbortController();
     const q = new URLSearchParams({ kinds: applied.kinds.join(','), route: applied.route, dataPlane: applied.dataPlane });
     (async () => {
-      try {
-        const page = await api(`/api/v1/events?${q}&limit=100`, { signal: ctl.signal });
-        let list = page.items.slice().reverse();
-        setEvents(list);
-        setError(null);
-        q.set('fromSequence', page.nextSequence);
-        await followEvents(q.toString(), (e) => {
-          list = [e, ...list].slice(0, KEEP);
-          setEvents(list);
-        }, ctl.signal);
-      } catch (e) {
-        if (e.name !== 'AbortError') setError(e);
+      let list = [];
+      let from = null;
+      // Reconnects (from the next sequence it has not seen) when the
+      // stream ends, e.g. while the control plane restarts.
+      while (!ctl.signal.aborted) {
+        try {
+          if (from === null) {
+            const page = await api(`/api/v1/events?${q}&limit=100`, { signal: ctl.signal });
+            list = page.items.slice().reverse();
+            from = page.nextSequence;
+            setEvents(list);
+          }
+          setError(null);
+          q.set('fromSequence', from);
+          await followEvents(q.toString(), (e) => {
+            from = e.sequence + 1;
+            list = [e, ...list].slice(0, KEEP);
+            setEvents(list);
+          }, ctl.signal);
+        } catch (e) {
+          if (e.name === 'AbortError' || ctl.signal.aborted) return;
+          setError(e);
+          if (e.status === 401) return;
+        }
+        await new Promise((r) => setTimeout(r, 2000));
       }
     })();
     return () => ctl.abort();
