@@ -47,6 +47,7 @@ function Login({ onLogin }) {
   return html`<main id="main" class="login">
     <form onSubmit=${submit} class="login-card" aria-labelledby="login-title">
       <h1 id="login-title"><span class="logo" aria-hidden="true">N</span> Nio console</h1>
+      <input type="text" name="username" autocomplete="username" value="admin" hidden />
       <label for="token">Admin token</label>
       <input id="token" type="password" autocomplete="current-password" required value=${token}
         aria-invalid=${error ? 'true' : 'false'} aria-describedby="token-help"

@@ -225,18 +225,52 @@ async fn an_operator_runs_the_gateway_from_the_console() -> Result<()> {
     b.wait_text("#placement", "serving").await?;
     shots.take(&b, "route-edit").await?;
 
-    // The YAML view holds the whole resource as the API renders it.
+    // An edit through the form is a conditional replace.
+    b.fill("input[name='spec.frontend.paths']", "/hello, /shop")
+        .await?;
+    b.click_on("#save").await?;
+    b.wait_text("#saved", "Saved at revision").await?;
+    let route = |admin: nio_e2e::Admin| async move {
+        admin
+            .request(reqwest::Method::GET, "/apis/nio.dev/v1/routes/shop-api")
+            .send()
+            .await?
+            .json::<Value>()
+            .await
+    };
+    let stored = route(admin.clone()).await?;
+    ensure!(
+        stored["spec"]["frontend"]["paths"] == json!(["/hello", "/shop"]),
+        "the form's edit is stored: {stored}"
+    );
+
+    // The YAML view holds the whole resource as the API renders it, and
+    // saves what is typed there.
     b.click_on("#yaml-tab").await?;
     b.wait("#yaml").await?;
     let yaml = b
         .script("return document.getElementById('yaml').value", json!([]))
         .await?;
-    let yaml = yaml.as_str().unwrap_or_default();
+    let yaml = yaml.as_str().unwrap_or_default().to_string();
     ensure!(
-        yaml.contains("kind: Route") && yaml.contains("backend: shop"),
+        yaml.contains("kind: Route") && yaml.contains("  backend: shop\n"),
         "YAML view: {yaml}"
     );
     shots.take(&b, "route-yaml").await?;
+    b.fill(
+        "#yaml",
+        &yaml.replace(
+            "  backend: shop\n",
+            "  backend: shop\n  preserveHost: true\n",
+        ),
+    )
+    .await?;
+    b.click_on("#save").await?;
+    b.wait_until("the YAML edit to be stored", || async {
+        let stored = route(admin.clone()).await?;
+        Ok((stored["spec"]["preserveHost"] == json!(true)).then_some(()))
+    })
+    .await?;
 
     // The list: searchable, with where each route is served.
     b.click_on("nav a[href='#/routes']").await?;
@@ -412,9 +446,12 @@ async fn an_operator_runs_the_gateway_from_the_console() -> Result<()> {
 
     // No script error on any page (the browser also logs the HTTP errors
     // the pages handle, like the 422 above: those are not script errors).
-    let errors: Vec<_> = b
-        .console()
-        .await?
+    let console = b.console().await?;
+    ensure!(
+        console.iter().any(|(_, _, m)| m.contains("422")),
+        "the browser log is read (it holds the refused create): {console:?}"
+    );
+    let errors: Vec<_> = console
         .into_iter()
         .filter(|(level, source, message)| {
             level == "SEVERE" && source != "network" && !message.contains("Failed to load resource")
