@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 /// The key W3C WebDriver names an element reference by.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
+/// WebDriver key codes.
+pub const TAB: &str = "\u{E004}";
+pub const ENTER: &str = "\u{E007}";
+
 /// Where Debian installs them (`apt-get install chromium chromium-driver`).
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -230,6 +234,18 @@ impl Browser {
             .await?;
         self.post(&format!("/element/{}/value", e.0), json!({ "text": text }))
             .await?;
+        Ok(())
+    }
+
+    /// Presses and releases one key (a WebDriver key code such as
+    /// [`TAB`] or [`ENTER`]) where the focus is.
+    pub async fn press(&self, key: &str) -> Result<()> {
+        self.post(
+            "/actions",
+            json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+                {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]}),
+        )
+        .await?;
         Ok(())
     }
 

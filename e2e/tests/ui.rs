@@ -14,7 +14,7 @@
 #![allow(clippy::unwrap_used)]
 
 use anyhow::{ensure, Context, Result};
-use nio_e2e::webdriver::{Browser, Driver};
+use nio_e2e::webdriver::{self, Browser, Driver};
 use nio_e2e::{resource, served_by, wait_for, ControlPlane, DataPlane, TestBackend};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -458,6 +458,33 @@ async fn an_operator_runs_the_gateway_from_the_console() -> Result<()> {
         })
         .collect();
     ensure!(errors.is_empty(), "console errors: {errors:?}");
+
+    // The keyboard reaches everything: from the top of the Routes page,
+    // Tab to "New route" and open it with Enter.
+    b.click_on("nav a[href='#/routes']").await?;
+    rendered(&b, "routes").await?;
+    b.script(
+        "document.activeElement && document.activeElement.blur()",
+        json!([]),
+    )
+    .await?;
+    let mut reached = false;
+    for _ in 0..40 {
+        b.press(webdriver::TAB).await?;
+        let id = b
+            .script(
+                "return document.activeElement && document.activeElement.id",
+                json!([]),
+            )
+            .await?;
+        if id == json!("new-resource") {
+            reached = true;
+            break;
+        }
+    }
+    ensure!(reached, "Tab reaches the New route button");
+    b.press(webdriver::ENTER).await?;
+    rendered(&b, "routes-edit").await?;
 
     // A narrow window.
     b.viewport(600, 900).await?;

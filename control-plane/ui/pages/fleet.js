@@ -4,11 +4,11 @@ import { html, useEffect, useState } from '/ui/vendor/preact-htm.js';
 import { api, resourcePath } from '/ui/api.js';
 import { Badge, ErrorBox, Page, Search, Table, ago, daysLeft, showLabels, until, useFleet, useReady } from '/ui/components.js';
 
-/** Expiry with its urgency: past (bad), within 30 days (warn), later (ok). */
-export function Expiry({ time }) {
+/** Expiry with its urgency: past (bad), within `warnDays` (warn), later (ok). */
+export function Expiry({ time, warnDays = 30 }) {
   if (!time) return html`<span class="muted">—</span>`;
   const d = daysLeft(time);
-  const tone = d < 0 ? 'bad' : d < 30 ? 'warn' : 'ok';
+  const tone = d < 0 ? 'bad' : d < warnDays ? 'warn' : 'ok';
   return html`<span class=${`expiry ${tone}`} title=${time}>${time.slice(0, 10)} <${Badge} tone=${tone}>${d < 0 ? 'expired' : `in ${until(time)}`}<//></span>`;
 }
 
@@ -63,7 +63,7 @@ export function DataPlanes() {
           <td class="applied-revision">${p.appliedRevision}</td>
           <td>${lag === null ? '—' : lag === 0 ? html`<${Badge} tone="ok">current<//>` : html`<${Badge} tone="warn">${lag} behind<//>`}</td>
           <td title=${p.lastSeen}>${ago(p.lastSeen)}</td>
-          <td>${p.certificateExpires ? html`<${Expiry} time=${p.certificateExpires} />` : html`<span class="muted">plaintext</span>`}</td>
+          <td>${p.certificateExpires ? html`<${Expiry} time=${p.certificateExpires} warnDays=${7} />` : html`<span class="muted">plaintext</span>`}</td>
           <td>${p.lastNack ? html`<span class="bad">rev ${p.lastNack.revision}: ${p.lastNack.reason}</span> <small class="muted">${ago(p.lastNack.at)}</small>` : html`<span class="muted">none</span>`}</td>
           <td class="row-actions">${p.certificateExpires && (revoking === p.id
             ? html`<button type="button" class="small danger" onClick=${async () => {
