@@ -3,7 +3,7 @@
 
 import { html, useEffect, useState } from '/ui/vendor/preact-htm.js';
 import { api, followEvents } from '/ui/api.js';
-import { Badge, ErrorBox, Page, Table, useReady } from '/ui/components.js';
+import { Badge, ErrorBox, Page, Table, markNavigation, useReady } from '/ui/components.js';
 
 const ALL_KINDS = ['gateway', 'audit', 'alert', 'fleet'];
 const KEEP = 300;
@@ -105,8 +105,8 @@ export function Events() {
   const [tab, setTab] = useState('live');
   return html`<${Page} title="Events">
     <div class="tabs" role="tablist">
-      <button type="button" role="tab" aria-selected=${tab === 'live'} onClick=${() => setTab('live')}>Live tail</button>
-      <button type="button" role="tab" id="audit-tab" aria-selected=${tab === 'audit'} onClick=${() => setTab('audit')}>Audit log</button>
+      <button type="button" role="tab" aria-selected=${tab === 'live'} onClick=${() => { markNavigation(); setTab('live'); }}>Live tail</button>
+      <button type="button" role="tab" id="audit-tab" aria-selected=${tab === 'audit'} onClick=${() => { markNavigation(); setTab('audit'); }}>Audit log</button>
     </div>
     ${tab === 'live' ? html`<${Live} />` : html`<${Audit} />`}
   <//>`;
