@@ -230,6 +230,7 @@ async fn an_operator_runs_the_gateway_from_the_console() -> Result<()> {
         .await?;
     b.click_on("#save").await?;
     b.wait_text("#saved", "Saved at revision").await?;
+    b.wait_text("#placement", "serving").await?;
     let route = |admin: nio_e2e::Admin| async move {
         admin
             .request(reqwest::Method::GET, "/apis/nio.dev/v1/routes/shop-api")

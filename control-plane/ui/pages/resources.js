@@ -32,7 +32,7 @@ const labelsField = { label: 'Labels', path: 'metadata.labels', hint: 'key=value
 
 export const KINDS = {
   routes: {
-    kind: 'Route', plural: 'routes', title: 'Routes', one: 'route',
+    kind: 'Route', plural: 'routes', title: 'Routes', one: 'route', more: 'plugins, header and query matchers, rewrites, TLS, data-plane selector',
     blank: () => ({ apiVersion: 'nio.dev/v1', kind: 'Route', metadata: { name: '' }, spec: { frontend: { hosts: [], paths: ['/'] }, backend: '' } }),
     fields: [
       listField('Hosts', 'spec.frontend.hosts', 'api.example.com, *.example.com — empty: any host'),
@@ -47,7 +47,7 @@ export const KINDS = {
     selects: (r, labels) => Object.entries(r.spec.dataPlaneSelector?.matchLabels || {}).every(([k, v]) => labels[k] === v),
   },
   backends: {
-    kind: 'Backend', plural: 'backends', title: 'Backends', one: 'backend',
+    kind: 'Backend', plural: 'backends', title: 'Backends', one: 'backend', more: 'timeouts, retries, circuit breaker, health checks, TLS',
     blank: () => ({ apiVersion: 'nio.dev/v1', kind: 'Backend', metadata: { name: '' }, spec: { targets: [{ url: '' }] } }),
     fields: [
       { label: 'Load balancing', path: 'spec.loadBalancing.policy', select: ['', 'weightedRoundRobin', 'roundRobin', 'random', 'leastConnections', 'powerOfTwoChoices', 'consistentHash'],
@@ -141,7 +141,8 @@ export function ResourceEdit({ kind, name }) {
   const [saved, setSaved] = useState(null);
   const [backends, setBackends] = useState([]);
   const [deleting, setDeleting] = useState(false);
-  const fleet = useFleet();
+  // Often, so a saved change is seen reaching the data planes.
+  const fleet = useFleet(1000);
 
   const adopt = (r) => {
     setResource(r);
@@ -165,6 +166,7 @@ export function ResourceEdit({ kind, name }) {
   };
   const openYaml = async () => {
     setError(null);
+    setSaved(null);
     try {
       const r = fromForm();
       // The API renders YAML: ask it for the stored one, or for this draft as JSON → shown as YAML by the same rules.
@@ -224,7 +226,7 @@ export function ResourceEdit({ kind, name }) {
             : html`<${TextInput} label=${f.label} path=${f.path} errors=${byField} hint=${f.hint} list=${f.list} value=${texts[f.path]}
                 onInput=${(v) => setTexts({ ...texts, [f.path]: v })} />`))}
         <datalist id="backend-names">${backends.map((b) => html`<option value=${b} />`)}</datalist>
-        <p class="muted">Other fields (plugins, timeouts, TLS…) are kept as they are; edit them in the YAML view.</p>`
+        <p class="muted">Other fields (${kind.more}) are kept as they are; edit them in the YAML view.</p>`
       : html`<label for="yaml" class="sr-only">The whole resource as YAML</label>
         <textarea id="yaml" class="yaml" spellcheck="false" rows="22" value=${yaml} onInput=${(e) => setYaml(e.target.value)}></textarea>`}
       <div class="form-actions"><button type="submit" class="primary" id="save">${creating ? 'Create' : 'Save'}</button></div>
