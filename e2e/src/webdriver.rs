@@ -91,7 +91,27 @@ impl Driver {
 }
 
 impl Drop for Driver {
+    /// Asks chromedriver to shut down first: it then quits the browsers it
+    /// started, which a killed chromedriver would leave running when a
+    /// test fails before [`Browser::quit`].
     fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let addr = self.url.trim_start_matches("http://");
+        if let Ok(mut conn) = std::net::TcpStream::connect(addr) {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = write!(
+                conn,
+                "GET /shutdown HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            );
+            let _ = conn.read_to_end(&mut Vec::new());
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
