@@ -164,6 +164,14 @@ pub async fn run(
     let admin_listener = bind(opts.admin_listen).await?;
     let grpc_listener = bind(opts.grpc_listen).await?;
     tracing::info!(addr = %local(&admin_listener), "admin API listening");
+    tracing::info!(
+        url = %format!(
+            "{}://{}/ui/",
+            if opts.admin_tls.is_some() { "https" } else { "http" },
+            local(&admin_listener)
+        ),
+        "web console"
+    );
     tracing::info!(addr = %local(&grpc_listener), "gRPC sync listening");
 
     let publisher = Publisher::new(store.clone(), opts.publish);

@@ -1,7 +1,8 @@
 //! Harness for Nio's end-to-end tests: starts the real `nio-control-plane`
 //! and `nio-data-plane` binaries as processes on `127.0.0.1:0`, discovers
 //! their ports from their JSON logs, and offers small clients for the admin
-//! API, plus real HTTP backends to proxy to.
+//! API, plus real HTTP backends to proxy to, and ([`webdriver`]) a
+//! headless Chromium for the web console's tests.
 //!
 //! The binaries must be built first (`cargo build --bins`; `scripts/test`
 //! does it). Processes are killed when their handle is dropped, so a failing
