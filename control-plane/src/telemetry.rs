@@ -25,6 +25,7 @@ pub type Stopping = Arc<dyn Fn() -> Shutdown + Send + Sync>;
 
 pub struct TelemetryService {
     pub log: Arc<EventLog>,
+    pub quotas: Arc<crate::quotas::Quotas>,
     pub fleet: Arc<Fleet>,
     pub pki: Option<Arc<Pki>>,
     pub join_token: Token,
@@ -47,7 +48,7 @@ impl Telemetry for TelemetryService {
         };
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(8);
-        let (log, fleet) = (self.log.clone(), self.fleet.clone());
+        let (log, fleet, quotas) = (self.log.clone(), self.fleet.clone(), self.quotas.clone());
         let mut stopping = (self.stopping)();
         tokio::spawn(async move {
             loop {
@@ -72,15 +73,17 @@ impl Telemetry for TelemetryService {
                 let dp = report.data_plane.clone();
                 let metrics = report.metrics.unwrap_or_default();
                 let newly_dropped = fleet.reported(&dp, metrics, report.dropped_events);
-                let log2 = log.clone();
+                let (log2, quotas2) = (log.clone(), quotas.clone());
                 let (run, first, batch) = (report.run, report.first_event, report.events);
+                let usage = report.quota_usage;
                 let dp2 = dp.clone();
                 let stored = tokio::task::spawn_blocking(move || {
-                    log2.append_report(&dp2, &run, first, batch)
+                    let next = log2.append_report(&dp2, &run, first, batch)?;
+                    Ok::<_, crate::store::StoreError>((next, quotas2.record(&dp2, &run, &usage)?))
                 })
                 .await;
-                let next = match stored {
-                    Ok(Ok(next)) => next,
+                let (next, quota_state) = match stored {
+                    Ok(Ok(stored)) => stored,
                     _ => {
                         let _ = tx
                             .send(Err(Status::unavailable(
@@ -105,7 +108,11 @@ impl Telemetry for TelemetryService {
                     }
                     log.append(vec![alert]);
                 }
-                if tx.send(Ok(ReportAck { next_event: next })).await.is_err() {
+                let ack = ReportAck {
+                    next_event: next,
+                    quotas: Some(quota_state),
+                };
+                if tx.send(Ok(ack)).await.is_err() {
                     return;
                 }
             }
