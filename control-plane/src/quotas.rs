@@ -134,7 +134,12 @@ impl Quotas {
     /// Adds what a data plane's report counted that was not counted yet
     /// (stored and flushed before it returns), and answers with the fleet's
     /// state for that data plane. Blocking (sled): call off the runtime.
-    pub fn record(&self, dp: &str, run: &str, usage: &[QuotaUsage]) -> Result<QuotaState, StoreError> {
+    pub fn record(
+        &self,
+        dp: &str,
+        run: &str,
+        usage: &[QuotaUsage],
+    ) -> Result<QuotaState, StoreError> {
         let windows: Vec<(&QuotaUsage, Window)> = usage
             .iter()
             .filter_map(|u| Some((u, Window::parse(&u.window)?)))
@@ -289,14 +294,15 @@ impl Quotas {
         let live = self.live();
         let instant = Instant::now();
         let mut keys: BTreeMap<&str, ApiKeyQuotaState> = BTreeMap::new();
-        let window_state = |key: &str, window: Window, id: u64| -> Result<QuotaWindowState, StoreError> {
-            Ok(QuotaWindowState {
-                window: window.as_str().into(),
-                window_id: id,
-                used: number(self.usage.get(usage_key(key, window, id))?),
-                counted: number(self.seen.get(seen_key(dp, run, key, window, id))?),
-            })
-        };
+        let window_state =
+            |key: &str, window: Window, id: u64| -> Result<QuotaWindowState, StoreError> {
+                Ok(QuotaWindowState {
+                    window: window.as_str().into(),
+                    window_id: id,
+                    used: number(self.usage.get(usage_key(key, window, id))?),
+                    counted: number(self.seen.get(seen_key(dp, run, key, window, id))?),
+                })
+            };
         for r in config.config.of_kind(Kind::ApiKey) {
             let AnyResource::ApiKey(k) = r else { continue };
             let Some(q) = &k.spec.quotas else { continue };
@@ -307,7 +313,9 @@ impl Quotas {
             };
             for (window, limit) in [(Window::Daily, q.daily), (Window::Monthly, q.monthly)] {
                 if limit.is_some() {
-                    state.windows.push(window_state(name, window, window.id(now))?);
+                    state
+                        .windows
+                        .push(window_state(name, window, window.id(now))?);
                 }
             }
             if let Some(t) = &q.throttle {
@@ -315,7 +323,10 @@ impl Quotas {
                     .get(dp)
                     .copied()
                     // Not heard from yet: an equal part.
-                    .unwrap_or(t.requests.div_ceil(Self::fresh(&live, instant).count().max(1) as u64));
+                    .unwrap_or(
+                        t.requests
+                            .div_ceil(Self::fresh(&live, instant).count().max(1) as u64),
+                    );
             }
             keys.insert(name, state);
         }
@@ -406,7 +417,8 @@ impl Quotas {
                 continue;
             }
             let id = window.id(now);
-            self.usage.insert(usage_key(name, window, id), &0u64.to_be_bytes())?;
+            self.usage
+                .insert(usage_key(name, window, id), &0u64.to_be_bytes())?;
             self.live()
                 .alerted
                 .retain(|(k, w, i, _)| !(k == name && *w == window && *i == id));
@@ -425,7 +437,8 @@ impl Quotas {
             let (Some(id), Some(window)) = (parts.next(), parts.next()) else {
                 return false;
             };
-            let (Some(window), Ok(id)) = (Window::parse(window), u64::from_str_radix(id, 16)) else {
+            let (Some(window), Ok(id)) = (Window::parse(window), u64::from_str_radix(id, 16))
+            else {
                 return false;
             };
             let keep = match window {
@@ -447,6 +460,68 @@ impl Quotas {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Retention;
+
+    fn used(q: &Quotas, window: &str) -> u64 {
+        let view = q.view("client").unwrap().unwrap();
+        view["windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["window"] == window)
+            .unwrap()["used"]
+            .as_u64()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn running_totals_count_once_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let store = Arc::new(Store::open(dir.path()).unwrap());
+            let events = EventLog::open(&store, Retention::default()).unwrap();
+            (store.clone(), Quotas::open(store, events).unwrap())
+        };
+        let (store, q) = open();
+        let key = AnyResource::from_value(serde_json::json!({
+            "apiVersion": "nio.dev/v1", "kind": "ApiKey", "metadata": {"name": "client"},
+            "spec": {"quotas": {"daily": 100, "monthly": 1000}}
+        }))
+        .unwrap();
+        store.create(key).await.unwrap();
+        let now = now_secs();
+        let day = Window::Daily.id(now);
+        let usage = |admitted| {
+            vec![QuotaUsage {
+                api_key: "client".into(),
+                window: "daily".into(),
+                window_id: day,
+                admitted,
+                attempts: 0,
+            }]
+        };
+        q.record("dp-1", "run-a", &usage(10)).unwrap();
+        // The same total again (a report resent): nothing more.
+        let state = q.record("dp-1", "run-a", &usage(10)).unwrap();
+        assert_eq!(used(&q, "daily"), 10);
+        let w = &state.api_keys[0].windows[0];
+        assert_eq!((w.used, w.counted), (10, 10));
+        // Another data plane, and a new run of the first.
+        q.record("dp-2", "run-b", &usage(5)).unwrap();
+        let state = q.record("dp-1", "run-c", &usage(3)).unwrap();
+        assert_eq!(used(&q, "daily"), 18);
+        assert_eq!(state.api_keys[0].windows[0].counted, 3);
+        assert_eq!(used(&q, "monthly"), 0, "only what was reported for it");
+        drop((q, store));
+        let (_store, q) = open();
+        assert_eq!(used(&q, "daily"), 18);
+        q.record("dp-1", "run-c", &usage(4)).unwrap();
+        assert_eq!(used(&q, "daily"), 19);
+        assert!(q.reset("client", Some(Window::Daily)).unwrap());
+        assert_eq!(used(&q, "daily"), 0);
+        q.record("dp-1", "run-c", &usage(6)).unwrap();
+        assert_eq!(used(&q, "daily"), 2, "after a reset, only what came since");
+    }
 
     #[test]
     fn shares_add_up_to_the_limit() {

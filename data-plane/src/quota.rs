@@ -102,7 +102,10 @@ impl Allowance {
     pub fn refusal_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         let mut h = HeaderMap::new();
         self.write(&mut h);
-        h.insert(http::header::RETRY_AFTER, HeaderValue::from(self.reset.max(1)));
+        h.insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(self.reset.max(1)),
+        );
         h.into_iter().filter_map(|(n, v)| Some((n?, v))).collect()
     }
 }
@@ -383,7 +386,13 @@ impl Buckets {
 
     /// Counts one request of `client` against `limit` per `per` seconds
     /// (this data plane's part of it).
-    pub fn hit(&self, client: impl Hash, limit: u64, per: u64, now: u64) -> Result<Allowance, Allowance> {
+    pub fn hit(
+        &self,
+        client: impl Hash,
+        limit: u64,
+        per: u64,
+        now: u64,
+    ) -> Result<Allowance, Allowance> {
         let local = limit.div_ceil(fleet_size());
         let window = now / per;
         let reset = (window + 1) * per - now;
@@ -414,8 +423,7 @@ impl Buckets {
 }
 
 /// `rateLimit` plugins' counters by their place in the configuration.
-static BUCKETS: LazyLock<Mutex<HashMap<String, Weak<Buckets>>>> =
-    LazyLock::new(Default::default);
+static BUCKETS: LazyLock<Mutex<HashMap<String, Weak<Buckets>>>> = LazyLock::new(Default::default);
 
 /// The counters for the plugin at `place` (kept across snapshots while
 /// some runtime uses them).

@@ -172,7 +172,9 @@ async fn a_daily_quota_holds_across_three_data_planes() -> Result<()> {
     // docs/quotas.md: overshoot ≤ R × (N−1)/N × (2 × report interval +
     // 100 ms) = 150 × 2/3 × 0.5 s = 50.
     let bound = (RATE * 2.0 / 3.0 * (2.0 * REPORT_MS as f64 / 1000.0 + 0.1)) as u64;
-    eprintln!("daily quota 300 over 3 data planes: {ok} admitted, {refused} refused (bound {bound})");
+    eprintln!(
+        "daily quota 300 over 3 data planes: {ok} admitted, {refused} refused (bound {bound})"
+    );
     assert!(
         (300..=300 + bound).contains(&ok),
         "{ok} admitted, {refused} refused; the bound is 300..={}",
@@ -181,13 +183,20 @@ async fn a_daily_quota_holds_across_three_data_planes() -> Result<()> {
     // The fleet's count is exactly what was admitted.
     let view = daily_used(&admin, ok).await?;
     let daily = window(&view, "daily");
-    assert_eq!((daily["limit"].as_u64(), daily["remaining"].as_u64()), (Some(300), Some(0)));
+    assert_eq!(
+        (daily["limit"].as_u64(), daily["remaining"].as_u64()),
+        (Some(300), Some(0))
+    );
     assert!(daily["resetsAt"].as_str().unwrap().ends_with('Z'));
 
     // Both alerts, once each.
     let alerts = wait_for("the quota alerts", DEADLINE, || async {
         let (_, page) = admin
-            .send(Method::GET, "/api/v1/events?kinds=alert&fromSequence=1", None)
+            .send(
+                Method::GET,
+                "/api/v1/events?kinds=alert&fromSequence=1",
+                None,
+            )
             .await?;
         let names: Vec<String> = page["items"]
             .as_array()
@@ -215,10 +224,17 @@ async fn a_daily_quota_holds_across_three_data_planes() -> Result<()> {
     })
     .await?;
     let (s, v) = admin
-        .send(Method::POST, "/apis/nio.dev/v1/apikeys/client/quotas/reset?window=weekly", None)
+        .send(
+            Method::POST,
+            "/apis/nio.dev/v1/apikeys/client/quotas/reset?window=weekly",
+            None,
+        )
         .await?;
     assert_eq!(s, 400);
-    assert!(v["error"].as_str().unwrap().contains("daily or monthly"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("daily or monthly"),
+        "{v}"
+    );
     Ok(())
 }
 
@@ -295,13 +311,22 @@ async fn a_throttle_holds_across_two_data_planes() -> Result<()> {
     let throttle = window(&view, "throttle");
     assert_eq!(throttle["limit"], 50, "{view}");
     let shares = throttle["shares"].as_object().unwrap();
-    assert_eq!(shares.values().map(|v| v.as_u64().unwrap()).sum::<u64>(), 50, "{view}");
+    assert_eq!(
+        shares.values().map(|v| v.as_u64().unwrap()).sum::<u64>(),
+        50,
+        "{view}"
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn usage_survives_a_restart_and_is_counted_through_an_outage() -> Result<()> {
-    let mut f = fleet(&["dp-1", "dp-2"], json!({"daily": 1000, "monthly": 5000}), json!([])).await?;
+    let mut f = fleet(
+        &["dp-1", "dp-2"],
+        json!({"daily": 1000, "monthly": 5000}),
+        json!([]),
+    )
+    .await?;
     let client = reqwest::Client::new();
     for i in 0..100 {
         assert_eq!(call(&client, &f.dps[i % 2], &f.bearer).await?.status, 200);
@@ -337,7 +362,11 @@ async fn usage_survives_a_restart_and_is_counted_through_an_outage() -> Result<(
     daily_used(&admin, 160).await?;
     tokio::time::sleep(Duration::from_millis(5 * REPORT_MS)).await;
     let view = quotas(&admin).await?;
-    assert_eq!(window(&view, "daily")["used"], 160, "no usage lost or counted twice: {view}");
+    assert_eq!(
+        window(&view, "daily")["used"],
+        160,
+        "no usage lost or counted twice: {view}"
+    );
     assert_eq!(window(&view, "monthly")["remaining"], 5000 - 160, "{view}");
     Ok(())
 }
@@ -379,7 +408,11 @@ async fn the_rate_limit_plugin_counts_by_header_and_bad_limits_are_refused() -> 
     let refused = send("acme").await?;
     assert_refusal(&refused, 3, "rate-limited");
     assert!(refused.header("retry-after").unwrap() <= 60);
-    assert_eq!(send("globex").await?.status, 200, "another tenant, another bucket");
+    assert_eq!(
+        send("globex").await?.status,
+        200,
+        "another tenant, another bucket"
+    );
 
     // Bad limits are refused with the field to fix.
     let admin = f.cp.admin();
@@ -408,8 +441,10 @@ async fn the_rate_limit_plugin_counts_by_header_and_bad_limits_are_refused() -> 
         .send(
             Method::POST,
             "/apis/nio.dev/v1/apikeys",
-            Some(json!({"apiVersion": "nio.dev/v1", "kind": "ApiKey", "metadata": {"name": "bad"},
-                "spec": {"quotas": {"daily": 0, "throttle": {"requests": 5, "per": "0s"}}}})),
+            Some(
+                json!({"apiVersion": "nio.dev/v1", "kind": "ApiKey", "metadata": {"name": "bad"},
+                "spec": {"quotas": {"daily": 0, "throttle": {"requests": 5, "per": "0s"}}}}),
+            ),
         )
         .await?;
     assert_eq!(s, 422, "{v}");

@@ -92,13 +92,17 @@ mod tests {
         let month = Window::Monthly.id(t);
         assert_eq!(month, 56 * 12 + 10);
         // December 1st.
-        assert_eq!(Window::Monthly.end(month), days_from_civil(2026, 12, 1) * DAY_SECS);
-        assert_eq!(Window::Monthly.end(Window::Monthly.id(days_from_civil(2028, 2, 10) * DAY_SECS)),
-            days_from_civil(2028, 3, 1) * DAY_SECS);
+        assert_eq!(
+            Window::Monthly.end(month),
+            days_from_civil(2026, 12, 1) * DAY_SECS
+        );
+        assert_eq!(
+            Window::Monthly.end(Window::Monthly.id(days_from_civil(2028, 2, 10) * DAY_SECS)),
+            days_from_civil(2028, 3, 1) * DAY_SECS
+        );
         for d in [0, 59, 60, 365, 10_957, 20_000, 50_000] {
             let (y, m, dd) = civil_from_days(d);
             assert_eq!(days_from_civil(y, m, dd), d);
         }
     }
-
 }

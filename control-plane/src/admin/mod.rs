@@ -245,7 +245,10 @@ async fn quotas(
 ) -> Result<Json<Value>, ApiError> {
     let q = state.quotas.clone();
     let key = name.clone();
-    quota_answer(&name, tokio::task::spawn_blocking(move || q.view(&key)).await)
+    quota_answer(
+        &name,
+        tokio::task::spawn_blocking(move || q.view(&key)).await,
+    )
 }
 
 #[derive(serde::Deserialize)]

@@ -38,7 +38,10 @@ impl RateLimitPlugin {
             per,
             by: c.by,
             header,
-            buckets: quota::buckets(&format!("{place}/{}/{per}/{:?}/{:?}", c.limit, c.by, c.header)),
+            buckets: quota::buckets(&format!(
+                "{place}/{}/{per}/{:?}/{:?}",
+                c.limit, c.by, c.header
+            )),
         })
     }
 }
@@ -66,7 +69,11 @@ impl Plugin for RateLimitPlugin {
                 ctx.state.rate_limit = Some(Allowance::tighter(ctx.state.rate_limit, a));
                 Flow::Continue
             }
-            Err(a) => Flow::Deny(too_many(Reason::RateLimited, "too many requests; retry later", &a)),
+            Err(a) => Flow::Deny(too_many(
+                Reason::RateLimited,
+                "too many requests; retry later",
+                &a,
+            )),
         }
     }
 

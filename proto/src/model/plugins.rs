@@ -314,10 +314,7 @@ impl PluginConfig {
                         format!("\"{h}\" is not a valid header name"),
                     ),
                     (RateLimitBy::Header, Some(_)) | (_, None) => {}
-                    (_, Some(_)) => err(
-                        format!("{field}.header"),
-                        "only with by: header".into(),
-                    ),
+                    (_, Some(_)) => err(format!("{field}.header"), "only with by: header".into()),
                 }
             }
         }
