@@ -52,6 +52,8 @@ struct Live {
     demand: HashMap<String, HashMap<String, Demand>>,
     /// When each data plane last reported.
     reported: HashMap<String, Instant>,
+    /// Throttle shares in force: key → data plane → share.
+    allocations: HashMap<String, BTreeMap<String, u64>>,
     /// Alerts sent: (key, window, window id, alert).
     alerted: HashSet<(String, Window, u64, &'static str)>,
 }
@@ -261,9 +263,15 @@ impl Quotas {
             .map(|(dp, _)| dp)
     }
 
-    /// This data plane's shares of `key`'s throttle of `limit`, and every
-    /// fresh data plane's.
-    fn shares(live: &Live, key: &str, limit: u64, now: Instant) -> BTreeMap<String, u64> {
+    /// Every fresh data plane's share of `key`'s throttle of `limit`.
+    ///
+    /// Shares follow demand with some inertia: the allocation in force is
+    /// kept while the same data planes report and none would move by more
+    /// than a tenth of the limit. Every move lets a window admit more than
+    /// the limit for a moment (one data plane still on its old, larger
+    /// share while another has its new one), so shares move only for a
+    /// real change in where the traffic goes.
+    fn shares(live: &mut Live, key: &str, limit: u64, now: Instant) -> BTreeMap<String, u64> {
         let Some(per_dp) = live.demand.get(key) else {
             return BTreeMap::new();
         };
@@ -276,11 +284,22 @@ impl Quotas {
         // refused before the next report.
         let floor = (total / (10.0 * fresh.len().max(1) as f64)).max(0.001);
         let weights: Vec<f64> = fresh.iter().map(|(_, d)| d.rate + floor).collect();
-        fresh
+        let wanted: BTreeMap<String, u64> = fresh
             .iter()
             .map(|(dp, _)| (*dp).clone())
             .zip(split(limit, &weights))
-            .collect()
+            .collect();
+        let slack = (limit / 10).max(1);
+        let current = live.allocations.entry(key.to_string()).or_default();
+        let keep = current.len() == wanted.len()
+            && current.values().sum::<u64>() == limit
+            && wanted
+                .iter()
+                .all(|(dp, w)| current.get(dp).is_some_and(|c| c.abs_diff(*w) <= slack));
+        if !keep {
+            *current = wanted;
+        }
+        current.clone()
     }
 
     fn state_for(
@@ -291,7 +310,7 @@ impl Quotas {
     ) -> Result<QuotaState, StoreError> {
         let now = now_secs();
         let config = self.store.current();
-        let live = self.live();
+        let mut live = self.live();
         let instant = Instant::now();
         let mut keys: BTreeMap<&str, ApiKeyQuotaState> = BTreeMap::new();
         let window_state =
@@ -319,7 +338,7 @@ impl Quotas {
                 }
             }
             if let Some(t) = &q.throttle {
-                state.throttle_share = Self::shares(&live, name, t.requests, instant)
+                state.throttle_share = Self::shares(&mut live, name, t.requests, instant)
                     .get(dp)
                     .copied()
                     // Not heard from yet: an equal part.
@@ -369,7 +388,7 @@ impl Quotas {
             return Ok(Some(json!({"apiKey": name, "windows": windows})));
         };
         if let Some(t) = &q.throttle {
-            let live = self.live();
+            let mut live = self.live();
             let instant = Instant::now();
             let per = t.per.as_secs_f64();
             let used = live.demand.get(name).map_or(0.0, |per_dp| {
@@ -386,7 +405,7 @@ impl Quotas {
                 "per": humantime::format_duration(t.per).to_string(),
                 "used": used,
                 "remaining": t.requests.saturating_sub(used),
-                "shares": Self::shares(&live, name, t.requests, instant),
+                "shares": Self::shares(&mut live, name, t.requests, instant),
             }));
         }
         for (window, limit) in [(Window::Daily, q.daily), (Window::Monthly, q.monthly)] {
@@ -521,6 +540,37 @@ mod tests {
         assert_eq!(used(&q, "daily"), 0);
         q.record("dp-1", "run-c", &usage(6)).unwrap();
         assert_eq!(used(&q, "daily"), 2, "after a reset, only what came since");
+    }
+
+    #[test]
+    fn shares_follow_demand_with_inertia() {
+        let mut live = Live::default();
+        let now = Instant::now();
+        let demand = |live: &mut Live, dp: &str, rate: f64| {
+            live.demand.entry("k".into()).or_default().insert(
+                dp.into(),
+                Demand {
+                    run: "r".into(),
+                    attempts: 0,
+                    admitted: 0,
+                    at: now,
+                    rate,
+                    admitted_rate: 0.0,
+                },
+            );
+        };
+        demand(&mut live, "a", 100.0);
+        demand(&mut live, "b", 100.0);
+        let first = Quotas::shares(&mut live, "k", 50, now);
+        assert_eq!(first.values().copied().collect::<Vec<_>>(), [25, 25]);
+        // A little noise in the demand: the same shares.
+        demand(&mut live, "a", 110.0);
+        assert_eq!(Quotas::shares(&mut live, "k", 50, now), first);
+        // The traffic moved: so do the shares, still adding up to 50.
+        demand(&mut live, "a", 300.0);
+        let moved = Quotas::shares(&mut live, "k", 50, now);
+        assert!(moved["a"] > 30, "{moved:?}");
+        assert_eq!(moved.values().sum::<u64>(), 50);
     }
 
     #[test]

@@ -368,6 +368,43 @@ async fn usage_survives_a_restart_and_is_counted_through_an_outage() -> Result<(
         "no usage lost or counted twice: {view}"
     );
     assert_eq!(window(&view, "monthly")["remaining"], 5000 - 160, "{view}");
+
+    // The same from nioctl, and its reset of one window.
+    let nioctl = |args: &'static [&'static str]| {
+        let cp = &f.cp;
+        let out = std::process::Command::new(nio_e2e::bin("nioctl"))
+            .args(args)
+            .env("NIO_SERVER", format!("http://{}", cp.admin))
+            .env("NIO_ADMIN_TOKEN_FILE", cp.data_dir.join("admin-token"))
+            .env_remove("NIO_ADMIN_TOKEN")
+            .env("NIOCONFIG", cp.data_dir.join("nioctl-config.yaml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = nioctl(&["apikeys", "quotas", "client"]);
+    let daily = table.lines().find(|l| l.starts_with("daily")).unwrap();
+    assert_eq!(
+        daily.split_whitespace().take(4).collect::<Vec<_>>(),
+        ["daily", "1000", "160", "840"],
+        "{table}"
+    );
+    let table = nioctl(&[
+        "apikeys", "quotas", "client", "--reset", "--window", "monthly",
+    ]);
+    let monthly = table.lines().find(|l| l.starts_with("monthly")).unwrap();
+    assert!(monthly.contains(" 0 "), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("daily") && l.contains(" 160 ")),
+        "{table}"
+    );
     Ok(())
 }
 
