@@ -58,8 +58,18 @@ struct Live {
     alerted: HashSet<(String, Window, u64, &'static str)>,
 }
 
+/// Usage counted from one report (or a reset), for the other data planes.
+#[derive(Debug)]
+pub struct UsageChange {
+    /// The data plane that reported it ("" for a reset).
+    pub from: String,
+    /// (key, window, window id, the fleet's new `used`).
+    items: Vec<(String, Window, u64, u64)>,
+}
+
 pub struct Quotas {
     usage: sled::Tree,
+    changes: tokio::sync::broadcast::Sender<Arc<UsageChange>>,
     seen: sled::Tree,
     store: Arc<Store>,
     events: Arc<EventLog>,
@@ -115,11 +125,17 @@ impl Quotas {
     pub fn open(store: Arc<Store>, events: Arc<EventLog>) -> Result<Arc<Quotas>, StoreError> {
         Ok(Arc::new(Quotas {
             usage: store.open_tree("quota-usage")?,
+            changes: tokio::sync::broadcast::channel(1024).0,
             seen: store.open_tree("quota-seen")?,
             store,
             events,
             live: Mutex::default(),
         }))
+    }
+
+    /// Usage counted from now on, as it is counted.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<UsageChange>> {
+        self.changes.subscribe()
     }
 
     fn live(&self) -> MutexGuard<'_, Live> {
@@ -204,8 +220,14 @@ impl Quotas {
                 }
             }
         }
-        for (key, window, id, used) in added {
-            self.maybe_alert(&key, window, id, used);
+        for (key, window, id, used) in &added {
+            self.maybe_alert(key, *window, *id, *used);
+        }
+        if !added.is_empty() {
+            let _ = self.changes.send(Arc::new(UsageChange {
+                from: dp.to_string(),
+                items: added,
+            }));
         }
         self.state_for(dp, run, &windows)
     }
@@ -338,7 +360,7 @@ impl Quotas {
                 }
             }
             if let Some(t) = &q.throttle {
-                state.throttle_share = Self::shares(&mut live, name, t.requests, instant)
+                let share = Self::shares(&mut live, name, t.requests, instant)
                     .get(dp)
                     .copied()
                     // Not heard from yet: an equal part.
@@ -346,6 +368,7 @@ impl Quotas {
                         t.requests
                             .div_ceil(Self::fresh(&live, instant).count().max(1) as u64),
                     );
+                state.throttle_share = Some(share);
             }
             keys.insert(name, state);
         }
@@ -364,7 +387,7 @@ impl Quotas {
                         ApiKeyQuotaState {
                             api_key: u.api_key.clone(),
                             windows: vec![w],
-                            throttle_share: 0,
+                            throttle_share: None,
                         },
                     );
                 }
@@ -372,6 +395,43 @@ impl Quotas {
         }
         Ok(QuotaState {
             fleet_size: Self::fresh(&live, instant).count().max(1) as u32,
+            api_keys: keys.into_values().collect(),
+        })
+    }
+
+    /// What `changes` (others' usage) means for the data plane `dp`: the
+    /// keys they touched, with the fleet's latest count and what it
+    /// counted of this data plane. Blocking (sled).
+    pub fn pushed(
+        &self,
+        dp: &str,
+        run: &str,
+        changes: &[Arc<UsageChange>],
+    ) -> Result<QuotaState, StoreError> {
+        let mut latest: BTreeMap<(&str, &str, u64), (Window, u64)> = BTreeMap::new();
+        for (key, window, id, used) in changes.iter().flat_map(|c| &c.items) {
+            // Later changes are newer.
+            latest.insert((key.as_str(), window.as_str(), *id), (*window, *used));
+        }
+        let mut keys: BTreeMap<&str, ApiKeyQuotaState> = BTreeMap::new();
+        for ((key, _, id), (window, used)) in latest {
+            let counted = number(self.seen.get(seen_key(dp, run, key, window, id))?);
+            keys.entry(key)
+                .or_insert_with(|| ApiKeyQuotaState {
+                    api_key: key.to_string(),
+                    ..Default::default()
+                })
+                .windows
+                .push(QuotaWindowState {
+                    window: window.as_str().into(),
+                    window_id: id,
+                    used,
+                    counted,
+                });
+        }
+        let live = self.live();
+        Ok(QuotaState {
+            fleet_size: Self::fresh(&live, Instant::now()).count().max(1) as u32,
             api_keys: keys.into_values().collect(),
         })
     }
@@ -525,8 +585,16 @@ mod tests {
         assert_eq!(used(&q, "daily"), 10);
         let w = &state.api_keys[0].windows[0];
         assert_eq!((w.used, w.counted), (10, 10));
-        // Another data plane, and a new run of the first.
+        // Another data plane, and a new run of the first; what dp-2 counted
+        // is passed on to dp-1 between its reports.
+        let mut changes = q.subscribe();
         q.record("dp-2", "run-b", &usage(5)).unwrap();
+        let change = changes.try_recv().unwrap();
+        assert_eq!(change.from, "dp-2");
+        let pushed = q.pushed("dp-1", "run-a", &[change]).unwrap();
+        let w = &pushed.api_keys[0].windows[0];
+        assert_eq!((w.used, w.counted), (15, 10));
+        assert_eq!(pushed.api_keys[0].throttle_share, None);
         let state = q.record("dp-1", "run-c", &usage(3)).unwrap();
         assert_eq!(used(&q, "daily"), 18);
         assert_eq!(state.api_keys[0].windows[0].counted, 3);

@@ -298,8 +298,8 @@ impl KeyUsage {
             c.used = w.used;
             c.counted = w.counted.min(c.admitted);
         }
-        if st.limits.throttle.is_some() {
-            st.throttle.share = Some(state.throttle_share);
+        if let (Some(_), Some(share)) = (&st.limits.throttle, state.throttle_share) {
+            st.throttle.share = Some(share);
         }
     }
 
@@ -478,7 +478,7 @@ mod tests {
                 used: 8,
                 counted: 3,
             }],
-            throttle_share: 0,
+            throttle_share: None,
         });
         // 8 + (4 - 3) = 9 used: one left.
         let a = k.admit(now).unwrap();
@@ -502,7 +502,7 @@ mod tests {
         k.apply(&ApiKeyQuotaState {
             api_key: "k".into(),
             windows: vec![],
-            throttle_share: 4,
+            throttle_share: Some(4),
         });
         let now = 1000;
         let admitted = (0..10).filter(|_| k.admit(now).is_ok()).count();
