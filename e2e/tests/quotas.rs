@@ -91,17 +91,29 @@ impl Answer {
     }
 }
 
-async fn call(client: &reqwest::Client, dp: &DataPlane, bearer: &str) -> Result<Answer> {
-    let r = client
-        .get(dp.url("/"))
+/// `GET url` for host `api.test` with the API key `bearer` and `headers`.
+async fn get(
+    client: &reqwest::Client,
+    url: &str,
+    bearer: &str,
+    headers: &[(&str, &str)],
+) -> Result<Answer> {
+    let mut req = client
+        .get(url)
         .header("host", "api.test")
-        .header("authorization", bearer)
-        .send()
-        .await?;
+        .header("authorization", bearer);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let r = req.send().await?;
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     r.bytes().await?;
     Ok(Answer { status, headers })
+}
+
+async fn call(client: &reqwest::Client, dp: &DataPlane, bearer: &str) -> Result<Answer> {
+    get(client, &dp.url("/"), bearer, &[]).await
 }
 
 /// A refusal must be a 429 with the limit, nothing remaining, when it
@@ -265,17 +277,7 @@ async fn a_throttle_holds_across_two_data_planes() -> Result<()> {
                 if at >= measure_from + measured {
                     return Ok::<_, anyhow::Error>((ok, sent, refusals));
                 }
-                let r = client
-                    .get(&url)
-                    .header("host", "api.test")
-                    .header("authorization", &bearer)
-                    .send()
-                    .await?;
-                let a = Answer {
-                    status: r.status().as_u16(),
-                    headers: r.headers().clone(),
-                };
-                r.bytes().await?;
+                let a = get(&client, &url, &bearer, &[]).await?;
                 if at < measure_from {
                     continue;
                 }
@@ -417,23 +419,10 @@ async fn the_rate_limit_plugin_counts_by_header_and_bad_limits_are_refused() -> 
     )
     .await?;
     let client = reqwest::Client::new();
-    let send = |tenant: &'static str| {
-        let (client, url, bearer) = (client.clone(), f.dps[0].url("/"), f.bearer.clone());
-        async move {
-            let r = client
-                .get(url)
-                .header("host", "api.test")
-                .header("authorization", bearer)
-                .header("x-tenant", tenant)
-                .send()
-                .await?;
-            let a = Answer {
-                status: r.status().as_u16(),
-                headers: r.headers().clone(),
-            };
-            r.bytes().await?;
-            Ok::<_, anyhow::Error>(a)
-        }
+    let url = f.dps[0].url("/");
+    let (client, url, bearer) = (&client, url.as_str(), f.bearer.as_str());
+    let send = |tenant: &'static str| async move {
+        get(client, url, bearer, &[("x-tenant", tenant)]).await
     };
     for left in [2, 1, 0] {
         let a = send("acme").await?;
