@@ -188,7 +188,7 @@ pub struct Refused {
 impl KeyUsage {
     /// Counts one request at `now` (seconds) if every quota allows it: the
     /// tightest allowance left, or which quota refused.
-    pub fn admit(&self, now: u64) -> Result<Allowance, Refused> {
+    pub fn admit(&self, now: u64) -> Result<Option<Allowance>, Refused> {
         let mut st = lock(&self.state);
         let limits = st.limits.clone();
         let mut tightest: Option<Allowance> = None;
@@ -256,11 +256,7 @@ impl KeyUsage {
                 st.counted(window, window.id(now)).admitted += 1;
             }
         }
-        Ok(tightest.unwrap_or(Allowance {
-            limit: 0,
-            remaining: 0,
-            reset: 0,
-        }))
+        Ok(tightest)
     }
 
     fn report(&self, now: u64, out: &mut Vec<QuotaUsage>) {
@@ -481,7 +477,7 @@ mod tests {
             throttle_share: None,
         });
         // 8 + (4 - 3) = 9 used: one left.
-        let a = k.admit(now).unwrap();
+        let a = k.admit(now).unwrap().unwrap();
         assert_eq!((a.limit, a.remaining, a.reset), (10, 0, 12 * 3600));
         let r = k.admit(now).unwrap_err();
         assert_eq!(r.quota, "daily");

@@ -297,7 +297,10 @@ impl Plugin for ApiKeyPlugin {
         ctx.state.consumer = Some(key.name.clone());
         if let Some(usage) = &key.usage {
             match usage.admit(quota::now_secs()) {
-                Ok(a) => ctx.state.rate_limit = Some(Allowance::tighter(ctx.state.rate_limit, a)),
+                Ok(Some(a)) => {
+                    ctx.state.rate_limit = Some(Allowance::tighter(ctx.state.rate_limit, a))
+                }
+                Ok(None) => {}
                 Err(r) if r.quota == "throttle" => {
                     return Flow::Deny(too_many(
                         Reason::RateLimited,
