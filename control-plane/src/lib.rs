@@ -11,6 +11,8 @@
 //! - [`fleet`]: what is known of each data plane, for the admin API.
 //! - [`events`]: the event log (sequence numbers, retention) and the feed.
 //! - [`exporters`]: EventExporter resources: webhooks fed from the log.
+//! - [`quotas`]: API keys' daily and monthly quotas counted for the fleet,
+//!   throttle shares.
 //! - [`telemetry`]: data-plane reports, the event feed service, fleet-wide
 //!   metrics.
 //! - [`transfer`]: whole-configuration export and import (one transaction).
@@ -30,6 +32,7 @@ pub mod fleet;
 pub mod otoroshi;
 pub mod pki;
 pub mod publisher;
+pub mod quotas;
 pub mod server;
 pub mod store;
 pub mod sync;

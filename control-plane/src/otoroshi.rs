@@ -1257,7 +1257,24 @@ fn api_key(
         not_after: None,
     };
     spec["credentials"] = json!([credential]);
-    notes.push("quotas (Nio has none yet)".into());
+    // Otoroshi writes 10,000,000 for "no quota".
+    let quota = |field: &str| {
+        k.get(field)
+            .and_then(Value::as_u64)
+            .filter(|q| (1..10_000_000).contains(q))
+    };
+    let mut quotas = serde_json::Map::new();
+    if let Some(q) = quota("throttlingQuota") {
+        quotas.insert("throttle".into(), json!({"requests": q, "per": "1s"}));
+    }
+    for (field, window) in [("dailyQuota", "daily"), ("monthlyQuota", "monthly")] {
+        if let Some(q) = quota(field) {
+            quotas.insert(window.into(), json!(q));
+        }
+    }
+    if !quotas.is_empty() {
+        spec["quotas"] = Value::Object(quotas);
+    }
     if k.get("rotation").is_some_and(|r| b(r, "enabled")) {
         notes.push("automatic rotation (use POST .../rotate)".into());
     }
@@ -1361,6 +1378,10 @@ mod tests {
                 ["group.otoroshi.io/admin-api-group"],
             "true"
         );
+        // Its throttle came along; the "no quota" daily and monthly did not.
+        let quotas = k.spec.quotas.as_ref().unwrap();
+        assert_eq!(quotas.throttle.as_ref().unwrap().requests, 10_000);
+        assert_eq!((quotas.daily, quotas.monthly), (None, None));
         let report = c.report.to_value().to_string();
         assert!(
             !report.contains("admin-api-apikey-secret"),

@@ -153,6 +153,23 @@ pub async fn run(
         exporters.clone(),
     ));
     let fleet = Arc::new(Fleet::new(Some(events.clone())));
+    let quotas = crate::quotas::Quotas::open(store.clone(), events.clone()).map_err(|source| {
+        ServerError::Store {
+            path: store_dir.clone(),
+            source,
+        }
+    })?;
+    tokio::spawn({
+        let quotas = quotas.clone();
+        async move {
+            let mut daily = tokio::time::interval(Duration::from_secs(86_400));
+            loop {
+                daily.tick().await;
+                let q = quotas.clone();
+                let _ = tokio::task::spawn_blocking(move || q.prune()).await;
+            }
+        }
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -185,6 +202,7 @@ pub async fn run(
         pki: pki.clone(),
         events: events.clone(),
         exporters,
+        quotas: quotas.clone(),
         stopping: stopping(stopped.clone()),
     });
     let admin = match &opts.admin_tls {
@@ -215,6 +233,7 @@ pub async fn run(
         .map(|pki| EnrollmentServer::new(EnrollmentService::new(pki, join_token.clone())));
     let telemetry = TelemetryServer::new(TelemetryService {
         log: events.clone(),
+        quotas,
         fleet: fleet.clone(),
         pki: pki.clone(),
         join_token: join_token.clone(),

@@ -5,6 +5,7 @@
 use crate::events::{self, EventLog, Filter, Stop};
 use crate::fleet::Fleet;
 use crate::pki::Pki;
+use crate::quotas::UsageChange;
 use crate::sync::{client_identity, has_join_token, Shutdown};
 use crate::tokens::{bearer, Token};
 use nio_proto::v1::event_feed_server::EventFeed;
@@ -25,6 +26,7 @@ pub type Stopping = Arc<dyn Fn() -> Shutdown + Send + Sync>;
 
 pub struct TelemetryService {
     pub log: Arc<EventLog>,
+    pub quotas: Arc<crate::quotas::Quotas>,
     pub fleet: Arc<Fleet>,
     pub pki: Option<Arc<Pki>>,
     pub join_token: Token,
@@ -47,9 +49,17 @@ impl Telemetry for TelemetryService {
         };
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(8);
-        let (log, fleet) = (self.log.clone(), self.fleet.clone());
+        let (log, fleet, quotas) = (self.log.clone(), self.fleet.clone(), self.quotas.clone());
         let mut stopping = (self.stopping)();
         tokio::spawn(async move {
+            // Quota usage other data planes reported, sent on to this one
+            // between its own reports (gathered for PUSH_DELAY).
+            let mut changes = quotas.subscribe();
+            let mut pending: Vec<Arc<UsageChange>> = Vec::new();
+            let mut push_at: Option<tokio::time::Instant> = None;
+            // This stream's data plane, run and acknowledged events, once
+            // it reported.
+            let mut reporter: Option<(String, String, u64)> = None;
             loop {
                 let report = tokio::select! {
                     () = &mut stopping => {
@@ -60,6 +70,31 @@ impl Telemetry for TelemetryService {
                         Ok(Some(report)) => report,
                         _ => return,
                     },
+                    change = changes.recv() => {
+                        match change {
+                            Ok(c) if reporter.as_ref().is_some_and(|(dp, _, _)| *dp != c.from) => {
+                                pending.push(c);
+                                push_at.get_or_insert_with(|| tokio::time::Instant::now() + PUSH_DELAY);
+                            }
+                            // Lagged: the next report's answer has it all.
+                            _ => {}
+                        }
+                        continue;
+                    }
+                    () = sleep_until_some(push_at) => {
+                        push_at = None;
+                        let Some((dp, run, next)) = reporter.clone() else { continue };
+                        let batch = std::mem::take(&mut pending);
+                        let q = quotas.clone();
+                        let state = tokio::task::spawn_blocking(move || q.pushed(&dp, &run, &batch)).await;
+                        if let Ok(Ok(state)) = state {
+                            let ack = ReportAck { next_event: next, quotas: Some(state) };
+                            if tx.send(Ok(ack)).await.is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
                 };
                 if identity.as_ref().is_some_and(|id| *id != report.data_plane) {
                     let _ = tx
@@ -72,15 +107,17 @@ impl Telemetry for TelemetryService {
                 let dp = report.data_plane.clone();
                 let metrics = report.metrics.unwrap_or_default();
                 let newly_dropped = fleet.reported(&dp, metrics, report.dropped_events);
-                let log2 = log.clone();
+                let (log2, quotas2) = (log.clone(), quotas.clone());
                 let (run, first, batch) = (report.run, report.first_event, report.events);
-                let dp2 = dp.clone();
+                let usage = report.quota_usage;
+                let (dp2, run2) = (dp.clone(), run.clone());
                 let stored = tokio::task::spawn_blocking(move || {
-                    log2.append_report(&dp2, &run, first, batch)
+                    let next = log2.append_report(&dp2, &run, first, batch)?;
+                    Ok::<_, crate::store::StoreError>((next, quotas2.record(&dp2, &run, &usage)?))
                 })
                 .await;
-                let next = match stored {
-                    Ok(Ok(next)) => next,
+                let (next, quota_state) = match stored {
+                    Ok(Ok(stored)) => stored,
                     _ => {
                         let _ = tx
                             .send(Err(Status::unavailable(
@@ -105,12 +142,30 @@ impl Telemetry for TelemetryService {
                     }
                     log.append(vec![alert]);
                 }
-                if tx.send(Ok(ReportAck { next_event: next })).await.is_err() {
+                reporter = Some((dp, run2, next));
+                let ack = ReportAck {
+                    next_event: next,
+                    quotas: Some(quota_state),
+                };
+                if tx.send(Ok(ack)).await.is_err() {
                     return;
                 }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// How long usage other data planes reported is gathered before it is
+/// sent on to a data plane (bounds the messages per data plane to 10 a
+/// second).
+const PUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

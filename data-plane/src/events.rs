@@ -250,6 +250,7 @@ fn report(
         events,
         dropped_events: dropped + refused,
         metrics: Some(metrics.read()),
+        quota_usage: crate::quota::usage_report(),
     };
     (report, next)
 }
@@ -301,7 +302,12 @@ async fn report_session(
                 }
             }
             ack = acks.message() => match ack {
-                Ok(Some(a)) => ring.lock().unwrap_or_else(|p| p.into_inner()).acknowledge(a.next_event),
+                Ok(Some(a)) => {
+                    ring.lock().unwrap_or_else(|p| p.into_inner()).acknowledge(a.next_event);
+                    if let Some(q) = &a.quotas {
+                        crate::quota::apply(q);
+                    }
+                }
                 Ok(None) => return Err("control plane ended the report stream".into()),
                 Err(s) => return Err(s.message().to_string()),
             },

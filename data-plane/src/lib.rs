@@ -14,6 +14,7 @@
 //! - [`upstream`]: backend pools: load balancing, circuit breakers,
 //!   outlier detection, health checks.
 //! - [`plugins`]: the plugin pipeline (API keys, JWT, IP lists, CORS…).
+//! - [`quota`]: API keys' quotas and rate limits, counted across the fleet.
 //! - [`proxy`]: the request path, retries, upgrades, and the single
 //!   error-to-response mapping.
 //! - [`body`]: streamed bodies with idle timeouts and byte counts.
@@ -42,6 +43,7 @@ pub mod identity;
 pub mod metrics;
 pub mod plugins;
 pub mod proxy;
+pub mod quota;
 pub mod route;
 pub mod router;
 pub mod runtime;

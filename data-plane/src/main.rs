@@ -136,7 +136,7 @@ struct Args {
     /// dropped, and counted, beyond).
     #[arg(long, env = "NIO_EVENT_BUFFER", default_value_t = 50_000)]
     event_buffer: usize,
-    /// Milliseconds between reports (events, counters) to the control
+    /// Milliseconds between reports (events, counters, quota usage) to the control
     /// plane.
     #[arg(long, env = "NIO_REPORT_INTERVAL_MS", default_value_t = 1000)]
     report_interval_ms: u64,

@@ -274,6 +274,18 @@ impl Metrics {
                 g(&self.tls_handshake_failures),
             ),
             (
+                "nio_quota_usage_dropped_total",
+                "counter",
+                "Quota usage not yet counted by the control plane, dropped because a key had too many windows waiting.",
+                g(&crate::quota::DROPPED_WINDOWS),
+            ),
+            (
+                "nio_quota_fleet_size",
+                "gauge",
+                "Data planes reporting, as the control plane last said (rateLimit plugins divide their limit by it).",
+                crate::quota::fleet_size(),
+            ),
+            (
                 "nio_config_revision",
                 "gauge",
                 "Revision of the configuration being served.",

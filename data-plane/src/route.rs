@@ -174,7 +174,7 @@ impl CompiledRoute {
             access_log: spec.access_log,
             event_sample_percent: spec.event_sample_percent,
             labels: route.metadata.labels.clone(),
-            plugins: Chain::build(&spec.plugins, "spec.plugins")?,
+            plugins: Chain::build(&spec.plugins, "spec.plugins", &format!("route/{name}"))?,
             stats,
             tls: spec.tls.clone(),
             client_subject_header: spec

@@ -239,7 +239,7 @@ pub fn compile(
             }
             (Kind::GlobalConfig, Some(AnyResource::GlobalConfig(g))) => {
                 global = Arc::new(
-                    Chain::build(&g.spec.plugins, "spec.plugins")
+                    Chain::build(&g.spec.plugins, "spec.plugins", "global")
                         .map_err(|e| err(format!("globalconfig \"{name}\": {e}")))?,
                 );
             }

@@ -6,6 +6,7 @@
 //!   (compiled by protox at build time, no system `protoc`).
 //! - [`model`]: the resource types users write (`Route`, `Backend`, …), their
 //!   validation, and [`model::Config`], the set of resources at one revision.
+//! - [`quota`]: the calendar windows quotas are counted in.
 //! - [`snapshot`]: conversion between a [`model::Config`] and the wire
 //!   [`v1::Snapshot`], and the content hash both planes agree on.
 //!
@@ -14,6 +15,7 @@
 //! configuration the control plane accepted is one every data plane accepts.
 
 pub mod model;
+pub mod quota;
 pub mod snapshot;
 
 /// Generated protobuf and gRPC code for package `nio.v1`.

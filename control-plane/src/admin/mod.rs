@@ -13,6 +13,9 @@
 //! POST                     /api/v1/import                [?dryRun=true&from=otoroshi&rewriteTargets=URL]
 //! GET, POST                /apis/nio.dev/v1/{plural}
 //! GET, PUT, PATCH, DELETE  /apis/nio.dev/v1/{plural}/{name}
+//! POST                     /apis/nio.dev/v1/apikeys/{name}/rotate
+//! GET                      /apis/nio.dev/v1/apikeys/{name}/quotas
+//! POST                     /apis/nio.dev/v1/apikeys/{name}/quotas/reset  [?window=daily|monthly]
 //! GET                      /ui/…                         (no auth: the web UI's static files, see [`ui`])
 //! ```
 //!
@@ -55,6 +58,7 @@ pub struct AdminState {
     pub pki: Option<Arc<crate::pki::Pki>>,
     pub events: Arc<crate::events::EventLog>,
     pub exporters: Arc<crate::exporters::Exporters>,
+    pub quotas: Arc<crate::quotas::Quotas>,
     /// Ends open event streams (SSE) on shutdown.
     pub stopping: crate::telemetry::Stopping,
 }
@@ -82,6 +86,11 @@ pub fn router(state: AdminState) -> Router {
         .route(
             "/apis/nio.dev/v1/apikeys/{name}/rotate",
             post(resources::rotate),
+        )
+        .route("/apis/nio.dev/v1/apikeys/{name}/quotas", get(quotas))
+        .route(
+            "/apis/nio.dev/v1/apikeys/{name}/quotas/reset",
+            post(reset_quotas),
         )
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -155,6 +164,7 @@ async fn audit(State(state): State<AdminState>, req: Request, next: Next) -> Res
     let action = match (&method, path.as_str()) {
         (_, p) if p.ends_with("/rotate") => "rotate",
         (_, p) if p.ends_with("/revoke") => "revoke",
+        (_, p) if p.ends_with("/quotas/reset") => "reset-quotas",
         (_, "/api/v1/import") => "import",
         (&http::Method::POST, _) => "create",
         (&http::Method::PUT, _) => "replace",
@@ -275,6 +285,66 @@ async fn stats(State(state): State<AdminState>) -> Json<Value> {
             "latencyBuckets": s.buckets,
         })).collect::<Vec<_>>(),
     }))
+}
+
+/// An API key's quotas: limit, fleet-wide use and what is left per window.
+async fn quotas(
+    State(state): State<AdminState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let q = state.quotas.clone();
+    let key = name.clone();
+    quota_answer(
+        &name,
+        tokio::task::spawn_blocking(move || q.view(&key)).await,
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct ResetQuery {
+    window: Option<String>,
+}
+
+/// Starts the key's current daily and monthly windows (or the one named)
+/// from zero again, fleet-wide.
+async fn reset_quotas(
+    State(state): State<AdminState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    axum::extract::Query(query): axum::extract::Query<ResetQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let only = match query.window.as_deref() {
+        None => None,
+        Some(w) => Some(nio_proto::quota::Window::parse(w).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "window: \"{w}\": use daily or monthly (or leave it out for both)"
+            ))
+        })?),
+    };
+    let q = state.quotas.clone();
+    let key = name.clone();
+    let view = tokio::task::spawn_blocking(move || {
+        if !q.reset(&key, only)? {
+            return Ok(None);
+        }
+        tracing::info!(apikey = %key, window = ?only, "quotas reset");
+        q.view(&key)
+    })
+    .await;
+    quota_answer(&name, view)
+}
+
+/// The quotas view of key `name` computed off the runtime, as an answer.
+fn quota_answer(
+    name: &str,
+    view: Result<Result<Option<Value>, crate::store::StoreError>, tokio::task::JoinError>,
+) -> Result<Json<Value>, ApiError> {
+    let internal = |e: String| ApiError::new(http::StatusCode::INTERNAL_SERVER_ERROR, e);
+    match view {
+        Ok(Ok(Some(v))) => Ok(Json(v)),
+        Ok(Ok(None)) => Err(ApiError::not_found(format!("ApiKey \"{name}\" not found"))),
+        Ok(Err(e)) => Err(internal(e.to_string())),
+        Err(e) => Err(internal(e.to_string())),
+    }
 }
 
 fn load(c: &std::sync::atomic::AtomicU64) -> u64 {

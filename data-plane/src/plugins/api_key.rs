@@ -11,13 +11,15 @@
 //! (`Nio-Client-Id`, `Nio-Client-Meta-<key>`) unless `forwardIdentity` is
 //! off.
 
-use super::{Ctx, Denial, Flow, Phase, Plugin, Reason};
+use super::{too_many, Ctx, Denial, Flow, Phase, Plugin, Reason, State};
+use crate::quota::{self, Allowance, KeyUsage};
 use crate::route::CompiledRoute;
 use base64::Engine;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 use nio_proto::model::{hmac_finish, hmac_states, parse_time, ApiKey, ApiKeyAuth, LabelSelector};
 use sha2::Sha256;
+use std::sync::Arc;
 use std::time::SystemTime;
 use subtle::ConstantTimeEq;
 
@@ -35,6 +37,8 @@ pub struct CompiledKey {
     /// `Nio-Client-Meta-*` headers to forward.
     meta: Vec<(HeaderName, HeaderValue)>,
     secrets: Vec<Secret>,
+    /// Its quotas' counters (`None`: no quotas).
+    usage: Option<Arc<KeyUsage>>,
     /// Requests this key authenticated (reported to the control plane).
     pub requests: std::sync::atomic::AtomicU64,
 }
@@ -97,6 +101,10 @@ impl CompiledKey {
             selector: spec.route_selector.clone(),
             meta,
             secrets,
+            usage: spec
+                .quotas
+                .as_ref()
+                .map(|q| quota::key_usage(&key.metadata.name, q)),
             requests: Default::default(),
         })
     }
@@ -287,8 +295,34 @@ impl Plugin for ApiKeyPlugin {
             }
         }
         ctx.state.consumer = Some(key.name.clone());
+        if let Some(usage) = &key.usage {
+            match usage.admit(quota::now_secs()) {
+                Ok(Some(a)) => {
+                    ctx.state.rate_limit = Some(Allowance::tighter(ctx.state.rate_limit, a))
+                }
+                Ok(None) => {}
+                Err(r) if r.quota == "throttle" => {
+                    return Flow::Deny(too_many(
+                        Reason::RateLimited,
+                        "too many requests for this API key; retry later",
+                        &r.allowance,
+                    ))
+                }
+                Err(r) => {
+                    return Flow::Deny(too_many(
+                        Reason::QuotaExceeded,
+                        &format!("this API key's {} quota is used up", r.quota),
+                        &r.allowance,
+                    ))
+                }
+            }
+        }
         key.requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Flow::Continue
+    }
+
+    fn on_response(&self, state: &mut State, response: &mut http::response::Parts) {
+        super::write_rate_limit(state, response);
     }
 }

@@ -10,7 +10,8 @@
 //!   ─▶ PreRoute   maintenance, redirect, staticResponse, ipBlockList,
 //!                 ipAllowList, allowedMethods, cors (answers preflights),
 //!                 publicPaths, bodySizeLimit (Content-Length)
-//!   ─▶ Access     apiKey, jwt (skipped on public paths)
+//!   ─▶ Access     apiKey (and its quotas), jwt (skipped on public paths)
+//!   ─▶ Limit      rateLimit (knows the caller the access plugins found)
 //!   ─▶ Transform  request changes (identity headers, body limits)
 //!   ─▶ backend call
 //!   ─▶ on_response  cors headers, compression (response side, in order)
@@ -33,6 +34,7 @@ mod jwt;
 mod maintenance;
 mod methods;
 mod public_paths;
+mod rate_limit;
 mod redirect;
 mod static_response;
 
@@ -40,6 +42,7 @@ pub use api_key::CompiledKey;
 pub use body_limit::too_large;
 pub use compression::{compress, Encoding};
 pub use jwt::CompiledVerifier;
+pub use rate_limit::too_many;
 
 use crate::runtime::Runtime;
 use bytes::Bytes;
@@ -56,6 +59,7 @@ use std::sync::Arc;
 pub enum Phase {
     PreRoute,
     Access,
+    Limit,
     Transform,
 }
 
@@ -116,13 +120,17 @@ pub enum Reason {
     MethodNotAllowed,
     CorsOrigin,
     BodyTooLarge,
+    /// An API key's daily or monthly quota is used up.
+    QuotaExceeded,
+    /// An API key's throttle or a `rateLimit` plugin.
+    RateLimited,
     /// A route with `clientAuth` and no client certificate verified by its
     /// CA (not a plugin: checked by the proxy after routing).
     ClientCertificate,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 16] = [
         Reason::ApiKeyMissing,
         Reason::ApiKeyInvalid,
         Reason::ApiKeyForbidden,
@@ -136,6 +144,8 @@ impl Reason {
         Reason::MethodNotAllowed,
         Reason::CorsOrigin,
         Reason::BodyTooLarge,
+        Reason::QuotaExceeded,
+        Reason::RateLimited,
         Reason::ClientCertificate,
     ];
 
@@ -154,6 +164,8 @@ impl Reason {
             Reason::MethodNotAllowed => "method-not-allowed",
             Reason::CorsOrigin => "cors-origin-denied",
             Reason::BodyTooLarge => "body-too-large",
+            Reason::QuotaExceeded => "quota-exceeded",
+            Reason::RateLimited => "rate-limited",
             Reason::ClientCertificate => "client-certificate-required",
         }
     }
@@ -198,6 +210,17 @@ pub struct State {
     pub drop_query_param: Option<String>,
     /// A compression plugin took the response (a second one leaves it).
     pub compressing: bool,
+    /// The tightest quota or rate limit the request counted against, for
+    /// the response's `X-RateLimit-*` headers.
+    pub rate_limit: Option<crate::quota::Allowance>,
+}
+
+/// Puts the `X-RateLimit-*` headers of the tightest limit on the response
+/// (once, whichever limiting plugin gets there first).
+pub fn write_rate_limit(state: &mut State, response: &mut http::response::Parts) {
+    if let Some(a) = state.rate_limit.take() {
+        a.write(&mut response.headers);
+    }
 }
 
 pub trait Plugin: Send + Sync + std::fmt::Debug {
@@ -221,8 +244,10 @@ pub struct Chain {
 }
 
 impl Chain {
-    /// Builds every enabled plugin; `field` names the list in errors.
-    pub fn build(specs: &[PluginSpec], field: &str) -> Result<Chain, String> {
+    /// Builds every enabled plugin; `field` names the list in errors,
+    /// `owner` the resource (`route/<name>`, `global`) for plugins whose
+    /// counters outlive a snapshot.
+    pub fn build(specs: &[PluginSpec], field: &str, owner: &str) -> Result<Chain, String> {
         let mut plugins = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
             if !spec.enabled {
@@ -232,7 +257,8 @@ impl Chain {
             let config = spec
                 .parse(&at)
                 .map_err(|errors| nio_proto::model::join_errors(&errors))?;
-            plugins.push(build(config).map_err(|e| format!("{at}: {e}"))?);
+            let place = format!("{owner}/{i}");
+            plugins.push(build(config, &place).map_err(|e| format!("{at}: {e}"))?);
         }
         plugins.sort_by_key(|p| p.phase());
         Ok(Chain { plugins })
@@ -261,7 +287,7 @@ impl Chain {
 }
 
 /// The plugin for a parsed config: the one registry of plugin kinds.
-fn build(config: PluginConfig) -> Result<Arc<dyn Plugin>, String> {
+fn build(config: PluginConfig, place: &str) -> Result<Arc<dyn Plugin>, String> {
     Ok(match config {
         PluginConfig::ApiKey(c) => Arc::new(api_key::ApiKeyPlugin::new(c)),
         PluginConfig::Jwt(c) => Arc::new(jwt::JwtPlugin::new(c)?),
@@ -275,6 +301,7 @@ fn build(config: PluginConfig) -> Result<Arc<dyn Plugin>, String> {
         PluginConfig::PublicPaths(c) => Arc::new(public_paths::PublicPathsPlugin::new(&c)?),
         PluginConfig::BodySizeLimit(c) => Arc::new(body_limit::BodyLimitPlugin::new(&c)),
         PluginConfig::Compression(c) => Arc::new(compression::CompressionPlugin::new(&c)),
+        PluginConfig::RateLimit(c) => Arc::new(rate_limit::RateLimitPlugin::new(&c, place)?),
     })
 }
 

@@ -35,6 +35,10 @@ pub struct ApiKeySpec {
     pub metadata: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// Limits on how much the key may call, counted across the whole fleet
+    /// (docs/quotas.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quotas: Option<ApiKeyQuotas>,
     /// Managed by the control plane: the hashed secrets that are valid.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<Credential>,
@@ -46,6 +50,52 @@ fn yes() -> bool {
 
 fn is_true(b: &bool) -> bool {
     *b
+}
+
+/// An API key's quotas: any of a throttle, a daily and a monthly quota.
+/// Days and months are UTC calendar windows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiKeyQuotas {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<Throttle>,
+    /// Requests per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily: Option<u64>,
+    /// Requests per UTC calendar month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly: Option<u64>,
+    /// A `quota-almost-exceeded` alert when a daily or monthly quota is
+    /// this far used (percent).
+    #[serde(default = "ApiKeyQuotas::default_alert")]
+    pub alert_at_percent: u8,
+}
+
+impl ApiKeyQuotas {
+    fn default_alert() -> u8 {
+        80
+    }
+}
+
+/// At most `requests` per `per` (a fixed window aligned on the clock).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Throttle {
+    pub requests: u64,
+    #[serde(default = "one_second", with = "super::duration")]
+    pub per: std::time::Duration,
+}
+
+pub(super) fn one_second() -> std::time::Duration {
+    std::time::Duration::from_secs(1)
+}
+
+/// Checks a rate window: whole seconds, from 1 s to 1 day.
+pub(super) fn check_window(per: std::time::Duration) -> Result<(), String> {
+    if per.subsec_nanos() != 0 || per.as_secs() == 0 || per.as_secs() > 86_400 {
+        return Err("a whole number of seconds from 1s to 24h, like 1s, 10s or 1m".into());
+    }
+    Ok(())
 }
 
 /// One valid secret, hashed.
@@ -92,6 +142,9 @@ impl ApiKeySpec {
                 ));
             }
         }
+        if let Some(q) = &self.quotas {
+            q.validate(errors);
+        }
         for (i, c) in self.credentials.iter().enumerate() {
             let hex_len =
                 |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
@@ -109,6 +162,42 @@ impl ApiKeySpec {
                     ));
                 }
             }
+        }
+    }
+}
+
+impl ApiKeyQuotas {
+    fn validate(&self, errors: &mut Vec<FieldError>) {
+        if let Some(t) = &self.throttle {
+            if t.requests == 0 {
+                errors.push(FieldError::new(
+                    "spec.quotas.throttle.requests",
+                    "at least 1 (to refuse every call, disable the key)",
+                ));
+            }
+            if let Err(m) = check_window(t.per) {
+                errors.push(FieldError::new("spec.quotas.throttle.per", m));
+            }
+        }
+        for (name, q) in [("daily", self.daily), ("monthly", self.monthly)] {
+            if q == Some(0) {
+                errors.push(FieldError::new(
+                    format!("spec.quotas.{name}"),
+                    "at least 1 (to refuse every call, disable the key)",
+                ));
+            }
+        }
+        if !(1..=100).contains(&self.alert_at_percent) {
+            errors.push(FieldError::new(
+                "spec.quotas.alertAtPercent",
+                "a percentage from 1 to 100",
+            ));
+        }
+        if self.throttle.is_none() && self.daily.is_none() && self.monthly.is_none() {
+            errors.push(FieldError::new(
+                "spec.quotas",
+                "set throttle, daily or monthly (or remove quotas)",
+            ));
         }
     }
 }

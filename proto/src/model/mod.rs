@@ -19,7 +19,10 @@ mod jwt;
 mod plugins;
 mod route;
 
-pub use apikey::{credential_hash, hmac_finish, hmac_states, parse_time, ApiKeySpec, Credential};
+pub use apikey::{
+    credential_hash, hmac_finish, hmac_states, parse_time, ApiKeyQuotas, ApiKeySpec, Credential,
+    Throttle,
+};
 pub use backend::{
     parse_target_url, BackendSpec, BackendTls, CircuitBreaker, HashOn, HealthCheck, LoadBalancing,
     OutlierDetection, Policy, Protocol, Retries, StatusRange, TargetAddr, TargetSpec, Timeouts,
@@ -35,7 +38,7 @@ pub use jwt::{
 };
 pub use plugins::{
     AllowedMethods, ApiKeyAuth, BodySizeLimit, Compression, Cors, IpList, JwtAuth, Maintenance,
-    PluginConfig, PluginSpec, PublicPaths, Redirect, StaticResponse,
+    PluginConfig, PluginSpec, PublicPaths, RateLimit, RateLimitBy, Redirect, StaticResponse,
 };
 pub use route::{
     compile_regex, is_header_name, ClientAuth, FrontendSpec, HeaderRules, LabelSelector, Matcher,

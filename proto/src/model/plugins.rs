@@ -37,7 +37,7 @@ fn is_true(b: &bool) -> bool {
 }
 
 /// Every plugin kind, in the order the docs list them.
-pub const KINDS: [&str; 12] = [
+pub const KINDS: [&str; 13] = [
     "apiKey",
     "jwt",
     "ipAllowList",
@@ -50,6 +50,7 @@ pub const KINDS: [&str; 12] = [
     "publicPaths",
     "bodySizeLimit",
     "compression",
+    "rateLimit",
 ];
 
 /// A plugin's configuration, typed.
@@ -67,6 +68,7 @@ pub enum PluginConfig {
     PublicPaths(PublicPaths),
     BodySizeLimit(BodySizeLimit),
     Compression(Compression),
+    RateLimit(RateLimit),
 }
 
 impl PluginSpec {
@@ -88,6 +90,7 @@ impl PluginSpec {
             "publicPaths" => typed(c, &config()).map(PluginConfig::PublicPaths),
             "bodySizeLimit" => typed(c, &config()).map(PluginConfig::BodySizeLimit),
             "compression" => typed(c, &config()).map(PluginConfig::Compression),
+            "rateLimit" => typed(c, &config()).map(PluginConfig::RateLimit),
             other => {
                 return Err(vec![FieldError::new(
                     format!("{field}.kind"),
@@ -294,6 +297,26 @@ impl PluginConfig {
                     }
                 }
             }
+            PluginConfig::RateLimit(c) => {
+                if c.limit == 0 {
+                    err(format!("{field}.limit"), "at least 1".into());
+                }
+                if let Err(m) = super::apikey::check_window(c.per) {
+                    err(format!("{field}.per"), m);
+                }
+                match (c.by, &c.header) {
+                    (RateLimitBy::Header, None) => err(
+                        format!("{field}.header"),
+                        "by: header needs the header's name, like X-Tenant".into(),
+                    ),
+                    (RateLimitBy::Header, Some(h)) if !is_header_name(h) => err(
+                        format!("{field}.header"),
+                        format!("\"{h}\" is not a valid header name"),
+                    ),
+                    (RateLimitBy::Header, Some(_)) | (_, None) => {}
+                    (_, Some(_)) => err(format!("{field}.header"), "only with by: header".into()),
+                }
+            }
         }
     }
 }
@@ -316,6 +339,36 @@ fn check_status(status: u16, field: &str, err: &mut impl FnMut(String, String)) 
     if !(200..=599).contains(&status) {
         err(field.to_string(), "an HTTP status from 200 to 599".into());
     }
+}
+
+/// `rateLimit`: at most `limit` requests per `per` for each client (by IP,
+/// by the caller's identity, or by a header's value), across the fleet
+/// (each data plane takes its share: docs/quotas.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimit {
+    pub limit: u64,
+    #[serde(default = "super::apikey::one_second", with = "super::duration")]
+    pub per: Duration,
+    #[serde(default)]
+    pub by: RateLimitBy,
+    /// With `by: header`: the header whose value is the client.
+    #[serde(default)]
+    pub header: Option<String>,
+}
+
+/// What a `rateLimit` counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum RateLimitBy {
+    /// The client's address (after trusted proxies).
+    #[default]
+    Ip,
+    /// The API key an apiKey plugin admitted (or the subject a jwt plugin
+    /// verified); requests without one count by address.
+    ApiKey,
+    /// A request header's value (one bucket for requests without it).
+    Header,
 }
 
 /// `apiKey`: the request must carry a valid API key allowed on the route.

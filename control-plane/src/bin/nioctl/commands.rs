@@ -334,6 +334,49 @@ pub async fn apikey_rotate(client: &AdminClient, name: &str, grace: Option<&str>
     Ok(())
 }
 
+pub async fn apikey_quotas(
+    client: &AdminClient,
+    name: &str,
+    reset: bool,
+    window: Option<&str>,
+) -> Result<()> {
+    let path = format!("/apis/nio.dev/v1/apikeys/{name}/quotas");
+    let v = if reset {
+        let query: Vec<(&str, &str)> = window.map(|w| ("window", w)).into_iter().collect();
+        let v = client
+            .send(Method::POST, &format!("{path}/reset"), &query, None)
+            .await?;
+        println!("apikey/{name} quotas reset");
+        v
+    } else {
+        client.send(Method::GET, &path, &[], None).await?
+    };
+    let windows = v["windows"].as_array().cloned().unwrap_or_default();
+    if windows.is_empty() {
+        println!("apikey/{name} has no quotas");
+        return Ok(());
+    }
+    println!(
+        "{:<10} {:>12} {:>12} {:>12}  RESETS",
+        "WINDOW", "LIMIT", "USED", "REMAINING"
+    );
+    for w in windows {
+        let resets = match (w["resetsAt"].as_str(), w["per"].as_str()) {
+            (Some(at), _) => at.to_string(),
+            (None, Some(per)) => format!("every {per}"),
+            _ => String::new(),
+        };
+        println!(
+            "{:<10} {:>12} {:>12} {:>12}  {resets}",
+            w["window"].as_str().unwrap_or_default(),
+            w["limit"],
+            w["used"],
+            w["remaining"],
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::line_diff;

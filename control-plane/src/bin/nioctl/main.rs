@@ -107,7 +107,8 @@ enum Command {
         #[arg(long, value_name = "URL")]
         rewrite_targets: Option<String>,
     },
-    /// API keys: create one, rotate its secret (the secret is printed once).
+    /// API keys: create one, rotate its secret (the secret is printed once),
+    /// show or reset its quotas.
     #[command(subcommand)]
     Apikeys(ApiKeys),
     /// List the data planes, their applied revision, lag and certificate
@@ -165,6 +166,16 @@ enum ApiKeys {
         /// How long the old secrets keep working, like 1h.
         #[arg(long)]
         grace: Option<String>,
+    },
+    /// Show the key's quotas: limit, the fleet's use and what is left.
+    Quotas {
+        name: String,
+        /// Start the current daily and monthly windows from zero.
+        #[arg(long)]
+        reset: bool,
+        /// With --reset: only this window.
+        #[arg(long, value_parser = ["daily", "monthly"], requires = "reset")]
+        window: Option<String>,
     },
 }
 
@@ -306,6 +317,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Apikeys(ApiKeys::Rotate { name, grace }) => {
             commands::apikey_rotate(&client, &name, grace.as_deref()).await?
         }
+        Command::Apikeys(ApiKeys::Quotas {
+            name,
+            reset,
+            window,
+        }) => commands::apikey_quotas(&client, &name, reset, window.as_deref()).await?,
         Command::Get {
             kind: k,
             name,
