@@ -224,6 +224,10 @@ async fn an_operator_runs_the_gateway_from_the_console() -> Result<()> {
     b.wait_text("#placement", "edge-1").await?;
     b.wait_text("#placement", "serving").await?;
     shots.take(&b, "route-edit").await?;
+    // A route that wants API keys, for the key made below.
+    let mut keyed = nio_e2e::route("shop-keyed", &["keyed.shop.test"], &["/"], "shop");
+    keyed["spec"]["plugins"] = json!([{"kind": "apiKey"}]);
+    admin.create(keyed).await?;
 
     // An edit through the form is a conditional replace.
     b.fill("input[name='spec.frontend.paths']", "/hello, /shop")
@@ -332,7 +336,9 @@ async fn an_operator_runs_the_gateway_from_the_console() -> Result<()> {
     timings.push(("apikeys".into(), rendered(&b, "apikeys").await?));
     b.fill("#new-apikey input[name='metadata.name']", "mobile-app")
         .await?;
-    b.fill("#new-apikey input[name='spec.routes']", "shop-api")
+    b.fill("#new-apikey input[name='spec.routes']", "shop-keyed")
+        .await?;
+    b.fill("#new-apikey input[name='spec.quotas']", "100")
         .await?;
     b.click_on("#create-apikey").await?;
     let secret = b.wait_text("#secret-token", ".").await?;
@@ -341,8 +347,33 @@ async fn an_operator_runs_the_gateway_from_the_console() -> Result<()> {
     shots.take(&b, "apikey-secret").await?;
     b.click_on("#secret-done").await?;
     b.wait_text("tr[data-name='mobile-app']", "enabled").await?;
-    b.wait_text("tr[data-name='mobile-app']", "no quota")
-        .await?;
+    // The secret shown is the one that works, and its use is counted
+    // against the key's daily quota.
+    let keyed = |auth: Option<String>| {
+        let req = client
+            .get(dp.url("/hello"))
+            .header("host", "keyed.shop.test");
+        match auth {
+            Some(a) => req.bearer_auth(a),
+            None => req,
+        }
+    };
+    wait_for(
+        "the key to open the keyed route",
+        Duration::from_secs(20),
+        || async {
+            let r = keyed(Some(secret.clone())).send().await?;
+            Ok((r.status() == 200).then_some(()))
+        },
+    )
+    .await?;
+    for _ in 0..2 {
+        let r = keyed(Some(secret.clone())).send().await?;
+        ensure!(r.status() == 200, "with the key: {}", r.status());
+    }
+    let r = keyed(None).send().await?;
+    ensure!(r.status() == 401, "without the key: {}", r.status());
+    b.wait_text("tr[data-name='mobile-app']", "3/100").await?;
     ensure!(
         !b.page_text().await?.contains(&secret),
         "the secret is gone once the dialog is closed"

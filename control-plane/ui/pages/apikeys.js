@@ -5,24 +5,27 @@ import { html, useEffect, useState } from '/ui/vendor/preact-htm.js';
 import { api, ApiError, resourcePath } from '/ui/api.js';
 import {
   Badge, ConfirmDelete, CopyButton, Dialog, ErrorBox, Page, Search, Table, TextInput,
-  ago, sortFieldErrors, splitList, useReady,
+  ago, sortFieldErrors, splitList, usePoll, useReady,
 } from '/ui/components.js';
 
 /** `GET …/apikeys/{name}/quotas`; a 404 or no windows means no quota. */
 function Quota({ name, refresh }) {
   const [q, setQ] = useState(undefined);
-  useEffect(() => {
-    api(`${resourcePath('apikeys', name)}/quotas`)
-      .then((r) => setQ(r.windows || []))
-      .catch((e) => setQ(e instanceof ApiError && e.status === 404 ? [] : null));
-  }, [name, refresh]);
+  // Consumption moves with traffic: read again every 3 s.
+  usePoll(async () => {
+    try {
+      setQ((await api(`${resourcePath('apikeys', name)}/quotas`)).windows || []);
+    } catch (e) {
+      setQ(e instanceof ApiError && e.status === 404 ? [] : null);
+    }
+  }, 3000, [name, refresh]);
   if (q === undefined) return '…';
   if (q === null) return html`<span class="muted">unavailable</span>`;
   if (!q.length) return html`<span class="muted quota-none">no quota</span>`;
   return html`<ul class="quotas">${q.map((w) => {
     const share = w.limit ? w.used / w.limit : 0;
     return html`<li>
-      <span class="quota-name">${w.window}</span>
+      <span class="quota-name">${w.window}${w.per ? ` (per ${w.per})` : ''}</span>
       <meter min="0" max=${w.limit} value=${w.used} high=${w.limit * 0.8} optimum="0" aria-label=${`${w.window} quota used`}></meter>
       <span class=${share >= 1 ? 'bad' : share >= 0.8 ? 'warn' : ''}>${w.used}/${w.limit}</span>
       ${w.resetsAt && html`<small class="muted"> resets ${ago(w.resetsAt)}</small>`}
@@ -47,7 +50,7 @@ export function ApiKeys() {
   const [items, setItems] = useState(null);
   const [error, setError] = useState(null);
   const [q, setQ] = useState('');
-  const [form, setForm] = useState({ name: '', routes: '' });
+  const [form, setForm] = useState({ name: '', routes: '', daily: '' });
   const [formError, setFormError] = useState(null);
   const [secret, setSecret] = useState(null);
   const [deleting, setDeleting] = useState(null);
@@ -64,10 +67,11 @@ export function ApiKeys() {
     setFormError(null);
     const spec = {};
     if (splitList(form.routes).length) spec.routes = splitList(form.routes);
+    if (form.daily.trim() !== '') spec.quotas = { daily: Number(form.daily) };
     try {
       const r = await api(resourcePath('apikeys'), { method: 'POST', body: { apiVersion: 'nio.dev/v1', kind: 'ApiKey', metadata: { name: form.name.trim() }, spec } });
       setSecret({ name: r.metadata.name, secret: r.secret });
-      setForm({ name: '', routes: '' });
+      setForm({ name: '', routes: '', daily: '' });
       await load();
     } catch (err) { setFormError(err); }
   };
@@ -81,7 +85,7 @@ export function ApiKeys() {
   });
   const toggle = (k) => act(() => api(resourcePath('apikeys', k.metadata.name), { method: 'PATCH', body: { spec: { enabled: k.spec.enabled === false } } }));
 
-  const { byField, other } = sortFieldErrors(formError?.details, ['metadata.name', 'spec.routes']);
+  const { byField, other } = sortFieldErrors(formError?.details, ['metadata.name', 'spec.routes', 'spec.quotas']);
   const needle = q.trim().toLowerCase();
   const shown = (items || []).filter((k) => !needle || JSON.stringify([k.metadata, k.spec]).toLowerCase().includes(needle));
   return html`<${Page} title="API keys">
@@ -90,6 +94,8 @@ export function ApiKeys() {
         onInput=${(v) => setForm({ ...form, name: v })} />
       <${TextInput} label="Routes it may call" path="spec.routes" errors=${byField} value=${form.routes} hint="comma-separated; empty: every route that takes API keys"
         onInput=${(v) => setForm({ ...form, routes: v })} />
+      <${TextInput} label="Daily quota" type="number" path="spec.quotas" errors=${byField} value=${form.daily} hint="requests per UTC day; empty: none"
+        onInput=${(v) => setForm({ ...form, daily: v })} />
       <button type="submit" class="primary" id="create-apikey">Create key</button>
       ${formError && (other.length || !formError.details.length) && html`<${ErrorBox} error=${{ message: formError.message, details: other }} />`}
     </form>
