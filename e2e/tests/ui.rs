@@ -374,6 +374,10 @@ async fn an_operator_runs_the_gateway_from_the_console() -> Result<()> {
     let r = keyed(None).send().await?;
     ensure!(r.status() == 401, "without the key: {}", r.status());
     b.wait_text("tr[data-name='mobile-app']", "3/100").await?;
+    shots.take(&b, "apikeys").await?;
+    // The quota's reset, from the row.
+    b.click_on("tr[data-name='mobile-app'] .reset-quota").await?;
+    b.wait_text("tr[data-name='mobile-app']", "0/100").await?;
     ensure!(
         !b.page_text().await?.contains(&secret),
         "the secret is gone once the dialog is closed"
@@ -385,7 +389,6 @@ async fn an_operator_runs_the_gateway_from_the_console() -> Result<()> {
         !html.as_str().unwrap_or_default().contains(&secret),
         "the secret is not left in the page"
     );
-    shots.take(&b, "apikeys").await?;
 
     // Data planes: the running one, with its applied revision.
     let revision = admin.revision().await?;

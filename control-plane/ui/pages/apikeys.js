@@ -1,5 +1,6 @@
 // API keys: create (the secret is shown once, in a dialog, and forgotten
-// when it closes), rotate, enable/disable, delete, and quota consumption.
+// when it closes), rotate, enable/disable, delete, quota consumption and
+// its reset.
 
 import { html, useEffect, useState } from '/ui/vendor/preact-htm.js';
 import { api, ApiError, resourcePath } from '/ui/api.js';
@@ -83,6 +84,7 @@ export function ApiKeys() {
     const r = await api(`${resourcePath('apikeys', name)}/rotate`, { method: 'POST', body: {} });
     setSecret({ name, secret: r.secret });
   });
+  const resetQuota = (name) => act(() => api(`${resourcePath('apikeys', name)}/quotas/reset`, { method: 'POST' }));
   const toggle = (k) => act(() => api(resourcePath('apikeys', k.metadata.name), { method: 'PATCH', body: { spec: { enabled: k.spec.enabled === false } } }));
 
   const { byField, other } = sortFieldErrors(formError?.details, ['metadata.name', 'spec.routes', 'spec.quotas']);
@@ -115,6 +117,8 @@ export function ApiKeys() {
           <td class="row-actions">
             <button type="button" class="small" onClick=${() => rotate(k.metadata.name)}>Rotate</button>
             <button type="button" class="small" onClick=${() => toggle(k)}>${enabled ? 'Disable' : 'Enable'}</button>
+            ${k.spec.quotas && html`<button type="button" class="small reset-quota" title="Start today's and this month's count from zero"
+              onClick=${() => resetQuota(k.metadata.name)}>Reset quota</button>`}
             <button type="button" class="small danger" onClick=${() => setDeleting(k.metadata.name)}>Delete</button>
           </td></tr>`;
       })} />
