@@ -20,7 +20,7 @@
 
 use crate::events::{self, EventLog};
 use crate::store::{Store, StoreError};
-use nio_proto::model::{AnyResource, ApiKey, Kind};
+use nio_proto::model::{AnyResource, ApiKey, ApiKeyQuotas, Kind};
 use nio_proto::quota::Window;
 use nio_proto::v1::{ApiKeyQuotaState, QuotaState, QuotaUsage, QuotaWindowState};
 use serde_json::{json, Value};
@@ -70,6 +70,9 @@ pub struct UsageChange {
 pub struct Quotas {
     usage: sled::Tree,
     changes: tokio::sync::broadcast::Sender<Arc<UsageChange>>,
+    /// The keys with quotas at a revision.
+    #[allow(clippy::type_complexity)]
+    quota_keys: Mutex<(u64, Arc<Vec<(String, ApiKeyQuotas)>>)>,
     seen: sled::Tree,
     store: Arc<Store>,
     events: Arc<EventLog>,
@@ -126,11 +129,35 @@ impl Quotas {
         Ok(Arc::new(Quotas {
             usage: store.open_tree("quota-usage")?,
             changes: tokio::sync::broadcast::channel(1024).0,
+            quota_keys: Mutex::default(),
             seen: store.open_tree("quota-seen")?,
             store,
             events,
             live: Mutex::default(),
         }))
+    }
+
+    /// The API keys that have quotas in `config` (at `revision`), worked
+    /// out once per revision rather than per report.
+    fn keys_with_quotas(
+        &self,
+        revision: u64,
+        config: &nio_proto::model::Config,
+    ) -> Arc<Vec<(String, ApiKeyQuotas)>> {
+        let mut cache = self.quota_keys.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.0 != revision || revision == 0 {
+            let keys = config
+                .of_kind(Kind::ApiKey)
+                .filter_map(|r| match r {
+                    AnyResource::ApiKey(k) => {
+                        Some((k.metadata.name.clone(), k.spec.quotas.clone()?))
+                    }
+                    _ => None,
+                })
+                .collect();
+            *cache = (revision, Arc::new(keys));
+        }
+        cache.1.clone()
     }
 
     /// Usage counted from now on, as it is counted.
@@ -344,10 +371,9 @@ impl Quotas {
                     counted: number(self.seen.get(seen_key(dp, run, key, window, id))?),
                 })
             };
-        for r in config.config.of_kind(Kind::ApiKey) {
-            let AnyResource::ApiKey(k) = r else { continue };
-            let Some(q) = &k.spec.quotas else { continue };
-            let name = k.metadata.name.as_str();
+        let with_quotas = self.keys_with_quotas(config.revision, &config.config);
+        for (name, q) in with_quotas.iter() {
+            let name = name.as_str();
             let mut state = ApiKeyQuotaState {
                 api_key: name.to_string(),
                 ..Default::default()

@@ -376,7 +376,8 @@ async fn an_operator_runs_the_gateway_from_the_console() -> Result<()> {
     b.wait_text("tr[data-name='mobile-app']", "3/100").await?;
     shots.take(&b, "apikeys").await?;
     // The quota's reset, from the row.
-    b.click_on("tr[data-name='mobile-app'] .reset-quota").await?;
+    b.click_on("tr[data-name='mobile-app'] .reset-quota")
+        .await?;
     b.wait_text("tr[data-name='mobile-app']", "0/100").await?;
     ensure!(
         !b.page_text().await?.contains(&secret),
