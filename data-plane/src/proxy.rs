@@ -317,6 +317,9 @@ enum Stop {
 pub struct Exchange {
     pool: Arc<BackendPool>,
     target: u32,
+    /// The HTTP/1 connection the exchange used, given back to the pool
+    /// when the exchange ends.
+    conn: Option<crate::upstream::conn::Lease>,
     log: Option<(Box<Record>, Arc<AccessLog>)>,
     counters: Option<Arc<Counters>>,
     /// The route's counters, for the bytes the exchange moved.
@@ -331,6 +334,7 @@ impl Exchange {
         Exchange {
             pool,
             target,
+            conn: None,
             log: None,
             counters: None,
             stats: None,
@@ -340,6 +344,9 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.conns.put(self.target, conn);
+        }
         if let Some(t) = self.pool.target(self.target) {
             t.state.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
@@ -824,12 +831,18 @@ impl Proxy {
             };
             let bodyless = body.is_empty();
             let may_retry = attempts <= retries as usize && (bodyless || replay.is_some());
-            let uri = Uri::builder()
-                .scheme(target.scheme.clone())
-                .authority(target.authority.clone())
-                .path_and_query(pq.clone())
-                .build()
-                .map_err(|_| ProxyError::BadRequest)?;
+            // HTTP/1 requests carry the origin form (`/path?query`), HTTP/2
+            // ones the scheme and authority too.
+            let uri = if pool.version == Version::HTTP_2 {
+                Uri::builder()
+                    .scheme(target.scheme.clone())
+                    .authority(target.authority.clone())
+                    .path_and_query(pq.clone())
+                    .build()
+                    .map_err(|_| ProxyError::BadRequest)?
+            } else {
+                Uri::from(pq.clone())
+            };
             let mut up = Request::new(body);
             *up.method_mut() = method.clone();
             *up.uri_mut() = uri;
@@ -839,14 +852,16 @@ impl Proxy {
             } else {
                 std::mem::take(&mut parts.headers)
             };
-            if matches!(route.host_rule(), HostRule::Target) {
+            if matches!(route.host_rule(), HostRule::Target)
+                || (pool.version != Version::HTTP_2 && !up.headers().contains_key(header::HOST))
+            {
                 up.headers_mut()
                     .insert(header::HOST, target.host_header.clone());
             }
             let mut exchange = Exchange::new(pool.clone(), index);
             let sent = Instant::now();
             let result = until_response(
-                pool.client.request(up),
+                pool.conns.send(index, up),
                 spec.timeouts.request,
                 spec.timeouts.idle,
                 counters.as_deref().filter(|_| !bodyless),
@@ -910,12 +925,13 @@ impl Proxy {
                 // A response framed two ways (Content-Length and
                 // Transfer-Encoding) cannot be passed on safely: 502, and
                 // the connection is not reused (its body is never read).
-                Some(Ok(resp)) if ambiguous_framing(resp.headers()) => {
+                Some(Ok((resp, _))) if ambiguous_framing(resp.headers()) => {
                     pool.record(index, Outcome::Failed);
                     tracing::warn!(target = %target.url, "backend response framed by both Content-Length and Transfer-Encoding; answered 502");
                     ProxyError::Unreachable
                 }
-                Some(Ok(mut resp)) => {
+                Some(Ok((mut resp, conn))) => {
+                    exchange.conn = conn;
                     let status = resp.status().as_u16();
                     pool.record(index, Outcome::Answered(status));
                     if spec.retries.statuses.contains(&status) && bodyless && idempotent(&method) {
