@@ -203,11 +203,32 @@ impl ProxyError {
 
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
+/// A trace id: 32 lowercase hex digits.
+struct TraceId([u8; 32]);
+
+impl TraceId {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// Writes `bytes` as lowercase hex into `out` (twice their length).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[(byte >> 4) as usize];
+        pair[1] = HEX[(byte & 0xf) as usize];
+    }
+}
+
 /// W3C Trace Context: the request joins the trace it carries (same trace
 /// id and flags, the gateway's own span id as the parent the backend
 /// sees), or starts one (sampled). `tracestate` passes through untouched.
-/// Returns the trace id.
-fn traceparent(headers: &mut HeaderMap) -> String {
+/// Returns the trace id. The header is written in place (no `format!`: it
+/// is on every request).
+fn traceparent(headers: &mut HeaderMap) -> TraceId {
+    // 00-<trace id: 32>-<span id: 16>-<flags: 2>
+    let mut value = *b"00-00000000000000000000000000000000-0000000000000000-01";
     let incoming = headers
         .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
@@ -226,19 +247,28 @@ fn traceparent(headers: &mut HeaderMap) -> String {
                 && hex(parent, 16)
                 && parent.bytes().any(|b| b != b'0')
                 && hex(flags, 2);
-            valid.then(|| (trace.to_string(), flags.to_string()))
+            valid.then_some((trace, flags))
         });
-    let (trace, flags) = incoming.unwrap_or_else(|| {
-        (
-            format!("{:032x}", rand::random::<u128>().max(1)),
-            "01".to_string(),
-        )
-    });
-    let span = format!("{:016x}", rand::random::<u64>().max(1));
-    if let Ok(v) = HeaderValue::from_str(&format!("00-{trace}-{span}-{flags}")) {
+    match incoming {
+        Some((trace, flags)) => {
+            value[3..35].copy_from_slice(trace.as_bytes());
+            value[53..55].copy_from_slice(flags.as_bytes());
+        }
+        None => hex_into(
+            &mut value[3..35],
+            &rand::random::<u128>().max(1).to_be_bytes(),
+        ),
+    }
+    hex_into(
+        &mut value[36..52],
+        &rand::random::<u64>().max(1).to_be_bytes(),
+    );
+    let mut trace = [0u8; 32];
+    trace.copy_from_slice(&value[3..35]);
+    if let Ok(v) = HeaderValue::from_bytes(&value) {
         headers.insert(TRACEPARENT.clone(), v);
     }
-    trace
+    TraceId(trace)
 }
 
 /// An error and its sources, `outer: inner: innermost`.
@@ -794,7 +824,7 @@ impl Proxy {
         );
         let trace_id = traceparent(headers);
         if let Some(l) = log.as_mut() {
-            l.record.trace_id = Some(trace_id);
+            l.record.trace_id = Some(trace_id.as_str().to_string());
         }
         match route.host_rule() {
             HostRule::Target => {}
@@ -1235,11 +1265,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     }
     let id: u128 = rand::random();
     let mut buf = [0u8; 32];
-    let hex = b"0123456789abcdef";
-    for (i, byte) in id.to_be_bytes().iter().enumerate() {
-        buf[2 * i] = hex[(byte >> 4) as usize];
-        buf[2 * i + 1] = hex[(byte & 0xf) as usize];
-    }
+    hex_into(&mut buf, &id.to_be_bytes());
     // Only hex digits: always a valid header value.
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
@@ -1303,7 +1329,10 @@ mod tests {
             "traceparent",
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         );
-        assert_eq!(traceparent(&mut h), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            traceparent(&mut h).as_str(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         let sent = h["traceparent"].to_str().unwrap();
         assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(
@@ -1320,12 +1349,16 @@ mod tests {
             let mut h = HeaderMap::new();
             h.insert("traceparent", HeaderValue::from_static(bad));
             let trace = traceparent(&mut h);
-            assert_eq!(trace.len(), 32);
-            assert!(!bad.contains(&trace), "{bad}: a new trace");
+            assert_eq!(trace.as_str().len(), 32);
+            assert!(!bad.contains(trace.as_str()), "{bad}: a new trace");
         }
         let mut h = HeaderMap::new();
         let trace = traceparent(&mut h);
-        assert_eq!(h["traceparent"].len(), 55, "{trace}");
+        assert_eq!(h["traceparent"].len(), 55, "{}", trace.as_str());
+        assert_eq!(
+            &h["traceparent"].as_bytes()[3..35],
+            trace.as_str().as_bytes()
+        );
     }
 
     #[test]
