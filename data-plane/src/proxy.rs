@@ -203,11 +203,32 @@ impl ProxyError {
 
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
+/// A trace id: 32 lowercase hex digits.
+struct TraceId([u8; 32]);
+
+impl TraceId {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// Writes `bytes` as lowercase hex into `out` (twice their length).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[(byte >> 4) as usize];
+        pair[1] = HEX[(byte & 0xf) as usize];
+    }
+}
+
 /// W3C Trace Context: the request joins the trace it carries (same trace
 /// id and flags, the gateway's own span id as the parent the backend
 /// sees), or starts one (sampled). `tracestate` passes through untouched.
-/// Returns the trace id.
-fn traceparent(headers: &mut HeaderMap) -> String {
+/// Returns the trace id. The header is written in place (no `format!`: it
+/// is on every request).
+fn traceparent(headers: &mut HeaderMap) -> TraceId {
+    // 00-<trace id: 32>-<span id: 16>-<flags: 2>
+    let mut value = *b"00-00000000000000000000000000000000-0000000000000000-01";
     let incoming = headers
         .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
@@ -226,19 +247,28 @@ fn traceparent(headers: &mut HeaderMap) -> String {
                 && hex(parent, 16)
                 && parent.bytes().any(|b| b != b'0')
                 && hex(flags, 2);
-            valid.then(|| (trace.to_string(), flags.to_string()))
+            valid.then_some((trace, flags))
         });
-    let (trace, flags) = incoming.unwrap_or_else(|| {
-        (
-            format!("{:032x}", rand::random::<u128>().max(1)),
-            "01".to_string(),
-        )
-    });
-    let span = format!("{:016x}", rand::random::<u64>().max(1));
-    if let Ok(v) = HeaderValue::from_str(&format!("00-{trace}-{span}-{flags}")) {
+    match incoming {
+        Some((trace, flags)) => {
+            value[3..35].copy_from_slice(trace.as_bytes());
+            value[53..55].copy_from_slice(flags.as_bytes());
+        }
+        None => hex_into(
+            &mut value[3..35],
+            &rand::random::<u128>().max(1).to_be_bytes(),
+        ),
+    }
+    hex_into(
+        &mut value[36..52],
+        &rand::random::<u64>().max(1).to_be_bytes(),
+    );
+    let mut trace = [0u8; 32];
+    trace.copy_from_slice(&value[3..35]);
+    if let Ok(v) = HeaderValue::from_bytes(&value) {
         headers.insert(TRACEPARENT.clone(), v);
     }
-    trace
+    TraceId(trace)
 }
 
 /// An error and its sources, `outer: inner: innermost`.
@@ -317,6 +347,9 @@ enum Stop {
 pub struct Exchange {
     pool: Arc<BackendPool>,
     target: u32,
+    /// The HTTP/1 connection the exchange used, given back to the pool
+    /// when the exchange ends.
+    conn: Option<crate::upstream::conn::Lease>,
     log: Option<(Box<Record>, Arc<AccessLog>)>,
     counters: Option<Arc<Counters>>,
     /// The route's counters, for the bytes the exchange moved.
@@ -331,6 +364,7 @@ impl Exchange {
         Exchange {
             pool,
             target,
+            conn: None,
             log: None,
             counters: None,
             stats: None,
@@ -340,6 +374,9 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.conns.put(self.target, conn);
+        }
         if let Some(t) = self.pool.target(self.target) {
             t.state.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
@@ -787,7 +824,7 @@ impl Proxy {
         );
         let trace_id = traceparent(headers);
         if let Some(l) = log.as_mut() {
-            l.record.trace_id = Some(trace_id);
+            l.record.trace_id = Some(trace_id.as_str().to_string());
         }
         match route.host_rule() {
             HostRule::Target => {}
@@ -824,12 +861,18 @@ impl Proxy {
             };
             let bodyless = body.is_empty();
             let may_retry = attempts <= retries as usize && (bodyless || replay.is_some());
-            let uri = Uri::builder()
-                .scheme(target.scheme.clone())
-                .authority(target.authority.clone())
-                .path_and_query(pq.clone())
-                .build()
-                .map_err(|_| ProxyError::BadRequest)?;
+            // HTTP/1 requests carry the origin form (`/path?query`), HTTP/2
+            // ones the scheme and authority too.
+            let uri = if pool.version == Version::HTTP_2 {
+                Uri::builder()
+                    .scheme(target.scheme.clone())
+                    .authority(target.authority.clone())
+                    .path_and_query(pq.clone())
+                    .build()
+                    .map_err(|_| ProxyError::BadRequest)?
+            } else {
+                Uri::from(pq.clone())
+            };
             let mut up = Request::new(body);
             *up.method_mut() = method.clone();
             *up.uri_mut() = uri;
@@ -839,14 +882,16 @@ impl Proxy {
             } else {
                 std::mem::take(&mut parts.headers)
             };
-            if matches!(route.host_rule(), HostRule::Target) {
+            if matches!(route.host_rule(), HostRule::Target)
+                || (pool.version != Version::HTTP_2 && !up.headers().contains_key(header::HOST))
+            {
                 up.headers_mut()
                     .insert(header::HOST, target.host_header.clone());
             }
             let mut exchange = Exchange::new(pool.clone(), index);
             let sent = Instant::now();
             let result = until_response(
-                pool.client.request(up),
+                pool.conns.send(index, up),
                 spec.timeouts.request,
                 spec.timeouts.idle,
                 counters.as_deref().filter(|_| !bodyless),
@@ -910,12 +955,13 @@ impl Proxy {
                 // A response framed two ways (Content-Length and
                 // Transfer-Encoding) cannot be passed on safely: 502, and
                 // the connection is not reused (its body is never read).
-                Some(Ok(resp)) if ambiguous_framing(resp.headers()) => {
+                Some(Ok((resp, _))) if ambiguous_framing(resp.headers()) => {
                     pool.record(index, Outcome::Failed);
                     tracing::warn!(target = %target.url, "backend response framed by both Content-Length and Transfer-Encoding; answered 502");
                     ProxyError::Unreachable
                 }
-                Some(Ok(mut resp)) => {
+                Some(Ok((mut resp, conn))) => {
+                    exchange.conn = conn;
                     let status = resp.status().as_u16();
                     pool.record(index, Outcome::Answered(status));
                     if spec.retries.statuses.contains(&status) && bodyless && idempotent(&method) {
@@ -1219,11 +1265,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     }
     let id: u128 = rand::random();
     let mut buf = [0u8; 32];
-    let hex = b"0123456789abcdef";
-    for (i, byte) in id.to_be_bytes().iter().enumerate() {
-        buf[2 * i] = hex[(byte >> 4) as usize];
-        buf[2 * i + 1] = hex[(byte & 0xf) as usize];
-    }
+    hex_into(&mut buf, &id.to_be_bytes());
     // Only hex digits: always a valid header value.
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
@@ -1287,7 +1329,10 @@ mod tests {
             "traceparent",
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         );
-        assert_eq!(traceparent(&mut h), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            traceparent(&mut h).as_str(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         let sent = h["traceparent"].to_str().unwrap();
         assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(
@@ -1304,12 +1349,16 @@ mod tests {
             let mut h = HeaderMap::new();
             h.insert("traceparent", HeaderValue::from_static(bad));
             let trace = traceparent(&mut h);
-            assert_eq!(trace.len(), 32);
-            assert!(!bad.contains(&trace), "{bad}: a new trace");
+            assert_eq!(trace.as_str().len(), 32);
+            assert!(!bad.contains(trace.as_str()), "{bad}: a new trace");
         }
         let mut h = HeaderMap::new();
         let trace = traceparent(&mut h);
-        assert_eq!(h["traceparent"].len(), 55, "{trace}");
+        assert_eq!(h["traceparent"].len(), 55, "{}", trace.as_str());
+        assert_eq!(
+            &h["traceparent"].as_bytes()[3..35],
+            trace.as_str().as_bytes()
+        );
     }
 
     #[test]

@@ -407,8 +407,38 @@ pub fn judge_head(head: &[u8]) -> (Option<Rejection>, Framing) {
 }
 
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[b as usize]
 }
+
+/// RFC 9110 token characters, by byte (one lookup per byte of every
+/// header name).
+static TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    t
+};
 
 fn trim(mut v: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = v {
@@ -486,8 +516,17 @@ impl Scanner {
                         }
                     }
                     let (taken, done) = take_head(&self.buf, data);
-                    self.buf.extend_from_slice(&data[..taken]);
-                    data = &data[taken..];
+                    let (head, rest) = data.split_at(taken);
+                    data = rest;
+                    if done && self.buf.is_empty() {
+                        // The whole head came in this read (the usual
+                        // case): judged where it lies, not copied first.
+                        if !self.head_done(head, verdict) {
+                            return;
+                        }
+                        continue;
+                    }
+                    self.buf.extend_from_slice(head);
                     if self.buf.len() > 2 * self.max_head {
                         // hyper answers 431 (its read buffer is full).
                         self.state = State::Off;
@@ -496,29 +535,9 @@ impl Scanner {
                     }
                     if done {
                         let head = std::mem::take(&mut self.buf);
-                        if self.heads == 0 && head.starts_with(b"PRI * HTTP/2.0") {
-                            self.state = State::Off; // the HTTP/2 preface
+                        if !self.head_done(&head, verdict) {
                             return;
                         }
-                        self.heads += 1;
-                        let (mut rejection, mut framing) = judge_head(&head);
-                        // hyper's own limit (its read buffer, set larger)
-                        // is only checked between reads: this one is exact.
-                        if head.len() > self.max_head {
-                            rejection = Some(Rejection::HeadersTooLarge);
-                            framing = Framing::Stop;
-                        }
-                        let line_end = head
-                            .iter()
-                            .position(|b| *b == b'\r' || *b == b'\n')
-                            .unwrap_or(head.len());
-                        verdict(self.heads, head[..line_end].to_vec(), rejection);
-                        self.state = match framing {
-                            Framing::Length(0) => State::Head,
-                            Framing::Length(n) => State::Body(n),
-                            Framing::Chunked => State::ChunkSize,
-                            Framing::Stop => State::Off,
-                        };
                     }
                 }
                 State::Body(n) => {
@@ -557,6 +576,44 @@ impl Scanner {
                 }
             }
         }
+    }
+
+    /// Judges a complete head and moves on to what follows it; `false`
+    /// when the scan stops here.
+    fn head_done(
+        &mut self,
+        head: &[u8],
+        verdict: &mut dyn FnMut(u64, Vec<u8>, Option<Rejection>),
+    ) -> bool {
+        if head.len() > 2 * self.max_head {
+            // hyper answers 431 (its read buffer is full).
+            self.state = State::Off;
+            return false;
+        }
+        if self.heads == 0 && head.starts_with(b"PRI * HTTP/2.0") {
+            self.state = State::Off; // the HTTP/2 preface
+            return false;
+        }
+        self.heads += 1;
+        let (mut rejection, mut framing) = judge_head(head);
+        // hyper's own limit (its read buffer, set larger) is only checked
+        // between reads: this one is exact.
+        if head.len() > self.max_head {
+            rejection = Some(Rejection::HeadersTooLarge);
+            framing = Framing::Stop;
+        }
+        let line_end = head
+            .iter()
+            .position(|b| *b == b'\r' || *b == b'\n')
+            .unwrap_or(head.len());
+        verdict(self.heads, head[..line_end].to_vec(), rejection);
+        self.state = match framing {
+            Framing::Length(0) => State::Head,
+            Framing::Length(n) => State::Body(n),
+            Framing::Chunked => State::ChunkSize,
+            Framing::Stop => State::Off,
+        };
+        true
     }
 
     /// A whole line (without CRLF) once its `\n` arrived; `None` (all of

@@ -274,14 +274,7 @@ impl CompiledVerifier {
                 _ => {}
             }
             tried = true;
-            let valid = jsonwebtoken::crypto::verify(
-                token.signature(),
-                token.message(),
-                &key.key,
-                token.alg,
-            )
-            .unwrap_or(false);
-            if valid {
+            if key.verifies(token.alg, token.message(), token.signature()) {
                 return Signature::Valid;
             }
         }

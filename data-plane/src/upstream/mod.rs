@@ -8,25 +8,25 @@
 //! health checks.
 //!
 //! Layout: [`balance`] (the policies), [`health`] (breaker, outlier
-//! detection, probe results), this file (the pool, picking, probing).
+//! detection, probe results), [`conn`] (the connections to the targets),
+//! this file (the pool, picking, probing).
 
 pub mod balance;
+pub mod conn;
 pub mod health;
 
 use crate::body::UpBody;
 use crate::tls::BackendTlsSources;
 use balance::{Balancer, Targets};
+use conn::Conns;
 use health::{now_ms, Condition, Outcome, TargetState};
 use http::uri::{Authority, Scheme, Uri};
 use http::{HeaderValue, Method, Request, Version};
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use nio_proto::model::{parse_target_url, BackendSpec, HealthCheck, Protocol};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 #[derive(Debug)]
 pub struct Target {
@@ -40,8 +40,6 @@ pub struct Target {
     pub state: TargetState,
 }
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpBody>;
-
 #[derive(Debug)]
 pub struct BackendPool {
     pub name: String,
@@ -51,16 +49,14 @@ pub struct BackendPool {
     pub targets: Vec<Target>,
     primaries: Balancer,
     backups: Balancer,
-    pub client: UpstreamClient,
+    /// Open and idle connections to the targets, by target index.
+    pub conns: Conns,
     /// The HTTP version requests to the targets carry.
     pub version: Version,
     /// Replaced by a newer pool (its Backend changed or went away): its
     /// health checks stop even while old requests still hold it.
     retired: AtomicBool,
 }
-
-/// How long an unused pooled connection stays open.
-const POOL_IDLE: Duration = Duration::from_secs(90);
 
 impl BackendPool {
     /// Builds the pool and, when the spec asks for it, starts its health
@@ -122,24 +118,21 @@ impl BackendPool {
             }
             None => connector,
         };
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(1024);
         let (version, connector) = match spec.protocol {
             Protocol::Http1 => (
                 Version::HTTP_11,
                 connector.enable_http1().wrap_connector(http),
             ),
-            Protocol::Http2 => {
-                builder.http2_only(true).timer(TokioTimer::new());
-                (
-                    Version::HTTP_2,
-                    connector.enable_http2().wrap_connector(http),
-                )
-            }
+            Protocol::Http2 => (
+                Version::HTTP_2,
+                connector.enable_http2().wrap_connector(http),
+            ),
         };
+        let addresses: Vec<(Scheme, Authority)> = targets
+            .iter()
+            .map(|t| (t.scheme.clone(), t.authority.clone()))
+            .collect();
+        let conns = Conns::new(connector, version == Version::HTTP_2, &addresses)?;
         let pool = Arc::new(BackendPool {
             name: name.to_string(),
             spec: spec.clone(),
@@ -147,12 +140,13 @@ impl BackendPool {
             primaries: tier(false),
             backups: tier(true),
             targets,
-            client: builder.build(connector),
+            conns,
             version,
             retired: AtomicBool::new(false),
         });
-        if let Some(hc) = &spec.health_check {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(close_idle_loop(Arc::downgrade(&pool)));
+            if let Some(hc) = &spec.health_check {
                 for index in 0..pool.targets.len() {
                     rt.spawn(probe_loop(Arc::downgrade(&pool), index, hc.clone()));
                 }
@@ -226,6 +220,25 @@ impl BackendPool {
     pub fn retire(&self) {
         self.retired
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Closes the pool's connections that stayed idle too long, while it is in
+/// use; a retired pool's idle connections are closed at the next round.
+async fn close_idle_loop(pool: Weak<BackendPool>) {
+    let mut tick = tokio::time::interval(conn::IDLE_TIMEOUT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let retired = pool.retired.load(std::sync::atomic::Ordering::Relaxed);
+        pool.conns.close_idle(retired);
+        if retired {
+            return;
+        }
     }
 }
 
@@ -356,11 +369,14 @@ async fn probe_loop(pool: Weak<BackendPool>, index: usize, hc: HealthCheck) {
 
 async fn probe(pool: &BackendPool, index: usize, hc: &HealthCheck) -> bool {
     let target = &pool.targets[index];
-    let uri = Uri::builder()
-        .scheme(target.scheme.clone())
-        .authority(target.authority.clone())
-        .path_and_query(hc.path.as_str())
-        .build();
+    let uri = match pool.version {
+        Version::HTTP_2 => Uri::builder()
+            .scheme(target.scheme.clone())
+            .authority(target.authority.clone())
+            .path_and_query(hc.path.as_str())
+            .build(),
+        _ => Uri::try_from(hc.path.as_str()).map_err(http::Error::from),
+    };
     let Ok(uri) = uri else {
         return false;
     };
@@ -374,8 +390,9 @@ async fn probe(pool: &BackendPool, index: usize, hc: &HealthCheck) -> bool {
         http::header::USER_AGENT,
         HeaderValue::from_static("nio-health-check"),
     );
-    match tokio::time::timeout(hc.timeout, pool.client.request(req)).await {
-        Ok(Ok(resp)) => hc.expects(resp.status().as_u16()),
+    // The probe's connection is not given back (its body is not read).
+    match tokio::time::timeout(hc.timeout, pool.conns.send(index as u32, req)).await {
+        Ok(Ok((resp, _))) => hc.expects(resp.status().as_u16()),
         _ => false,
     }
 }

@@ -1,0 +1,282 @@
+//! Connections to one Backend's targets, reused across requests.
+//!
+//! HTTP/1: per target a stack of idle connections, the most recently used
+//! on top (it is the likeliest to still be open and warm). A request takes
+//! one, or opens a new one; the connection goes back when the exchange that
+//! borrowed it ends (its response body finished), if it is still open.
+//! HTTP/2: per target one shared connection, multiplexed.
+//!
+//! Targets are addressed by their index in the pool, so taking a connection
+//! hashes nothing; the hot path allocates nothing and awaits no boxed
+//! future (only opening a connection does, in the connector). Idle
+//! connections are closed after [`IDLE_TIMEOUT`]; at most [`MAX_IDLE`] are
+//! kept per target. Each target has its own short-held lock.
+//!
+//! It must not: decide which target takes a request (`balance`), or retry
+//! on another target (the proxy does, after counting the failure).
+
+use crate::body::{BoxError, UpBody};
+use crate::upstream::health::now_ms;
+use http::uri::{Authority, Scheme, Uri};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+use tower_service::Service;
+
+/// How long an unused connection stays open.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per target; more are closed when they come back.
+pub const MAX_IDLE: usize = 1024;
+
+pub type Connector = HttpsConnector<HttpConnector>;
+/// An HTTP/1 connection lent to one exchange: give it back with
+/// [`Conns::put`] when the response body has been read.
+pub type Lease = http1::SendRequest<UpBody>;
+
+/// Why a call got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No connection: refused, unresolvable, timed out, TLS handshake.
+    #[error("cannot connect")]
+    Connect(#[source] BoxError),
+    /// The connection failed while the request was sent or answered.
+    #[error("upstream connection failed")]
+    Http(#[source] hyper::Error),
+}
+
+impl CallError {
+    /// The request never left: always safe to send again.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, CallError::Connect(_))
+    }
+}
+
+struct Idle {
+    tx: Lease,
+    /// [`now_ms`] when it came back.
+    since: u64,
+}
+
+struct Slot {
+    /// Where connections to this target are opened (scheme and authority).
+    connect_uri: Uri,
+    idle: Mutex<Vec<Idle>>,
+    shared: Mutex<Option<http2::SendRequest<UpBody>>>,
+}
+
+pub struct Conns {
+    connector: Connector,
+    http2: bool,
+    slots: Box<[Slot]>,
+}
+
+impl std::fmt::Debug for Conns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conns")
+            .field("http2", &self.http2)
+            .field("targets", &self.slots.len())
+            .finish()
+    }
+}
+
+impl Conns {
+    /// `targets`: each target's scheme and authority, by index.
+    pub fn new(
+        connector: Connector,
+        http2: bool,
+        targets: &[(Scheme, Authority)],
+    ) -> Result<Conns, String> {
+        let slots = targets
+            .iter()
+            .map(|(scheme, authority)| {
+                let connect_uri = Uri::builder()
+                    .scheme(scheme.clone())
+                    .authority(authority.clone())
+                    .path_and_query("/")
+                    .build()
+                    .map_err(|e| format!("target {authority}: {e}"))?;
+                Ok(Slot {
+                    connect_uri,
+                    idle: Mutex::new(Vec::new()),
+                    shared: Mutex::new(None),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Conns {
+            connector,
+            http2,
+            slots: slots.into_boxed_slice(),
+        })
+    }
+
+    /// Sends `req` to target `index` on a pooled connection, or a new one.
+    /// With the response comes the HTTP/1 connection it used, to be given
+    /// back with [`Conns::put`] once the response body is read.
+    pub async fn send(
+        &self,
+        index: u32,
+        mut req: Request<UpBody>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), CallError> {
+        let Some(slot) = self.slots.get(index as usize) else {
+            return Err(CallError::Connect("no such target".into()));
+        };
+        if self.http2 {
+            return self.send_http2(slot, req).await.map(|r| (r, None));
+        }
+        loop {
+            let (mut tx, reused) = match take_idle(slot) {
+                Some(tx) => (tx, true),
+                // Boxed: opening is rare, and its future (connector,
+                // handshake) would otherwise make every request's future
+                // larger, and that is moved and copied on each request.
+                None => (Box::pin(self.open_http1(slot)).await?, false),
+            };
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Some(tx))),
+                Err(mut e) => match e.take_message() {
+                    // A pooled connection that closed (or was not ready)
+                    // before the request went out: the request is intact,
+                    // another connection takes it.
+                    Some(back) if reused => req = back,
+                    _ => return Err(CallError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// Gives a connection back after its exchange, unless it closed (the
+    /// backend said `Connection: close`, the body broke, an upgrade).
+    pub fn put(&self, index: u32, tx: Lease) {
+        if tx.is_closed() {
+            return;
+        }
+        let Some(slot) = self.slots.get(index as usize) else {
+            return;
+        };
+        let mut idle = lock(&slot.idle);
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle {
+                tx,
+                since: now_ms(),
+            });
+        }
+    }
+
+    /// Closes connections idle for longer than [`IDLE_TIMEOUT`] (or all
+    /// of them with `all`), and forgets closed ones.
+    pub fn close_idle(&self, all: bool) {
+        let now = now_ms();
+        for slot in self.slots.iter() {
+            lock(&slot.idle).retain(|i| !all && !i.tx.is_closed() && !expired(i.since, now));
+            if all {
+                lock(&slot.shared).take();
+            }
+        }
+    }
+
+    async fn open(&self, slot: &Slot) -> Result<<Connector as Service<Uri>>::Response, CallError> {
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(CallError::Connect)?;
+        connector
+            .call(slot.connect_uri.clone())
+            .await
+            .map_err(CallError::Connect)
+    }
+
+    async fn open_http1(&self, slot: &Slot) -> Result<Lease, CallError> {
+        let io = self.open(slot).await?;
+        let (tx, conn) = http1::handshake(io)
+            .await
+            .map_err(|e| CallError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            // Upgrades (101) hand the connection to the tunnel.
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(tx)
+    }
+
+    async fn open_http2(&self, slot: &Slot) -> Result<http2::SendRequest<UpBody>, CallError> {
+        let io = self.open(slot).await?;
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| CallError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        *lock(&slot.shared) = Some(tx.clone());
+        Ok(tx)
+    }
+
+    async fn send_http2(
+        &self,
+        slot: &Slot,
+        mut req: Request<UpBody>,
+    ) -> Result<Response<Incoming>, CallError> {
+        loop {
+            let shared = lock(&slot.shared)
+                .as_ref()
+                .filter(|tx| !tx.is_closed())
+                .cloned();
+            let (mut tx, reused) = match shared {
+                Some(tx) => (tx, true),
+                None => (Box::pin(self.open_http2(slot)).await?, false),
+            };
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(back) if reused => {
+                        lock(&slot.shared).take();
+                        req = back;
+                    }
+                    _ => return Err(CallError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+}
+
+/// The most recently returned open connection that can take a request now.
+fn take_idle(slot: &Slot) -> Option<Lease> {
+    let now = now_ms();
+    let mut idle = lock(&slot.idle);
+    let mut busy = Vec::new();
+    let found = loop {
+        let Some(i) = idle.pop() else {
+            break None;
+        };
+        if i.tx.is_closed() || expired(i.since, now) {
+            continue;
+        }
+        if i.tx.is_ready() {
+            break Some(i.tx);
+        }
+        // Back before its connection noticed the end of the response (a
+        // race between threads): it will be ready soon, keep it.
+        busy.push(i);
+    };
+    if !busy.is_empty() {
+        idle.splice(0..0, busy);
+    }
+    found
+}
+
+fn expired(since: u64, now: u64) -> bool {
+    now.saturating_sub(since) >= IDLE_TIMEOUT.as_millis() as u64
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
