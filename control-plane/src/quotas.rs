@@ -21,13 +21,13 @@
 use crate::events::{self, EventLog};
 use crate::store::{Store, StoreError};
 use nio_proto::model::{AnyResource, ApiKey, ApiKeyQuotas, Kind};
-use nio_proto::quota::Window;
+use nio_proto::quota::{now_secs, Window};
 use nio_proto::v1::{ApiKeyQuotaState, QuotaState, QuotaUsage, QuotaWindowState};
 use serde_json::{json, Value};
 use sled::Transactional;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// A data plane that has not reported for this long no longer takes part
 /// in throttle shares and the fleet size.
@@ -77,12 +77,6 @@ pub struct Quotas {
     store: Arc<Store>,
     events: Arc<EventLog>,
     live: Mutex<Live>,
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn usage_key(key: &str, window: Window, id: u64) -> Vec<u8> {

@@ -35,13 +35,13 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use nio_proto::model::ApiKeyQuotas;
+pub use nio_proto::quota::now_secs;
 use nio_proto::quota::Window;
 use nio_proto::v1::{ApiKeyQuotaState, QuotaState, QuotaUsage};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Windows of one key kept while their usage is not counted yet (about two
 /// months of days); older ones are dropped and counted.
@@ -61,12 +61,6 @@ pub static DROPPED_WINDOWS: AtomicU64 = AtomicU64::new(0);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// What a client may still do, for the `X-RateLimit-*` headers.

@@ -3,6 +3,13 @@
 
 pub const DAY_SECS: u64 = 86_400;
 
+/// Seconds since the Unix epoch, the clock quota windows are read from.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Calendar windows, UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Window {
