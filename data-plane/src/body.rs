@@ -154,6 +154,14 @@ impl UpBody {
     }
 }
 
+/// A response body as a backend sends it: through hyper's client, or our
+/// own ([`crate::upstream::h1`]).
+#[derive(Debug)]
+pub enum Upstream {
+    Hyper(Incoming),
+    Own(crate::upstream::h1::Body),
+}
+
 /// Response body from a backend, sent to the client. `guard` is dropped
 /// when the body ends or the client goes away (in-flight counts, the
 /// access-log line).
@@ -161,13 +169,13 @@ pub type DownBody<G> = Streamed<Guarded<G>>;
 
 #[derive(Debug)]
 pub struct Guarded<G> {
-    body: Incoming,
+    body: Upstream,
     _guard: G,
 }
 
 impl<G> DownBody<G> {
     pub fn response(
-        body: Incoming,
+        body: Upstream,
         guard: G,
         idle: Duration,
         counters: Option<Arc<Counters>>,
@@ -200,6 +208,27 @@ impl Frames for Incoming {
     }
     fn hint(&self) -> SizeHint {
         Body::size_hint(self)
+    }
+}
+
+impl Frames for Upstream {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            Upstream::Hyper(b) => b.poll_next(cx),
+            Upstream::Own(b) => b.poll_frame(cx).map_err(Into::into),
+        }
+    }
+    fn end(&self) -> bool {
+        match self {
+            Upstream::Hyper(b) => b.end(),
+            Upstream::Own(b) => b.is_end_stream(),
+        }
+    }
+    fn hint(&self) -> SizeHint {
+        match self {
+            Upstream::Hyper(b) => b.hint(),
+            Upstream::Own(b) => b.size_hint(),
+        }
     }
 }
 

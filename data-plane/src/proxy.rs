@@ -28,6 +28,7 @@ use crate::runtime::Runtime;
 use crate::runtime::RuntimeSlot;
 use crate::tls::TlsConn;
 use crate::upstream::balance::hash_key;
+use crate::upstream::conn::own_client_takes;
 use crate::upstream::health::{now_ms, Outcome};
 use crate::upstream::BackendPool;
 use bytes::Bytes;
@@ -861,42 +862,51 @@ impl Proxy {
             };
             let bodyless = body.is_empty();
             let may_retry = attempts <= retries as usize && (bodyless || replay.is_some());
-            // HTTP/1 requests carry the origin form (`/path?query`), HTTP/2
-            // ones the scheme and authority too.
-            let uri = if pool.version == Version::HTTP_2 {
-                Uri::builder()
-                    .scheme(target.scheme.clone())
-                    .authority(target.authority.clone())
-                    .path_and_query(pq.clone())
-                    .build()
-                    .map_err(|_| ProxyError::BadRequest)?
-            } else {
-                Uri::from(pq.clone())
-            };
-            let mut up = Request::new(body);
-            *up.method_mut() = method.clone();
-            *up.uri_mut() = uri;
-            *up.version_mut() = pool.version;
-            *up.headers_mut() = if may_retry {
-                parts.headers.clone()
-            } else {
-                std::mem::take(&mut parts.headers)
-            };
-            if matches!(route.host_rule(), HostRule::Target)
-                || (pool.version != Version::HTTP_2 && !up.headers().contains_key(header::HOST))
-            {
-                up.headers_mut()
-                    .insert(header::HOST, target.host_header.clone());
-            }
+            let host = (matches!(route.host_rule(), HostRule::Target)
+                || (pool.version != Version::HTTP_2 && !parts.headers.contains_key(header::HOST)))
+            .then_some(&target.host_header);
             let mut exchange = Exchange::new(pool.clone(), index);
             let sent = Instant::now();
-            let result = until_response(
-                pool.conns.send(index, up),
-                spec.timeouts.request,
-                spec.timeouts.idle,
-                counters.as_deref().filter(|_| !bodyless),
-            )
-            .await;
+            let timeouts = (spec.timeouts.request, spec.timeouts.idle);
+            let result = if pool.version == Version::HTTP_11
+                && bodyless
+                && own_client_takes(&method, &parts.headers)
+            {
+                // Our own client borrows the head: nothing to copy for a
+                // retry.
+                let call = pool
+                    .conns
+                    .send_own(index, &method, pq.as_str(), &parts.headers, host);
+                until_response(call, timeouts.0, timeouts.1, None).await
+            } else {
+                // HTTP/1 requests carry the origin form (`/path?query`),
+                // HTTP/2 ones the scheme and authority too.
+                let uri = if pool.version == Version::HTTP_2 {
+                    Uri::builder()
+                        .scheme(target.scheme.clone())
+                        .authority(target.authority.clone())
+                        .path_and_query(pq.clone())
+                        .build()
+                        .map_err(|_| ProxyError::BadRequest)?
+                } else {
+                    Uri::from(pq.clone())
+                };
+                let mut up = Request::new(body);
+                *up.method_mut() = method.clone();
+                *up.uri_mut() = uri;
+                *up.version_mut() = pool.version;
+                *up.headers_mut() = if may_retry {
+                    parts.headers.clone()
+                } else {
+                    std::mem::take(&mut parts.headers)
+                };
+                if let Some(host) = host {
+                    up.headers_mut().insert(header::HOST, host.clone());
+                }
+                let call = pool.conns.send(index, up);
+                let body = counters.as_deref().filter(|_| !bodyless);
+                until_response(call, timeouts.0, timeouts.1, body).await
+            };
             let next_body = |replay: &Option<Replay>| -> Option<(UpBody, Option<Replay>)> {
                 if !may_retry {
                     return None;

@@ -4,6 +4,8 @@
 //! on top (it is the likeliest to still be open and warm). A request takes
 //! one, or opens a new one; the connection goes back when the exchange that
 //! borrowed it ends (its response body finished), if it is still open.
+//! Requests without a body go through our own client ([`super::h1`]), on
+//! connections of their own; the others (and upgrades) through hyper's.
 //! HTTP/2: per target one shared connection, multiplexed.
 //!
 //! Targets are addressed by their index in the pool, so taking a connection
@@ -15,15 +17,16 @@
 //! It must not: decide which target takes a request (`balance`), or retry
 //! on another target (the proxy does, after counting the failure).
 
-use crate::body::{BoxError, UpBody};
+use crate::body::{BoxError, UpBody, Upstream};
+use crate::upstream::h1;
 use crate::upstream::health::now_ms;
 use http::uri::{Authority, Scheme, Uri};
-use http::{Request, Response};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 use tower_service::Service;
@@ -47,6 +50,9 @@ pub enum CallError {
     /// The connection failed while the request was sent or answered.
     #[error("upstream connection failed")]
     Http(#[source] hyper::Error),
+    /// The same, on a connection of our own client.
+    #[error("upstream connection failed")]
+    Own(#[source] h1::Error),
 }
 
 impl CallError {
@@ -66,6 +72,8 @@ struct Slot {
     /// Where connections to this target are opened (scheme and authority).
     connect_uri: Uri,
     idle: Mutex<Vec<Idle>>,
+    /// Idle connections of our own client (bodiless requests).
+    own: h1::Home,
     shared: Mutex<Option<http2::SendRequest<UpBody>>>,
 }
 
@@ -103,6 +111,7 @@ impl Conns {
                 Ok(Slot {
                     connect_uri,
                     idle: Mutex::new(Vec::new()),
+                    own: h1::Home::default(),
                     shared: Mutex::new(None),
                 })
             })
@@ -121,12 +130,20 @@ impl Conns {
         &self,
         index: u32,
         mut req: Request<UpBody>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), CallError> {
+    ) -> Result<(Response<Upstream>, Option<Lease>), CallError> {
         let Some(slot) = self.slots.get(index as usize) else {
             return Err(CallError::Connect("no such target".into()));
         };
         if self.http2 {
-            return self.send_http2(slot, req).await.map(|r| (r, None));
+            let resp = self.send_http2(slot, req).await?;
+            return Ok((resp.map(Upstream::Hyper), None));
+        }
+        if own_client_takes(req.method(), req.headers()) && req.body().is_empty() {
+            let (parts, _) = req.into_parts();
+            let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            return self
+                .send_own(index, &parts.method, target, &parts.headers, None)
+                .await;
         }
         loop {
             let (mut tx, reused) = match take_idle(slot) {
@@ -137,7 +154,7 @@ impl Conns {
                 None => (Box::pin(self.open_http1(slot)).await?, false),
             };
             match tx.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Some(tx))),
+                Ok(resp) => return Ok((resp.map(Upstream::Hyper), Some(tx))),
                 Err(mut e) => match e.take_message() {
                     // A pooled connection that closed (or was not ready)
                     // before the request went out: the request is intact,
@@ -147,6 +164,46 @@ impl Conns {
                 },
             }
         }
+    }
+
+    /// A request without a body through our own client (see
+    /// [`own_client_takes`]), its head borrowed; `host` replaces the
+    /// request's `Host`. A reused connection found closed before any
+    /// answer came (the target closed it while it was idle, in the same
+    /// instant) passes an idempotent request to another connection,
+    /// without counting a failure.
+    pub async fn send_own(
+        &self,
+        index: u32,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        host: Option<&HeaderValue>,
+    ) -> Result<(Response<Upstream>, Option<Lease>), CallError> {
+        let Some(slot) = self.slots.get(index as usize) else {
+            return Err(CallError::Connect("no such target".into()));
+        };
+        let head = h1::RequestHead {
+            method,
+            target,
+            headers,
+            host,
+        };
+        loop {
+            let (conn, reused) = match take_own(slot) {
+                Some(conn) => (conn, true),
+                None => (Box::pin(self.open_own(slot)).await?, false),
+            };
+            match conn.exchange(&head, &slot.own).await {
+                Ok(resp) => return Ok((resp.map(Upstream::Own), None)),
+                Err(h1::Error::Closed(_)) if reused && method.is_idempotent() => {}
+                Err(e) => return Err(CallError::Own(e)),
+            }
+        }
+    }
+
+    async fn open_own(&self, slot: &Slot) -> Result<Box<h1::Conn>, CallError> {
+        Ok(h1::Conn::new(TokioIo::new(self.open(slot).await?)))
     }
 
     /// Gives a connection back after its exchange, unless it closed (the
@@ -173,6 +230,7 @@ impl Conns {
         let now = now_ms();
         for slot in self.slots.iter() {
             lock(&slot.idle).retain(|i| !all && !i.tx.is_closed() && !expired(i.since, now));
+            lock(&slot.own).retain(|i| !all && !expired(i.since, now));
             if all {
                 lock(&slot.shared).take();
             }
@@ -246,6 +304,27 @@ impl Conns {
             }
         }
     }
+}
+
+/// Whether our own client takes an HTTP/1 request without a body: not an
+/// upgrade, not asking for trailers (hyper's client handles those).
+pub fn own_client_takes(method: &Method, headers: &HeaderMap) -> bool {
+    method != Method::CONNECT
+        && !headers.contains_key(header::UPGRADE)
+        && !headers.contains_key(header::TE)
+}
+
+/// The most recently returned idle connection of our own client that is
+/// still open.
+fn take_own(slot: &Slot) -> Option<Box<h1::Conn>> {
+    let now = now_ms();
+    let mut idle = lock(&slot.own);
+    while let Some(i) = idle.pop() {
+        if !expired(i.since, now) && !i.conn.stale() {
+            return Some(i.conn);
+        }
+    }
+    None
 }
 
 /// The most recently returned open connection that can take a request now.

@@ -13,6 +13,7 @@
 
 pub mod balance;
 pub mod conn;
+pub mod h1;
 pub mod health;
 
 use crate::body::UpBody;

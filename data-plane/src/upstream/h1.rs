@@ -1,0 +1,696 @@
+//! Our own HTTP/1.1 client for the common exchange: a request without a
+//! body (GET, HEAD, DELETE...) to an HTTP/1 target, answered with a body
+//! framed by `Content-Length`, chunked, or the end of the connection.
+//!
+//! hyper's client runs each connection as a task of its own and hands
+//! requests and responses to it over channels; for a small request that
+//! machinery cost about a quarter of the proxy's instructions (see
+//! docs/benchmarks.md). Here the request's own task writes the head and
+//! reads the answer, and the response body owns the connection until it
+//! has read the body to its end, then puts it back on its target's idle
+//! stack. Requests with a body, upgrades, `TE: trailers` and HTTP/2 keep
+//! hyper's client ([`super::conn`] chooses).
+//!
+//! What it accepts from a backend is what hyper accepts: at most
+//! [`MAX_HEADERS`] header fields in a head of at most [`MAX_HEAD`] bytes;
+//! a `Content-Length` that is a number and agrees with any other one;
+//! chunk sizes in hex with CRLF line ends (extensions and trailers are
+//! read and dropped). Anything else is an error (a 502 for the client)
+//! and the connection is closed. Interim answers (`100 Continue`,
+//! `103 Early Hints`) are skipped.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use hyper_rustls::MaybeHttpsStream;
+use hyper_util::rt::TokioIo;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Most header fields in a response head.
+pub const MAX_HEADERS: usize = 100;
+/// Largest response head, and largest chunk-size line or trailer section.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Bytes asked of the socket per read.
+const READ_SIZE: usize = 16 * 1024;
+
+/// A connection as the connector opens it (TCP, or TLS over TCP).
+pub type Stream = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
+
+/// One HTTP/1.1 connection to a target, with what was read past the last
+/// response (nothing, between well-behaved exchanges). Always boxed: a
+/// TLS stream is large, and the connection moves with the response body
+/// through several layers.
+pub struct Conn {
+    io: Stream,
+    buf: BytesMut,
+    /// The head of the request being sent, kept for its capacity.
+    head: Vec<u8>,
+    /// Where each header field of the last response head is.
+    spans: Vec<Span>,
+}
+
+/// Offsets of a header field's name and value in a response head.
+#[derive(Clone, Copy)]
+struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// Where a connection goes back when its response has been read: its
+/// target's idle stack (shared with [`super::conn::Conns`]).
+pub type Home = Arc<Mutex<Vec<Idle>>>;
+
+/// A connection waiting for the next request.
+pub struct Idle {
+    pub conn: Box<Conn>,
+    /// [`super::health::now_ms`] when it came back.
+    pub since: u64,
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The connection failed or closed before any byte of the answer
+    /// came: on a reused connection, the target had closed it while it
+    /// was idle.
+    #[error("the connection closed before the response")]
+    Closed(#[source] Option<io::Error>),
+    #[error("invalid response from the backend: {0}")]
+    Invalid(&'static str),
+}
+
+impl Conn {
+    pub fn new(io: Stream) -> Box<Conn> {
+        Box::new(Conn {
+            io,
+            buf: BytesMut::new(),
+            head: Vec::new(),
+            spans: Vec::new(),
+        })
+    }
+
+    /// Whether the target closed the connection (or sent something nobody
+    /// asked for) while it was idle. Costs no system call unless the
+    /// socket was reported readable; for TLS, nothing is checked (the
+    /// caller retries an exchange that finds the connection closed).
+    pub fn stale(&self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        let MaybeHttpsStream::Http(tcp) = self.io.inner() else {
+            return false;
+        };
+        let tcp = tcp.inner();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if tcp.poll_read_ready(&mut cx).is_pending() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        !matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Sends a request without a body and reads the head of its answer.
+    /// The answer's body reads from this connection, and puts it back
+    /// `home` once read to its end, if it can be reused.
+    pub async fn exchange(
+        mut self: Box<Self>,
+        req: &RequestHead<'_>,
+        home: &Home,
+    ) -> Result<Response<Body>, Error> {
+        let method = req.method;
+        self.head.clear();
+        write_head(&mut self.head, req);
+        let sent = match self.io.write_all(&self.head).await {
+            Ok(()) => self.io.flush().await,
+            Err(e) => Err(e),
+        };
+        sent.map_err(|e| Error::Closed(Some(e)))?;
+        let mut received = false;
+        loop {
+            let conn = &mut *self;
+            match parse_head(&mut conn.buf, &mut conn.spans, method)? {
+                Some(Head::Interim) => continue,
+                Some(Head::Final(resp, framing, reuse)) => {
+                    let mut body = Body {
+                        conn: Some(self),
+                        framing,
+                        reuse,
+                        home: home.clone(),
+                    };
+                    // An empty body: the connection can go home already.
+                    body.check_done();
+                    return Ok(resp.map(|()| body));
+                }
+                None => {}
+            }
+            match read_more(&mut self.io, &mut self.buf).await {
+                Ok(0) if received => {
+                    return Err(Error::Invalid(
+                        "the connection closed in the middle of the response head",
+                    ))
+                }
+                Ok(0) => return Err(Error::Closed(None)),
+                Ok(_) => received = true,
+                Err(e) if received => return Err(e.into()),
+                Err(e) => return Err(Error::Closed(Some(e))),
+            }
+        }
+    }
+}
+
+/// Reads what the socket has into `buf`; 0 at the end of the stream.
+async fn read_more(io: &mut Stream, buf: &mut BytesMut) -> io::Result<usize> {
+    std::future::poll_fn(|cx| poll_read_more(io, buf, cx)).await
+}
+
+fn poll_read_more(
+    io: &mut Stream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        buf.reserve(READ_SIZE);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// What goes in a request head.
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    /// The origin form: path and query.
+    pub target: &'a str,
+    pub headers: &'a HeaderMap,
+    /// Sent as `Host` instead of the one in `headers`.
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// The request line and header fields, in one buffer (one write).
+fn write_head(out: &mut Vec<u8>, req: &RequestHead<'_>) {
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let host = req.host.map(|h| (&HOST, h));
+    let others = req
+        .headers
+        .iter()
+        .filter(|(name, _)| req.host.is_none() || *name != HOST);
+    for (name, value) in host.into_iter().chain(others) {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+enum Head {
+    /// A 1xx answer other than 101, consumed: the real one follows.
+    Interim,
+    /// The answer, how its body is framed, and whether the connection can
+    /// take another request afterwards.
+    Final(Response<()>, Framing, bool),
+}
+
+/// Parses a response head from the front of `buf`, removing it: `None`
+/// while incomplete.
+fn parse_head(
+    buf: &mut BytesMut,
+    spans: &mut Vec<Span>,
+    method: &Method,
+) -> Result<Option<Head>, Error> {
+    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut fields,
+    );
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err(Error::Invalid("response head too large"))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Error::Invalid("too many header fields"))
+        }
+        Err(_) => return Err(Error::Invalid("malformed response head")),
+    };
+    let code = resp.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("invalid status"))?;
+    if status.is_informational() {
+        if code == 101 {
+            return Err(Error::Invalid("101 Switching Protocols without an upgrade"));
+        }
+        buf.advance(len);
+        return Ok(Some(Head::Interim));
+    }
+    let version = if resp.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Where each field is in the head, so that the values can share the
+    // head's bytes once it is split off.
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
+    spans.clear();
+    spans.extend(resp.headers.iter().map(|f| Span {
+        name: at(f.name.as_bytes()),
+        value: at(f.value),
+    }));
+    let head = buf.split_to(len).freeze();
+    let range = |(at, len): (u32, u32)| at as usize..(at + len) as usize;
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    let mut close = version == Version::HTTP_10;
+    for span in spans.iter() {
+        let name = HeaderName::from_bytes(&head[range(span.name)])
+            .map_err(|_| Error::Invalid("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(range(span.value)))
+            .map_err(|_| Error::Invalid("invalid header value"))?;
+        if name == CONTENT_LENGTH {
+            let n = parse_length(value.as_bytes())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Error::Invalid("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        } else if name == TRANSFER_ENCODING {
+            // Only the last coding counts: chunked must come last.
+            let last = value
+                .as_bytes()
+                .rsplit(|&b| b == b',')
+                .next()
+                .unwrap_or(b"");
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == CONNECTION {
+            close |= value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+        headers.append(name, value);
+    }
+    let bodiless = *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = match (bodiless, chunked, length) {
+        (true, _, _) => Framing::Length(0),
+        (false, Some(true), _) => Framing::Chunked(Chunk::Size),
+        // A coding other than chunked last: the body ends with the
+        // connection.
+        (false, Some(false), _) => Framing::Close,
+        (false, None, Some(n)) => Framing::Length(n),
+        (false, None, None) => Framing::Close,
+    };
+    let reuse = !close && !matches!(framing, Framing::Close);
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    *resp.headers_mut() = headers;
+    Ok(Some(Head::Final(resp, framing, reuse)))
+}
+
+fn parse_length(v: &[u8]) -> Result<u64, Error> {
+    let invalid = Error::Invalid("invalid Content-Length");
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return Err(invalid);
+    }
+    Ok(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    /// Bytes left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the backend closes the connection.
+    Close,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Bytes left in the current chunk.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer fields up to an empty line.
+    Trailers,
+}
+
+/// A response body read from its connection.
+pub struct Body {
+    /// `None` once the body has ended (the connection went home or was
+    /// closed).
+    conn: Option<Box<Conn>>,
+    framing: Framing,
+    reuse: bool,
+    home: Home,
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("h1::Body")
+            .field("framing", &self.framing)
+            .finish()
+    }
+}
+
+impl Body {
+    /// At the end of the body, the connection goes home if it can be
+    /// reused and nothing unasked followed the response.
+    fn check_done(&mut self) {
+        if !matches!(self.framing, Framing::Length(0) | Framing::Done) {
+            return;
+        }
+        self.framing = Framing::Done;
+        if let Some(conn) = self.conn.take() {
+            if self.reuse && conn.buf.is_empty() {
+                let mut idle = self.home.lock().unwrap_or_else(PoisonError::into_inner);
+                if idle.len() < super::conn::MAX_IDLE {
+                    idle.push(Idle {
+                        conn,
+                        since: super::health::now_ms(),
+                    });
+                }
+            }
+        }
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match step(&mut self.framing, &mut conn.buf) {
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Ok(Some(data)) => {
+                    self.check_done();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(None) if self.framing == Framing::Done => {
+                    self.check_done();
+                    return Poll::Ready(None);
+                }
+                Ok(None) => {}
+            }
+            match poll_read_more(&mut conn.io, &mut conn.buf, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(Ok(0)) if self.framing == Framing::Close => {
+                    self.conn = None;
+                    self.framing = Framing::Done;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(Error::Invalid(
+                        "the connection closed before the end of the body",
+                    ))));
+                }
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+/// Decodes what `buf` holds: the next piece of body, or `None` when more
+/// bytes are needed (or the body ended: `framing` is then `Done`).
+fn step(framing: &mut Framing, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+    loop {
+        match *framing {
+            Framing::Done | Framing::Length(0) => {
+                *framing = Framing::Done;
+                return Ok(None);
+            }
+            Framing::Length(n) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let take = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                *framing = Framing::Length(n - take as u64);
+                return Ok(Some(buf.split_to(take).freeze()));
+            }
+            Framing::Close => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                return Ok(Some(buf.split().freeze()));
+            }
+            Framing::Chunked(Chunk::Data(0)) => *framing = Framing::Chunked(Chunk::DataEnd),
+            Framing::Chunked(Chunk::Data(n)) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let take = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                *framing = Framing::Chunked(Chunk::Data(n - take as u64));
+                return Ok(Some(buf.split_to(take).freeze()));
+            }
+            Framing::Chunked(Chunk::DataEnd) => {
+                if buf.len() < 2 {
+                    return Ok(None);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(Error::Invalid("chunk data not followed by CRLF"));
+                }
+                buf.advance(2);
+                *framing = Framing::Chunked(Chunk::Size);
+            }
+            Framing::Chunked(Chunk::Size) => {
+                let Some(line) = take_line(buf)? else {
+                    return Ok(None);
+                };
+                let size = parse_chunk_size(&line)?;
+                *framing = Framing::Chunked(if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                });
+            }
+            Framing::Chunked(Chunk::Trailers) => {
+                let Some(line) = take_line(buf)? else {
+                    return Ok(None);
+                };
+                if line.is_empty() {
+                    *framing = Framing::Done;
+                }
+            }
+        }
+    }
+}
+
+/// A CRLF-terminated line from the front of `buf` (without the CRLF).
+fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, Error> {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(end) if end == 0 || buf[end - 1] != b'\r' => {
+            Err(Error::Invalid("chunked framing: a line not ended by CRLF"))
+        }
+        Some(end) => {
+            let mut line = buf.split_to(end + 1);
+            line.truncate(end - 1);
+            Ok(Some(line))
+        }
+        None if buf.len() > MAX_HEAD => Err(Error::Invalid("chunked framing: a line too long")),
+        None => Ok(None),
+    }
+}
+
+/// A chunk-size line: hex digits, then optional `;extensions`.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, Error> {
+    let invalid = Error::Invalid("invalid chunk size");
+    let digits = line
+        .iter()
+        .position(|&b| b == b';' || b == b' ' || b == b'\t')
+        .map_or(line, |end| &line[..end]);
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(invalid);
+    }
+    let mut size = 0u64;
+    for &d in digits {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            b'A'..=b'F' => d - b'A' + 10,
+            _ => return Err(invalid),
+        };
+        size = size * 16 + u64::from(v);
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_of(framing: Framing, wire: &[u8], pieces: usize) -> Result<(Vec<u8>, Framing), Error> {
+        // Fed in `pieces` parts, as reads would deliver them.
+        let mut framing = framing;
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let step_len = wire.len().div_ceil(pieces.max(1)).max(1);
+        for part in wire.chunks(step_len) {
+            buf.extend_from_slice(part);
+            while let Some(data) = step(&mut framing, &mut buf)? {
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok((out, framing))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_in_any_split() {
+        let wire = b"5;ext=1\r\nhello\r\nA\r\n, world!!!\r\n0\r\nX-Trailer: t\r\n\r\n";
+        for pieces in 1..wire.len() {
+            let (body, framing) = body_of(Framing::Chunked(Chunk::Size), wire, pieces).unwrap();
+            assert_eq!(body, b"hello, world!!!");
+            assert_eq!(framing, Framing::Done);
+        }
+    }
+
+    #[test]
+    fn bad_chunked_framing_is_an_error() {
+        for wire in [
+            &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"ffffffffffffffff\r\n",
+            b"\r\n",
+        ] {
+            assert!(
+                body_of(Framing::Chunked(Chunk::Size), wire, 1).is_err(),
+                "{wire:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn length_framing_stops_at_the_length() {
+        let (body, framing) = body_of(Framing::Length(5), b"hello", 3).unwrap();
+        assert_eq!((body.as_slice(), framing), (&b"hello"[..], Framing::Done));
+    }
+
+    fn head(wire: &[u8], method: &Method) -> Result<Option<Head>, Error> {
+        parse_head(&mut BytesMut::from(wire), &mut Vec::new(), method)
+    }
+
+    #[test]
+    fn response_heads() {
+        let Some(Head::Final(resp, framing, reuse)) = head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello",
+            &Method::GET,
+        )
+        .unwrap() else {
+            panic!("not parsed")
+        };
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers().get_all("x-a").iter().count(), 2);
+        assert_eq!((framing, reuse), (Framing::Length(5), true));
+
+        let Some(Head::Final(_, framing, reuse)) = head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n",
+            &Method::GET,
+        )
+        .unwrap() else {
+            panic!("not parsed")
+        };
+        assert_eq!((framing, reuse), (Framing::Chunked(Chunk::Size), false));
+
+        // HEAD answers and 204/304 have no body whatever they say.
+        let Some(Head::Final(_, framing, _)) = head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            &Method::HEAD,
+        )
+        .unwrap() else {
+            panic!("not parsed")
+        };
+        assert_eq!(framing, Framing::Length(0));
+
+        // No length: until the connection closes, which is then not reused.
+        let Some(Head::Final(_, framing, reuse)) =
+            head(b"HTTP/1.0 200 OK\r\n\r\n", &Method::GET).unwrap()
+        else {
+            panic!("not parsed")
+        };
+        assert_eq!((framing, reuse), (Framing::Close, false));
+
+        assert!(matches!(
+            head(b"HTTP/1.1 100 Continue\r\n\r\n", &Method::GET),
+            Ok(Some(Head::Interim))
+        ));
+        assert!(matches!(
+            head(b"HTTP/1.1 200 OK\r\nContent-Le", &Method::GET),
+            Ok(None)
+        ));
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"NOT HTTP\r\n\r\n",
+        ] {
+            assert!(head(bad, &Method::GET).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn request_heads() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("client.test"));
+        headers.append("x-a", HeaderValue::from_static("1"));
+        let mut head = RequestHead {
+            method: &Method::GET,
+            target: "/a?b=c",
+            headers: &headers,
+            host: None,
+        };
+        let mut out = Vec::new();
+        write_head(&mut out, &head);
+        assert_eq!(
+            out,
+            b"GET /a?b=c HTTP/1.1\r\nhost: client.test\r\nx-a: 1\r\n\r\n"
+        );
+        let target = HeaderValue::from_static("b.test:8080");
+        head.host = Some(&target);
+        out.clear();
+        write_head(&mut out, &head);
+        assert_eq!(
+            out,
+            b"GET /a?b=c HTTP/1.1\r\nhost: b.test:8080\r\nx-a: 1\r\n\r\n"
+        );
+    }
+}
