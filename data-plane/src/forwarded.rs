@@ -7,6 +7,7 @@
 //! Behind trusted proxies, the client is the right-most address in
 //! `X-Forwarded-For` that is not itself a trusted proxy.
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use nio_proto::model::{canonical_ip as canonical, Cidr};
 use std::net::{IpAddr, SocketAddr};
@@ -70,15 +71,9 @@ impl TrustedProxies {
         client
     }
 
-    /// Rewrites the forwarding headers of a request going to a backend.
-    pub fn apply(
-        &self,
-        headers: &mut HeaderMap,
-        peer: SocketAddr,
-        proto: &'static str,
-        host: Option<&str>,
-    ) {
-        let peer_ip = canonical(peer.ip());
+    /// Rewrites the forwarding headers of a request going to a backend,
+    /// which came from `peer` for `host`.
+    pub fn apply(&self, headers: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue>) {
         // Most requests carry none of the four (clients that talk to the
         // gateway directly): one pass over the names is cheaper than the
         // eight hashed lookups below.
@@ -89,11 +84,18 @@ impl TrustedProxies {
                 || *n == FORWARDED
         };
         if !headers.keys().any(forwarding) {
-            self.apply_fresh(headers, peer_ip, proto, host);
+            headers.insert(X_FORWARDED_FOR.clone(), peer.xff.clone());
+            headers.insert(
+                X_FORWARDED_PROTO.clone(),
+                HeaderValue::from_static(peer.proto),
+            );
+            if let Some(host) = host {
+                headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+            }
+            headers.insert(FORWARDED.clone(), peer.forwarded_element(host));
             return;
         }
-        let trusted = self.trusts(peer_ip);
-        if !trusted {
+        if !self.trusts(peer.ip) {
             for name in [
                 &X_FORWARDED_FOR,
                 &X_FORWARDED_PROTO,
@@ -103,82 +105,103 @@ impl TrustedProxies {
                 headers.remove(name);
             }
         }
-        // Built with pushes, not `format!`: this runs on every request.
-        let ip = ip_string(peer_ip);
         let xff = match joined(headers, &X_FORWARDED_FOR) {
-            Some(mut prev) => {
-                prev.push_str(", ");
-                prev.push_str(&ip);
-                prev
-            }
-            None => ip.clone(),
+            Some(prev) => appended(prev, peer.xff.as_bytes()),
+            None => Some(peer.xff.clone()),
         };
-        set(headers, &X_FORWARDED_FOR, xff);
+        if let Some(xff) = xff {
+            headers.insert(X_FORWARDED_FOR.clone(), xff);
+        }
         if !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+            headers.insert(
+                X_FORWARDED_PROTO.clone(),
+                HeaderValue::from_static(peer.proto),
+            );
         }
         if let Some(host) = host {
             if !headers.contains_key(&X_FORWARDED_HOST) {
-                set(headers, &X_FORWARDED_HOST, host.to_string());
+                headers.insert(X_FORWARDED_HOST.clone(), host.clone());
             }
         }
-        let element = forwarded_element(peer_ip, &ip, proto, host);
+        let element = peer.forwarded_element(host);
         let forwarded = match joined(headers, &FORWARDED) {
-            Some(mut prev) => {
-                prev.push_str(", ");
-                prev.push_str(&element);
-                prev
-            }
-            None => element,
+            Some(prev) => appended(prev, element.as_bytes()),
+            None => Some(element),
         };
-        set(headers, &FORWARDED, forwarded);
+        if let Some(forwarded) = forwarded {
+            headers.insert(FORWARDED.clone(), forwarded);
+        }
     }
 }
 
-impl TrustedProxies {
-    /// [`TrustedProxies::apply`] for a request without forwarding headers:
-    /// whoever the peer is, there is nothing to believe, remove or extend.
-    fn apply_fresh(
-        &self,
-        headers: &mut HeaderMap,
-        peer_ip: IpAddr,
-        proto: &'static str,
-        host: Option<&str>,
-    ) {
-        let ip = ip_string(peer_ip);
-        let element = forwarded_element(peer_ip, &ip, proto, host);
-        set(headers, &X_FORWARDED_FOR, ip);
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-        if let Some(host) = host {
-            set(headers, &X_FORWARDED_HOST, host.to_string());
+/// A connection's peer, and what the forwarding headers say about it,
+/// written once per connection rather than once per request.
+#[derive(Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The address, IPv4-mapped IPv6 ones as IPv4.
+    pub ip: IpAddr,
+    /// `http` or `https`.
+    pub proto: &'static str,
+    /// The address as text (this hop's `X-Forwarded-For` entry).
+    xff: HeaderValue,
+    /// `for=…;proto=…`, the start of this hop's `Forwarded` element.
+    element: Bytes,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, proto: &'static str) -> Peer {
+        let ip = canonical(addr.ip());
+        let text = ip_string(ip);
+        let mut element = String::with_capacity(32 + text.len());
+        element.push_str("for=");
+        match ip {
+            IpAddr::V4(_) => element.push_str(&text),
+            IpAddr::V6(_) => {
+                element.push_str("\"[");
+                element.push_str(&text);
+                element.push_str("]\"");
+            }
         }
-        set(headers, &FORWARDED, element);
+        element.push_str(";proto=");
+        element.push_str(proto);
+        Peer {
+            addr,
+            ip,
+            proto,
+            xff: HeaderValue::from_str(&text)
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            element: Bytes::from(element),
+        }
+    }
+
+    /// This hop's `Forwarded` element: `for=…;proto=…;host="…"` (the
+    /// host left out when it would need escaping).
+    fn forwarded_element(&self, host: Option<&HeaderValue>) -> HeaderValue {
+        let host = host.map(HeaderValue::as_bytes).filter(|h| {
+            h.iter()
+                .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        });
+        let Some(host) = host else {
+            return HeaderValue::from_maybe_shared(self.element.clone())
+                .unwrap_or_else(|_| HeaderValue::from_static(""));
+        };
+        let mut out = Vec::with_capacity(self.element.len() + host.len() + 8);
+        out.extend_from_slice(&self.element);
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(host);
+        out.push(b'"');
+        HeaderValue::from_maybe_shared(Bytes::from(out))
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 }
 
-/// This hop's `Forwarded` element: `for=…;proto=…;host="…"`.
-fn forwarded_element(peer_ip: IpAddr, ip: &str, proto: &str, host: Option<&str>) -> String {
-    let mut element = String::with_capacity(32 + ip.len() + host.map_or(0, str::len));
-    element.push_str("for=");
-    match peer_ip {
-        IpAddr::V4(_) => element.push_str(ip),
-        IpAddr::V6(_) => {
-            element.push_str("\"[");
-            element.push_str(ip);
-            element.push_str("]\"");
-        }
-    }
-    element.push_str(";proto=");
-    element.push_str(proto);
-    if let Some(host) = host.filter(|h| {
-        h.bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-    }) {
-        element.push_str(";host=\"");
-        element.push_str(host);
-        element.push('"');
-    }
-    element
+/// `prev, entry` as one value.
+fn appended(mut prev: String, entry: &[u8]) -> Option<HeaderValue> {
+    prev.push_str(", ");
+    let mut bytes = prev.into_bytes();
+    bytes.extend_from_slice(entry);
+    HeaderValue::from_maybe_shared(Bytes::from(bytes)).ok()
 }
 
 /// An address as text; IPv4 digit by digit (`Display` goes through the
@@ -221,13 +244,6 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     out.filter(|s| !s.is_empty())
 }
 
-fn set(headers: &mut HeaderMap, name: &HeaderName, value: String) {
-    // From the string's own buffer, without a copy.
-    if let Ok(v) = HeaderValue::try_from(value) {
-        headers.insert(name.clone(), v);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,13 +282,16 @@ mod tests {
         for peer in ["192.0.2.1:5000", "10.1.1.1:5000", "[2001:db8::7]:443"] {
             let peer: SocketAddr = peer.parse().unwrap();
             for host in [Some("api.test"), Some("bad\"host"), None] {
+                let host = host.map(HeaderValue::from_static);
+                let host = host.as_ref();
+                let conn = Peer::new(peer, "https");
                 let mut fresh = headers(&[("accept", "*/*")]);
-                trusted.apply(&mut fresh, peer, "https", host);
+                trusted.apply(&mut fresh, &conn, host);
                 // From an untrusted peer, forged headers take the general
                 // path and end the same.
                 let mut forged = headers(&[("accept", "*/*"), ("forwarded", "for=6.6.6.6")]);
                 if !trusted.trusts(peer.ip()) {
-                    trusted.apply(&mut forged, peer, "https", host);
+                    trusted.apply(&mut forged, &conn, host);
                     assert_eq!(forged, fresh);
                 }
                 assert_eq!(fresh.len(), 1 + 3 + usize::from(host.is_some()));
@@ -283,8 +302,8 @@ mod tests {
                     IpAddr::V4(_) => ip.clone(),
                     IpAddr::V6(_) => format!("\"[{ip}]\""),
                 };
-                let host_part = match host {
-                    Some("api.test") => ";host=\"api.test\"",
+                let host_part = match host.map(|h| h.as_bytes()) {
+                    Some(b"api.test") => ";host=\"api.test\"",
                     _ => "",
                 };
                 assert_eq!(
@@ -292,7 +311,7 @@ mod tests {
                     format!("for={for_};proto=https{host_part}").as_str()
                 );
                 if let Some(h) = host {
-                    assert_eq!(fresh["x-forwarded-host"], h);
+                    assert_eq!(fresh["x-forwarded-host"], *h);
                 }
             }
         }
@@ -309,7 +328,8 @@ mod tests {
         let outsider: SocketAddr = "192.0.2.1:5000".parse().unwrap();
         let mut h = headers(&forged);
         assert_eq!(trusted.client_ip(outsider, &h), outsider.ip());
-        trusted.apply(&mut h, outsider, "http", Some("api.test"));
+        let host = HeaderValue::from_static("api.test");
+        trusted.apply(&mut h, &Peer::new(outsider, "http"), Some(&host));
         assert_eq!(h["x-forwarded-for"], "192.0.2.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.test");
@@ -322,7 +342,7 @@ mod tests {
             trusted.client_ip(lb, &h),
             "203.0.113.9".parse::<IpAddr>().unwrap()
         );
-        trusted.apply(&mut h, lb, "http", None);
+        trusted.apply(&mut h, &Peer::new(lb, "http"), None);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.9.9.9, 10.1.1.1");
         // A bad hop left of the real client does not hide it; a bad hop as
         // the first untrusted one makes the client unknown, never the LB.

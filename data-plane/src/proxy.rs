@@ -20,7 +20,7 @@
 
 use crate::access_log::{millis, AccessLog, Record, Sink};
 use crate::body::{BoxError, Counters, DownBody, Replay, UpBody};
-use crate::forwarded::TrustedProxies;
+use crate::forwarded::{Peer, TrustedProxies};
 use crate::metrics::Metrics;
 use crate::plugins::{self, Chain, Denial, Flow};
 use crate::route::{CompiledRoute, HostRule};
@@ -40,7 +40,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use nio_proto::model::{ClientAuth, PathPattern, RouteTls};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -404,7 +404,7 @@ impl Drop for Exchange {
 /// What the proxy knows about a request besides the request itself.
 struct Ctx {
     request_id: HeaderValue,
-    peer: SocketAddr,
+    peer: Arc<Peer>,
     /// The client: the peer, or who trusted proxies say it is.
     client_ip: IpAddr,
     /// The `Host` header or `:authority`.
@@ -440,7 +440,7 @@ impl Proxy {
         }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: Arc<Peer>) -> Response<ProxyBody> {
         let http1 = req.version() <= Version::HTTP_11;
         let mut resp = self.serve(req, peer).await;
         let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -485,10 +485,13 @@ impl Proxy {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn serve(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    async fn serve(&self, mut req: Request<Incoming>, peer: Arc<Peer>) -> Response<ProxyBody> {
         let started = Instant::now();
         let request_id = request_id(req.headers());
-        let client_ip = self.opts.trusted_proxies.client_ip(peer, req.headers());
+        let client_ip = self
+            .opts
+            .trusted_proxies
+            .client_ip(peer.addr, req.headers());
         let host_value = match req.uri().authority() {
             Some(a) => HeaderValue::from_str(a.as_str()).ok(),
             None => req.headers().get(header::HOST).cloned(),
@@ -817,12 +820,7 @@ impl Proxy {
             join_cookies(headers);
         }
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-        self.opts.trusted_proxies.apply(
-            headers,
-            ctx.peer,
-            if ctx.tls.is_some() { "https" } else { "http" },
-            host.and_then(|h| h.to_str().ok()),
-        );
+        self.opts.trusted_proxies.apply(headers, &ctx.peer, host);
         let trace_id = traceparent(headers);
         if let Some(l) = log.as_mut() {
             l.record.trace_id = Some(trace_id.as_str().to_string());

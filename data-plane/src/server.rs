@@ -7,6 +7,7 @@
 use crate::access_log::AccessLog;
 use crate::cache::Cache;
 use crate::events::{self, ReportOptions};
+use crate::forwarded::Peer;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyOptions};
 use crate::runtime::RuntimeSlot;
@@ -305,6 +306,10 @@ impl Connections {
     {
         let facts = Arc::new(ConnFacts::default());
         let (this, service_facts) = (self.clone(), facts.clone());
+        let peer = Arc::new(Peer::new(
+            client,
+            if tls.is_some() { "https" } else { "http" },
+        ));
         let service = service_fn(move |mut req: Request<Incoming>| {
             let this = this.clone();
             if req.version() <= http::Version::HTTP_11 {
@@ -313,7 +318,10 @@ impl Connections {
                     Some(pq) if req.uri().authority().is_none() => pq.as_str().into(),
                     _ => req.uri().to_string().into(),
                 };
-                if let Some(v) = service_facts.next_verdict(req.method().as_str(), &target) {
+                // Only a refusal goes in the extensions (a first insert
+                // allocates them).
+                let verdict = service_facts.next_verdict(req.method().as_str(), &target);
+                if let Some(v @ HeadVerdict(Some(_))) = verdict {
                     req.extensions_mut().insert::<HeadVerdict>(v);
                 }
             }
@@ -321,6 +329,7 @@ impl Connections {
                 req.extensions_mut().insert(tls.clone());
             }
             let memory = this.admission.memory.load(Ordering::Relaxed);
+            let peer = peer.clone();
             async move {
                 let a = &this.admission;
                 // Over --max-requests in flight, or over the memory
@@ -336,7 +345,7 @@ impl Connections {
                     || a.connections.available_permits() < a.max_connections / 5
                     || memory >= 1;
                 let http1 = req.version() <= http::Version::HTTP_11;
-                let mut resp = this.proxy.handle(req, client).await;
+                let mut resp = this.proxy.handle(req, peer).await;
                 if pressure && http1 {
                     this.proxy.keepalive_shed();
                     resp.headers_mut().insert(

@@ -168,10 +168,11 @@ impl Conns {
 
     /// A request without a body through our own client (see
     /// [`own_client_takes`]), its head borrowed; `host` replaces the
-    /// request's `Host`. A reused connection found closed before any
-    /// answer came (the target closed it while it was idle, in the same
-    /// instant) passes an idempotent request to another connection,
-    /// without counting a failure.
+    /// request's `Host`. When a reused connection turns out closed before
+    /// any answer came (the target closed it while it was idle, in the
+    /// same instant), a safe request (GET, HEAD, OPTIONS, TRACE) is sent
+    /// once more on a new connection without counting a failure; anything
+    /// else is left to the proxy's counted retries.
     pub async fn send_own(
         &self,
         index: u32,
@@ -189,17 +190,27 @@ impl Conns {
             headers,
             host,
         };
-        loop {
-            let (conn, reused) = match take_own(slot) {
-                Some(conn) => (conn, true),
-                None => (Box::pin(self.open_own(slot)).await?, false),
-            };
-            match conn.exchange(&head, &slot.own).await {
-                Ok(resp) => return Ok((resp.map(Upstream::Own), None)),
-                Err(h1::Error::Closed(_)) if reused && method.is_idempotent() => {}
-                Err(e) => return Err(CallError::Own(e)),
+        let safe = matches!(
+            *method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        );
+        let result = match take_own(slot) {
+            Some(conn) => match conn.exchange(&head, &slot.own).await {
+                Err(h1::Error::Closed(_)) if safe => None,
+                other => Some(other),
+            },
+            None => None,
+        };
+        let result = match result {
+            Some(result) => result,
+            None => {
+                let conn = Box::pin(self.open_own(slot)).await?;
+                conn.exchange(&head, &slot.own).await
             }
-        }
+        };
+        result
+            .map(|resp| (resp.map(Upstream::Own), None))
+            .map_err(CallError::Own)
     }
 
     async fn open_own(&self, slot: &Slot) -> Result<Box<h1::Conn>, CallError> {
@@ -318,13 +329,13 @@ pub fn own_client_takes(method: &Method, headers: &HeaderMap) -> bool {
 /// still open.
 fn take_own(slot: &Slot) -> Option<Box<h1::Conn>> {
     let now = now_ms();
-    let mut idle = lock(&slot.own);
-    while let Some(i) = idle.pop() {
-        if !expired(i.since, now) && !i.conn.stale() {
-            return Some(i.conn);
+    loop {
+        // Checked (and, if closed, dropped) outside the lock.
+        let mut idle = lock(&slot.own).pop()?;
+        if !expired(idle.since, now) && !idle.conn.stale() {
+            return Some(idle.conn);
         }
     }
-    None
 }
 
 /// The most recently returned open connection that can take a request now.
@@ -358,4 +369,114 @@ fn expired(since: u64, now: u64) -> bool {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::body::Upstream;
+    use crate::upstream::{BackendPool, BackendTlsSources};
+    use http::{HeaderMap, HeaderValue, Method};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A backend that answers `answers[i]` requests on its i-th
+    /// connection (keep-alive, `ok` each time), then closes it without a
+    /// word: at once (`at_once`) or when the next request comes. It counts
+    /// the connections it accepted.
+    async fn backend(answers: Vec<usize>, at_once: bool) -> (u16, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let i = count.fetch_add(1, Ordering::SeqCst);
+                let answers = answers.get(i).copied().unwrap_or(usize::MAX);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut answered = 0;
+                    let mut seen = Vec::new();
+                    while let Ok(n) = conn.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            if answered == answers {
+                                return;
+                            }
+                            answered += 1;
+                            let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                            conn.write_all(ok).await.unwrap();
+                            if at_once && answered == answers {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    fn pool(port: u16) -> Arc<BackendPool> {
+        let spec = serde_json::from_value(serde_json::json!({
+            "targets": [{"url": format!("http://127.0.0.1:{port}")}]
+        }))
+        .unwrap();
+        BackendPool::new("b", &spec, BackendTlsSources::default()).unwrap()
+    }
+
+    /// One call through our own client; the body read to its end.
+    async fn call(pool: &BackendPool, method: Method) -> Result<Vec<u8>, String> {
+        let host = HeaderValue::from_static("b.test");
+        let (resp, _) = pool
+            .conns
+            .send_own(0, &method, "/", &HeaderMap::new(), Some(&host))
+            .await
+            .map_err(|e| crate::proxy::error_chain(&e))?;
+        let Upstream::Own(mut body) = resp.into_body() else {
+            panic!("not our own client");
+        };
+        let mut out = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| body.poll_frame(cx)).await {
+            out.extend_from_slice(frame.map_err(|e| e.to_string())?.data_ref().unwrap());
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_and_closed_ones_skipped() {
+        // The first connection answers twice, then is closed while idle.
+        let (port, accepted) = backend(vec![2], true).await;
+        let pool = pool(port);
+        for _ in 0..2 {
+            assert_eq!(call(&pool, Method::GET).await.unwrap(), b"ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "kept alive");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // Whatever the method: a connection seen closed is not used.
+        assert_eq!(call(&pool, Method::POST).await.unwrap(), b"ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_under_a_request_is_retried_once_if_safe() {
+        // Each connection answers once, then closes on the next request
+        // (as a target that timed it out at that instant would).
+        let (port, accepted) = backend(vec![1, 1, 1, 1], false).await;
+        let pool = pool(port);
+        assert_eq!(call(&pool, Method::GET).await.unwrap(), b"ok");
+        // Reused, found closed by the request: sent again on a new one.
+        assert_eq!(call(&pool, Method::GET).await.unwrap(), b"ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // Not safe to send twice: the failure is the proxy's to handle.
+        let err = call(&pool, Method::DELETE).await.unwrap_err();
+        assert!(err.contains("closed before the response"), "{err}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
 }

@@ -13,11 +13,14 @@
 //!
 //! What it accepts from a backend is what hyper accepts: at most
 //! [`MAX_HEADERS`] header fields in a head of at most [`MAX_HEAD`] bytes;
-//! a `Content-Length` that is a number and agrees with any other one;
-//! chunk sizes in hex with CRLF line ends (extensions and trailers are
-//! read and dropped). Anything else is an error (a 502 for the client)
-//! and the connection is closed. Interim answers (`100 Continue`,
-//! `103 Early Hints`) are skipped.
+//! a `Content-Length` that is a number (a list of equal ones too); chunk
+//! sizes in hex with CRLF line ends (extensions and trailers are read and
+//! dropped, within [`MAX_CHUNK_LINE`] and [`MAX_HEAD`]); no
+//! `Transfer-Encoding` in an HTTP/1.0 answer. Anything else is an error (a
+//! 502 for the client) and the connection is closed. Interim answers
+//! (`100 Continue`, `103 Early Hints`) are skipped. Unlike hyper, an
+//! HTTP/1.0 answer is never followed by another request on its
+//! connection (`Connection: keep-alive` or not).
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
@@ -29,13 +32,16 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Most header fields in a response head.
 pub const MAX_HEADERS: usize = 100;
-/// Largest response head, and largest chunk-size line or trailer section.
-pub const MAX_HEAD: usize = 64 * 1024;
+/// Largest response head (hyper's default buffer limit), and largest
+/// trailer section.
+pub const MAX_HEAD: usize = 8192 + 4096 * 100;
+/// Longest chunk-size line, extensions included.
+pub const MAX_CHUNK_LINE: usize = 16 * 1024;
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 16 * 1024;
 
@@ -98,23 +104,19 @@ impl Conn {
     }
 
     /// Whether the target closed the connection (or sent something nobody
-    /// asked for) while it was idle. Costs no system call unless the
-    /// socket was reported readable; for TLS, nothing is checked (the
-    /// caller retries an exchange that finds the connection closed).
-    pub fn stale(&self) -> bool {
+    /// asked for) while it was idle: one read that must find nothing yet.
+    /// It costs no system call unless the socket was reported readable,
+    /// and sees what a TLS layer holds already decrypted.
+    pub fn stale(&mut self) -> bool {
         if !self.buf.is_empty() {
             return true;
         }
-        let MaybeHttpsStream::Http(tcp) = self.io.inner() else {
-            return false;
-        };
-        let tcp = tcp.inner();
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        if tcp.poll_read_ready(&mut cx).is_pending() {
-            return false;
-        }
         let mut probe = [0u8; 1];
-        !matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        let mut probe = tokio::io::ReadBuf::new(&mut probe);
+        Pin::new(&mut self.io)
+            .poll_read(&mut cx, &mut probe)
+            .is_ready()
     }
 
     /// Sends a request without a body and reads the head of its answer.
@@ -127,7 +129,7 @@ impl Conn {
     ) -> Result<Response<Body>, Error> {
         let method = req.method;
         self.head.clear();
-        write_head(&mut self.head, req);
+        let close = write_head(&mut self.head, req);
         let sent = match self.io.write_all(&self.head).await {
             Ok(()) => self.io.flush().await,
             Err(e) => Err(e),
@@ -142,7 +144,7 @@ impl Conn {
                     let mut body = Body {
                         conn: Some(self),
                         framing,
-                        reuse,
+                        reuse: reuse && !close,
                         home: home.clone(),
                     };
                     // An empty body: the connection can go home already.
@@ -192,8 +194,11 @@ pub struct RequestHead<'a> {
     pub host: Option<&'a HeaderValue>,
 }
 
-/// The request line and header fields, in one buffer (one write).
-fn write_head(out: &mut Vec<u8>, req: &RequestHead<'_>) {
+/// The request line and header fields, in one buffer (one write). As
+/// hyper does, a `Transfer-Encoding` (which a route's header rules could
+/// set) is not sent with a request that has no body. Returns whether the
+/// request says `Connection: close` (the connection is then not reused).
+fn write_head(out: &mut Vec<u8>, req: &RequestHead<'_>) -> bool {
     out.extend_from_slice(req.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(req.target.as_bytes());
@@ -203,13 +208,26 @@ fn write_head(out: &mut Vec<u8>, req: &RequestHead<'_>) {
         .headers
         .iter()
         .filter(|(name, _)| req.host.is_none() || *name != HOST);
+    let mut close = false;
     for (name, value) in host.into_iter().chain(others) {
+        if name == TRANSFER_ENCODING {
+            continue;
+        }
+        close |= name == CONNECTION && has_token(value.as_bytes(), b"close");
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    close
+}
+
+/// Whether a comma-separated header value holds `token` (any case).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 enum Head {
@@ -280,12 +298,19 @@ fn parse_head(
         let value = HeaderValue::from_maybe_shared(head.slice(range(span.value)))
             .map_err(|_| Error::Invalid("invalid header value"))?;
         if name == CONTENT_LENGTH {
-            let n = parse_length(value.as_bytes())?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Error::Invalid("conflicting Content-Length values"));
+            // `5`, or a list of equal values (`5, 5`), over any number of
+            // fields.
+            for n in value.as_bytes().split(|&b| b == b',') {
+                let n = parse_length(n.trim_ascii())?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(Error::Invalid("conflicting Content-Length values"));
+                }
+                length = Some(n);
             }
-            length = Some(n);
         } else if name == TRANSFER_ENCODING {
+            if version == Version::HTTP_10 {
+                return Err(Error::Invalid("Transfer-Encoding in an HTTP/1.0 response"));
+            }
             // Only the last coding counts: chunked must come last.
             let last = value
                 .as_bytes()
@@ -294,10 +319,7 @@ fn parse_head(
                 .unwrap_or(b"");
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name == CONNECTION {
-            close |= value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            close |= has_token(value.as_bytes(), b"close");
         }
         headers.append(name, value);
     }
@@ -348,8 +370,9 @@ enum Chunk {
     Data(u64),
     /// Expecting the CRLF after a chunk's data.
     DataEnd,
-    /// After the last chunk: trailer fields up to an empty line.
-    Trailers,
+    /// After the last chunk: trailer fields up to an empty line (bytes
+    /// of them so far).
+    Trailers(usize),
 }
 
 /// A response body read from its connection.
@@ -378,15 +401,14 @@ impl Body {
             return;
         }
         self.framing = Framing::Done;
-        if let Some(conn) = self.conn.take() {
-            if self.reuse && conn.buf.is_empty() {
-                let mut idle = self.home.lock().unwrap_or_else(PoisonError::into_inner);
-                if idle.len() < super::conn::MAX_IDLE {
-                    idle.push(Idle {
-                        conn,
-                        since: super::health::now_ms(),
-                    });
-                }
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if self.reuse && conn.buf.is_empty() {
+            let mut idle = self.home.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle.len() < super::conn::MAX_IDLE {
+                let since = super::health::now_ms();
+                idle.push(Idle { conn, since });
             }
         }
     }
@@ -492,52 +514,59 @@ fn step(framing: &mut Framing, buf: &mut BytesMut) -> Result<Option<Bytes>, Erro
                 *framing = Framing::Chunked(Chunk::Size);
             }
             Framing::Chunked(Chunk::Size) => {
-                let Some(line) = take_line(buf)? else {
+                let Some(line) = take_line(buf, MAX_CHUNK_LINE)? else {
                     return Ok(None);
                 };
                 let size = parse_chunk_size(&line)?;
                 *framing = Framing::Chunked(if size == 0 {
-                    Chunk::Trailers
+                    Chunk::Trailers(0)
                 } else {
                     Chunk::Data(size)
                 });
             }
-            Framing::Chunked(Chunk::Trailers) => {
-                let Some(line) = take_line(buf)? else {
+            Framing::Chunked(Chunk::Trailers(seen)) => {
+                let Some(line) = take_line(buf, MAX_HEAD - seen)? else {
                     return Ok(None);
                 };
-                if line.is_empty() {
-                    *framing = Framing::Done;
-                }
+                *framing = if line.is_empty() {
+                    Framing::Done
+                } else {
+                    Framing::Chunked(Chunk::Trailers(seen + line.len() + 2))
+                };
             }
         }
     }
 }
 
-/// A CRLF-terminated line from the front of `buf` (without the CRLF).
-fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, Error> {
-    match buf.iter().position(|&b| b == b'\n') {
-        Some(end) if end == 0 || buf[end - 1] != b'\r' => {
-            Err(Error::Invalid("chunked framing: a line not ended by CRLF"))
-        }
-        Some(end) => {
-            let mut line = buf.split_to(end + 1);
-            line.truncate(end - 1);
-            Ok(Some(line))
-        }
-        None if buf.len() > MAX_HEAD => Err(Error::Invalid("chunked framing: a line too long")),
-        None => Ok(None),
+/// A CRLF-terminated line of at most `max` bytes from the front of `buf`
+/// (without the CRLF); a CR anywhere else is an error.
+fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, Error> {
+    let Some(end) = buf.iter().take(max).position(|&b| b == b'\n') else {
+        return if buf.len() >= max {
+            Err(Error::Invalid("chunked framing: a line too long"))
+        } else {
+            Ok(None)
+        };
+    };
+    if end == 0 || buf[end - 1] != b'\r' || buf[..end - 1].contains(&b'\r') {
+        return Err(Error::Invalid("chunked framing: a line not ended by CRLF"));
     }
+    let mut line = buf.split_to(end + 1);
+    line.truncate(end - 1);
+    Ok(Some(line))
 }
 
-/// A chunk-size line: hex digits, then optional `;extensions`.
+/// A chunk-size line: hex digits, then optional whitespace, then nothing
+/// or `;extensions`.
 fn parse_chunk_size(line: &[u8]) -> Result<u64, Error> {
     let invalid = Error::Invalid("invalid chunk size");
-    let digits = line
+    let end = line
         .iter()
-        .position(|&b| b == b';' || b == b' ' || b == b'\t')
-        .map_or(line, |end| &line[..end]);
-    if digits.is_empty() || digits.len() > 15 {
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    let (digits, rest) = line.split_at(end);
+    let rest = rest.trim_ascii_start();
+    if digits.is_empty() || digits.len() > 15 || !(rest.is_empty() || rest[0] == b';') {
         return Err(invalid);
     }
     let mut size = 0u64;
@@ -590,6 +619,8 @@ mod tests {
             b"5\r\nhelloXX0\r\n\r\n",
             b"ffffffffffffffff\r\n",
             b"\r\n",
+            b"5 junk\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\rb\r\nhello\r\n0\r\n\r\n",
         ] {
             assert!(
                 body_of(Framing::Chunked(Chunk::Size), wire, 1).is_err(),
@@ -656,8 +687,18 @@ mod tests {
             head(b"HTTP/1.1 200 OK\r\nContent-Le", &Method::GET),
             Ok(None)
         ));
+        let Some(Head::Final(_, framing, _)) = head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n",
+            &Method::GET,
+        )
+        .unwrap() else {
+            panic!("not parsed")
+        };
+        assert_eq!(framing, Framing::Length(5));
         for bad in [
             &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
             b"HTTP/1.1 2000 OK\r\n\r\n",
@@ -691,6 +732,18 @@ mod tests {
         assert_eq!(
             out,
             b"GET /a?b=c HTTP/1.1\r\nhost: b.test:8080\r\nx-a: 1\r\n\r\n"
+        );
+
+        // No Transfer-Encoding without a body; `Connection: close` is said.
+        let mut headers = HeaderMap::new();
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert("connection", HeaderValue::from_static("Close"));
+        head.headers = &headers;
+        out.clear();
+        assert!(write_head(&mut out, &head));
+        assert_eq!(
+            out,
+            b"GET /a?b=c HTTP/1.1\r\nhost: b.test:8080\r\nconnection: Close\r\n\r\n"
         );
     }
 }
