@@ -500,61 +500,31 @@ impl Proxy {
             .as_ref()
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
-        let sink = &self.access_log;
-        let mut log = Some(LogStart {
-            record: Box::new(Record {
-                time: SystemTime::now(),
-                request_id: request_id.to_str().unwrap_or_default().to_string(),
-                client: client_ip,
-                method: req.method().to_string(),
-                host: host.to_string(),
-                path: req.uri().path().to_string(),
-                protocol: protocol(req.version()),
-                route: None,
-                target: None,
-                status: 0,
-                error: None,
-                attempts: 0,
-                bytes_in: 0,
-                bytes_out: 0,
-                upstream_ms: None,
-                duration_ms: 0.0,
-                client_certificate: None,
-                consumer: None,
-                trace_id: None,
-                started,
-                write_line: sink.writes_lines(),
-                emit_event: true,
-            }),
-            counters: Arc::default(),
-            sink: sink.clone(),
-        });
         let tls = req.extensions_mut().remove::<Arc<TlsConn>>();
-        if let (Some(l), Some(c)) = (&mut log, tls.as_ref().and_then(|t| t.client.as_ref())) {
-            l.record.client_certificate = Some(c.subject.clone());
-        }
+        // The access-log record is only started when something will read
+        // it: a refusal below, or a route that logs or samples events.
         let mut ctx = Ctx {
             request_id,
             peer,
             client_ip,
             host: host_value.clone(),
             tls,
-            log,
+            log: None,
         };
         if let Err(r) = crate::validate::check(&mut req, &self.opts.limits) {
             self.metrics
                 .rejected_requests
                 .fetch_add(1, Ordering::Relaxed);
-            return self.fail(ProxyError::Invalid(r), ctx);
+            return self.fail_unrouted(ProxyError::Invalid(r), ctx, &req, started);
         }
         let Some(runtime) = self.runtime.load_full() else {
-            return self.fail(ProxyError::NotConfigured, ctx);
+            return self.fail_unrouted(ProxyError::NotConfigured, ctx, &req, started);
         };
         // `/public/../admin` would match a route on `/public` and reach the
         // backend as `/admin`: refused rather than normalised, so what is
         // routed is what the backend sees.
         if has_dot_segments(req.uri().path()) {
-            return self.fail(ProxyError::BadRequest, ctx);
+            return self.fail_unrouted(ProxyError::BadRequest, ctx, &req, started);
         }
         let query = req.uri().query();
         let found = runtime.router.find(host, req.uri().path(), |r| {
@@ -562,18 +532,17 @@ impl Proxy {
         });
         let Some(m) = found else {
             self.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
-            return self.fail(ProxyError::NoRoute, ctx);
+            return self.fail_unrouted(ProxyError::NoRoute, ctx, &req, started);
         };
         let route = m.route.clone();
-        if let Some(l) = &mut ctx.log {
+        let write_line = self.access_log.writes_lines() && route.access_log;
+        let emit_event = route.sample_event();
+        if write_line || emit_event {
+            let mut l = self.log_start(&req, &ctx, started);
             l.record.route = Some(route.name.clone());
-        }
-        if let Some(l) = &mut ctx.log {
-            l.record.write_line &= route.access_log;
-            l.record.emit_event = route.sample_event();
-            if !(l.record.write_line || l.record.emit_event) {
-                ctx.log = None;
-            }
+            l.record.write_line = write_line;
+            l.record.emit_event = emit_event;
+            ctx.log = Some(l);
         }
         if route.tls != RouteTls::default() {
             if let Some(stop) = self.route_tls(&route, &mut req, ctx.tls.as_deref(), host) {
@@ -711,6 +680,58 @@ impl Proxy {
         None
     }
 
+    /// The access-log record of a request, from what is known before it
+    /// is routed.
+    fn log_start(&self, req: &Request<Incoming>, ctx: &Ctx, started: Instant) -> LogStart {
+        let host = ctx.host.as_ref().and_then(|h| h.to_str().ok());
+        let client_certificate = ctx
+            .tls
+            .as_ref()
+            .and_then(|t| t.client.as_ref())
+            .map(|c| c.subject.clone());
+        LogStart {
+            record: Box::new(Record {
+                time: SystemTime::now(),
+                request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
+                client: ctx.client_ip,
+                method: req.method().to_string(),
+                host: host.unwrap_or_default().to_string(),
+                path: req.uri().path().to_string(),
+                protocol: protocol(req.version()),
+                route: None,
+                target: None,
+                status: 0,
+                error: None,
+                attempts: 0,
+                bytes_in: 0,
+                bytes_out: 0,
+                upstream_ms: None,
+                duration_ms: 0.0,
+                client_certificate,
+                consumer: None,
+                trace_id: None,
+                started,
+                write_line: self.access_log.writes_lines(),
+                emit_event: true,
+            }),
+            counters: Arc::default(),
+            sink: self.access_log.clone(),
+        }
+    }
+
+    /// An error response for a request refused before it was routed,
+    /// logged.
+    fn fail_unrouted(
+        &self,
+        err: ProxyError,
+        mut ctx: Ctx,
+        req: &Request<Incoming>,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        ctx.log = Some(self.log_start(req, &ctx, started));
+        self.fail(err, ctx)
+    }
+
     /// An error response, logged.
     fn fail(&self, err: ProxyError, ctx: Ctx) -> Response<ProxyBody> {
         let resp = error_response(err, &ctx.request_id);
@@ -816,6 +837,9 @@ impl Proxy {
         };
         let method = parts.method.clone();
         let headers = &mut parts.headers;
+        // Room for what is added below (request id, forwarding headers,
+        // traceparent): one growth instead of several.
+        headers.reserve(6);
         if pool.version == Version::HTTP_11 {
             join_cookies(headers);
         }
