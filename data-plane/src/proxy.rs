@@ -927,7 +927,10 @@ impl Proxy {
                 }
                 let call = pool.conns.send(index, up);
                 let body = counters.as_deref().filter(|_| !bodyless);
-                until_response(call, timeouts.0, timeouts.1, body).await
+                // Boxed: hyper's call and its timeout are several KiB,
+                // which would make every request's future (moved a few
+                // times per request) that much larger.
+                Box::pin(until_response(call, timeouts.0, timeouts.1, body)).await
             };
             let next_body = |replay: &Option<Replay>| -> Option<(UpBody, Option<Replay>)> {
                 if !may_retry {
