@@ -312,11 +312,13 @@ pub enum Framing {
 
 /// Judges one raw request head (request line and header lines, the final
 /// empty line optional). Public for the fuzz target and tests.
+///
+/// One pass over the bytes with a class table (it runs on every request;
+/// the tests check it against a plainer line-by-line version).
 pub fn judge_head(head: &[u8]) -> (Option<Rejection>, Framing) {
-    let mut lines = head
-        .split(|b| *b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let request_line = lines.next().unwrap_or_default();
+    let first_end = head.iter().position(|b| *b == b'\n').unwrap_or(head.len());
+    let request_line = &head[..first_end];
+    let request_line = request_line.strip_suffix(b"\r").unwrap_or(request_line);
     let http10 = request_line.ends_with(b"HTTP/1.0");
     let connect = request_line.starts_with(b"CONNECT ");
     let mut cl_values = 0usize;
@@ -328,55 +330,76 @@ pub fn judge_head(head: &[u8]) -> (Option<Rejection>, Framing) {
     let mut upgrade = false;
     let mut conn_upgrade = false;
     let mut bad_header = false;
-    for line in lines {
-        if line.is_empty() {
+    let mut i = first_end + 1;
+    while i < head.len() {
+        // A line: `start..end`, then its `\n` (or the end of the head).
+        let start = i;
+        let mut colon = None;
+        let mut bad = false;
+        while i < head.len() {
+            let b = head[i];
+            let class = CLASS[b as usize];
+            if class & CTL != 0 {
+                if b == b'\n' {
+                    break;
+                }
+                if b == b'\r' && head.get(i + 1) == Some(&b'\n') {
+                    break;
+                }
+                bad = true;
+            } else if colon.is_none() {
+                if b == b':' {
+                    colon = Some(i);
+                } else if class & TOKEN == 0 {
+                    bad = true;
+                }
+            }
+            i += 1;
+        }
+        let end = i;
+        // Past the `\n` (and a `\r` before it).
+        i += if head.get(i) == Some(&b'\r') { 2 } else { 1 };
+        if end == start {
             break;
         }
-        if line[0] == b' ' || line[0] == b'\t' {
-            bad_header = true; // obs-fold
-            continue;
-        }
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
+        let Some(colon) = colon else {
             bad_header = true;
             continue;
         };
-        let name = &line[..colon];
-        if name.is_empty() || !name.iter().all(|b| is_tchar(*b)) {
+        if bad || colon == start {
+            // obs-fold (a line starting with SP/HT), a control character,
+            // a name that is not a token, an empty name.
             bad_header = true;
             continue;
         }
-        let value = trim(&line[colon + 1..]);
-        if value
-            .iter()
-            .any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f)
-        {
-            bad_header = true;
-            continue;
-        }
-        if name.eq_ignore_ascii_case(b"content-length") {
-            for v in value.split(|b| *b == b',') {
-                let v = trim(v);
-                cl_values += 1;
-                match parse_decimal(v) {
-                    Some(n) => cl = n,
-                    None => cl_bad = true,
+        let name = &head[start..colon];
+        let value = trim(&head[colon + 1..end]);
+        match name.len() {
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                for v in value.split(|b| *b == b',') {
+                    cl_values += 1;
+                    match parse_decimal(trim(v)) {
+                        Some(n) => cl = n,
+                        None => cl_bad = true,
+                    }
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            te = true;
-            codings.extend(
-                value
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                te = true;
+                codings.extend(
+                    value
+                        .split(|b| *b == b',')
+                        .map(|c| trim(c).to_ascii_lowercase()),
+                );
+            }
+            4 if name.eq_ignore_ascii_case(b"host") => hosts += 1,
+            7 if name.eq_ignore_ascii_case(b"upgrade") => upgrade = true,
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                conn_upgrade |= value
                     .split(|b| *b == b',')
-                    .map(|c| trim(c).to_ascii_lowercase()),
-            );
-        } else if name.eq_ignore_ascii_case(b"host") {
-            hosts += 1;
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            upgrade = true;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            conn_upgrade |= value
-                .split(|b| *b == b',')
-                .any(|t| trim(t).eq_ignore_ascii_case(b"upgrade"));
+                    .any(|t| trim(t).eq_ignore_ascii_case(b"upgrade"));
+            }
+            _ => {}
         }
     }
     let rejection = if bad_header {
@@ -405,6 +428,25 @@ pub fn judge_head(head: &[u8]) -> (Option<Rejection>, Framing) {
     };
     (rejection, framing)
 }
+
+/// Byte classes of a header line: a token character (allowed in a name),
+/// a control character (never allowed: below 0x20 but HT, and DEL).
+const TOKEN: u8 = 1;
+const CTL: u8 = 2;
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        if TCHAR[b] {
+            t[b] |= TOKEN;
+        }
+        if (b < 0x20 && b != 0x09) || b == 0x7f {
+            t[b] |= CTL;
+        }
+        b += 1;
+    }
+    t
+};
 
 fn is_tchar(b: u8) -> bool {
     TCHAR[b as usize]
@@ -799,6 +841,77 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    #[test]
+    fn single_pass_judge_agrees_with_the_line_by_line_one() {
+        // Heads built from pieces that matter to the rules, in many
+        // combinations, plus every byte value in a name and a value.
+        let lines: [&[u8]; 22] = [
+            b"Host: a.test",
+            b"host:a.test",
+            b"Content-Length: 5",
+            b"content-length: 5, 5",
+            b"Content-Length: -1",
+            b"Transfer-Encoding: chunked",
+            b"transfer-encoding: gzip, chunked",
+            b"Connection: Upgrade",
+            b"Upgrade: websocket",
+            b" folded",
+            b"\tfolded",
+            b"NoColon",
+            b": empty name",
+            b"Bad Name: x",
+            b"X-A: a\rb",
+            b"X-A: a\x7fb",
+            b"X-A: \ta b\t",
+            b"X-\xff: x",
+            b"X-A: \xff\x80",
+            b"\r",
+            b"",
+            b"X-B:",
+        ];
+        let mut heads: Vec<Vec<u8>> = Vec::new();
+        for first in [
+            &b"GET / HTTP/1.1"[..],
+            b"GET / HTTP/1.0",
+            b"CONNECT a:1 HTTP/1.1",
+        ] {
+            for (i, a) in lines.iter().enumerate() {
+                for b in &lines[i..] {
+                    for eol in [&b"\r\n"[..], b"\n"] {
+                        let mut h = first.to_vec();
+                        for l in [a, b, &&b"Host: x"[..]] {
+                            h.extend_from_slice(eol);
+                            h.extend_from_slice(l);
+                        }
+                        h.extend_from_slice(eol);
+                        heads.push(h.clone());
+                        h.extend_from_slice(eol);
+                        heads.push(h);
+                    }
+                }
+            }
+        }
+        for byte in 0..=255u8 {
+            for line in [
+                vec![b'X', byte, b':', b' ', b'v'],
+                vec![b'X', b':', b' ', byte, b'v'],
+            ] {
+                let mut h = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+                h.extend_from_slice(&line);
+                h.extend_from_slice(b"\r\n\r\n");
+                heads.push(h);
+            }
+        }
+        for head in &heads {
+            assert_eq!(
+                format!("{:?}", judge_head(head)),
+                format!("{:?}", judge_head_reference(head)),
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
+
     fn judge(head: &str) -> Option<Rejection> {
         judge_head(head.as_bytes()).0
     }
@@ -973,5 +1086,101 @@ GET /c HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\
             .body(())
             .unwrap();
         assert_eq!(check(&mut req, &limits), Err(Rejection::UriTooLong));
+    }
+
+    /// The first, line-by-line version of [`judge_head`]: the reference the
+    /// single-pass one is checked against.
+    fn judge_head_reference(head: &[u8]) -> (Option<Rejection>, Framing) {
+        let mut lines = head
+            .split(|b| *b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+        let request_line = lines.next().unwrap_or_default();
+        let http10 = request_line.ends_with(b"HTTP/1.0");
+        let connect = request_line.starts_with(b"CONNECT ");
+        let mut cl_values = 0usize;
+        let mut cl_bad = false;
+        let mut cl: u64 = 0;
+        let mut codings: Vec<Vec<u8>> = Vec::new();
+        let mut te = false;
+        let mut hosts = 0usize;
+        let mut upgrade = false;
+        let mut conn_upgrade = false;
+        let mut bad_header = false;
+        for line in lines {
+            if line.is_empty() {
+                break;
+            }
+            if line[0] == b' ' || line[0] == b'\t' {
+                bad_header = true; // obs-fold
+                continue;
+            }
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                bad_header = true;
+                continue;
+            };
+            let name = &line[..colon];
+            if name.is_empty() || !name.iter().all(|b| is_tchar(*b)) {
+                bad_header = true;
+                continue;
+            }
+            let value = trim(&line[colon + 1..]);
+            if value
+                .iter()
+                .any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f)
+            {
+                bad_header = true;
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"content-length") {
+                for v in value.split(|b| *b == b',') {
+                    let v = trim(v);
+                    cl_values += 1;
+                    match parse_decimal(v) {
+                        Some(n) => cl = n,
+                        None => cl_bad = true,
+                    }
+                }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                te = true;
+                codings.extend(
+                    value
+                        .split(|b| *b == b',')
+                        .map(|c| trim(c).to_ascii_lowercase()),
+                );
+            } else if name.eq_ignore_ascii_case(b"host") {
+                hosts += 1;
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
+                upgrade = true;
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                conn_upgrade |= value
+                    .split(|b| *b == b',')
+                    .any(|t| trim(t).eq_ignore_ascii_case(b"upgrade"));
+            }
+        }
+        let rejection = if bad_header {
+            Some(Rejection::BadHeader)
+        } else if te && cl_values > 0 {
+            Some(Rejection::AmbiguousLength)
+        } else if cl_bad || cl_values > 1 {
+            Some(Rejection::BadContentLength)
+        } else if te && (http10 || codings.last().map(Vec::as_slice) != Some(b"chunked")) {
+            Some(Rejection::BadTransferEncoding)
+        } else if te && codings.len() != 1 {
+            Some(Rejection::UnsupportedTransferEncoding)
+        } else if hosts > 1 {
+            Some(Rejection::DuplicateHost)
+        } else if hosts == 0 && !http10 {
+            Some(Rejection::MissingHost)
+        } else {
+            None
+        };
+        let framing = if rejection.is_some() || connect || (upgrade && conn_upgrade) {
+            Framing::Stop
+        } else if te {
+            Framing::Chunked
+        } else {
+            Framing::Length(cl)
+        };
+        (rejection, framing)
     }
 }
