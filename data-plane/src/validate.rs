@@ -268,9 +268,14 @@ impl ConnFacts {
         }
     }
 
-    fn push(&self, seq: u64, line: Vec<u8>, verdict: Option<Rejection>) {
+    /// Records a refusal (a head without one needs no record: no verdict
+    /// is no refusal).
+    fn push(&self, seq: u64, line: &[u8], verdict: Option<Rejection>) {
+        if verdict.is_none() {
+            return;
+        }
         let mut v = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
-        v.push_back((seq, line, verdict));
+        v.push_back((seq, line.to_vec(), verdict));
         // A client cannot make this grow: hyper reads one request at a time
         // and the scanner only sees what hyper read; cap it anyway.
         while v.len() > 64 {
@@ -539,7 +544,7 @@ impl Scanner {
     pub fn feed(
         &mut self,
         mut data: &[u8],
-        verdict: &mut dyn FnMut(u64, Vec<u8>, Option<Rejection>),
+        verdict: &mut dyn FnMut(u64, &[u8], Option<Rejection>),
     ) {
         while !data.is_empty() {
             match self.state {
@@ -625,7 +630,7 @@ impl Scanner {
     fn head_done(
         &mut self,
         head: &[u8],
-        verdict: &mut dyn FnMut(u64, Vec<u8>, Option<Rejection>),
+        verdict: &mut dyn FnMut(u64, &[u8], Option<Rejection>),
     ) -> bool {
         if head.len() > 2 * self.max_head {
             // hyper answers 431 (its read buffer is full).
@@ -648,7 +653,7 @@ impl Scanner {
             .iter()
             .position(|b| *b == b'\r' || *b == b'\n')
             .unwrap_or(head.len());
-        verdict(self.heads, head[..line_end].to_vec(), rejection);
+        verdict(self.heads, &head[..line_end], rejection);
         self.state = match framing {
             Framing::Length(0) => State::Head,
             Framing::Length(n) => State::Body(n),
@@ -991,7 +996,7 @@ GET /c HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\
             let mut seen = Vec::new();
             for piece in stream.chunks(step) {
                 s.feed(piece, &mut |n, line, r| {
-                    seen.push((n, String::from_utf8(line).unwrap(), r))
+                    seen.push((n, String::from_utf8(line.to_vec()).unwrap(), r))
                 });
             }
             assert_eq!(
@@ -1044,9 +1049,9 @@ GET /c HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\
     #[test]
     fn verdicts_only_apply_to_the_request_they_were_made_for() {
         let facts = ConnFacts::default();
-        facts.push(1, b"GET /x HTTP/1.1".to_vec(), Some(Rejection::BadHeader));
+        facts.push(1, b"GET /x HTTP/1.1", Some(Rejection::BadHeader));
         assert!(facts.next_verdict("GET", "/y").is_none());
-        facts.push(2, b"GET /x HTTP/1.1".to_vec(), Some(Rejection::BadHeader));
+        facts.push(2, b"GET /x HTTP/1.1", Some(Rejection::BadHeader));
         assert_eq!(
             facts.next_verdict("GET", "/x").unwrap().0,
             Some(Rejection::BadHeader)

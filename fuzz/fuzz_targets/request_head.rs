@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         let mut s = Scanner::new(8192);
         let mut seen = Vec::new();
         for piece in bytes.chunks(step.max(1)) {
-            s.feed(piece, &mut |n, line, r| seen.push((n, line, r)));
+            s.feed(piece, &mut |n, line, r| seen.push((n, line.to_vec(), r)));
         }
         seen
     };
