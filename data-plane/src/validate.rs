@@ -241,6 +241,10 @@ pub fn check<B>(req: &mut Request<B>, limits: &Limits) -> Result<(), Rejection> 
 /// A head's number on its connection, its request line, and the verdict.
 type Judged = (u64, Vec<u8>, Option<Rejection>);
 
+/// Told each head's verdict: its number (1-based), its request line, and
+/// the refusal if any.
+pub type OnVerdict<'a> = dyn FnMut(u64, &[u8], Option<Rejection>) + 'a;
+
 /// What the scanner and the service share on one connection.
 #[derive(Debug, Default)]
 pub struct ConnFacts {
@@ -341,25 +345,36 @@ pub fn judge_head(head: &[u8]) -> (Option<Rejection>, Framing) {
         let start = i;
         let mut colon = None;
         let mut bad = false;
+        // The name, up to the colon (or a control character)...
         while i < head.len() {
             let b = head[i];
             let class = CLASS[b as usize];
             if class & CTL != 0 {
-                if b == b'\n' {
-                    break;
-                }
-                if b == b'\r' && head.get(i + 1) == Some(&b'\n') {
-                    break;
-                }
-                bad = true;
-            } else if colon.is_none() {
-                if b == b':' {
-                    colon = Some(i);
-                } else if class & TOKEN == 0 {
+                break;
+            }
+            if b == b':' {
+                colon = Some(i);
+                i += 1;
+                break;
+            }
+            bad |= class & TOKEN == 0;
+            i += 1;
+        }
+        // ...then the rest of the line, control characters stopping the
+        // tight loop: the line's end, or a refusal.
+        loop {
+            i += head[i.min(head.len())..]
+                .iter()
+                .position(|b| CLASS[*b as usize] & CTL != 0)
+                .unwrap_or(head.len() - i.min(head.len()));
+            match head.get(i) {
+                None | Some(b'\n') => break,
+                Some(b'\r') if head.get(i + 1) == Some(&b'\n') => break,
+                Some(_) => {
                     bad = true;
+                    i += 1;
                 }
             }
-            i += 1;
         }
         let end = i;
         // Past the `\n` (and a `\r` before it).
@@ -453,10 +468,6 @@ static CLASS: [u8; 256] = {
     t
 };
 
-fn is_tchar(b: u8) -> bool {
-    TCHAR[b as usize]
-}
-
 /// RFC 9110 token characters, by byte (one lookup per byte of every
 /// header name).
 static TCHAR: [bool; 256] = {
@@ -544,7 +555,7 @@ impl Scanner {
     pub fn feed(
         &mut self,
         mut data: &[u8],
-        verdict: &mut dyn FnMut(u64, &[u8], Option<Rejection>),
+        verdict: &mut OnVerdict<'_>,
     ) {
         while !data.is_empty() {
             match self.state {
@@ -630,7 +641,7 @@ impl Scanner {
     fn head_done(
         &mut self,
         head: &[u8],
-        verdict: &mut dyn FnMut(u64, &[u8], Option<Rejection>),
+        verdict: &mut OnVerdict<'_>,
     ) -> bool {
         if head.len() > 2 * self.max_head {
             // hyper answers 431 (its read buffer is full).
@@ -1124,7 +1135,7 @@ GET /c HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\
                 continue;
             };
             let name = &line[..colon];
-            if name.is_empty() || !name.iter().all(|b| is_tchar(*b)) {
+            if name.is_empty() || !name.iter().all(|b| TCHAR[*b as usize]) {
                 bad_header = true;
                 continue;
             }

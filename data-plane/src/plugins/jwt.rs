@@ -393,6 +393,28 @@ struct Token {
     claims: Map<String, Value>,
 }
 
+/// The fields of a JOSE header the check reads; the others are skipped
+/// without being kept (a header is parsed on every request). A field
+/// named twice makes the header invalid.
+#[derive(serde::Deserialize)]
+struct JoseHeader {
+    alg: Option<Value>,
+    kid: Option<Value>,
+    #[serde(default)]
+    crit: Present,
+}
+
+/// Whether a field was there at all (whatever its value, `null` too).
+#[derive(Default)]
+struct Present(bool);
+
+impl<'de> serde::Deserialize<'de> for Present {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d)?;
+        Ok(Present(true))
+    }
+}
+
 impl Token {
     fn parse(raw: String, accepted: &[Algorithm]) -> Result<Token, &'static str> {
         const NOT_A_JWT: &str = "the token is not a JWT (header.payload.signature)";
@@ -404,27 +426,27 @@ impl Token {
         };
         let dot = h.len() + 1 + p.len();
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let header: Map<String, Value> = b64
+        let header = b64
             .decode(h)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or("the token's header is not valid")?;
-        let alg = header
-            .get("alg")
-            .and_then(Value::as_str)
-            .ok_or("the token's header names no algorithm")?;
+            .map_err(|_| "the token's header is not valid")?;
+        let header: JoseHeader =
+            serde_json::from_slice(&header).map_err(|_| "the token's header is not valid")?;
+        let alg = match &header.alg {
+            Some(Value::String(alg)) => alg.as_str(),
+            _ => return Err("the token's header names no algorithm"),
+        };
         if alg.eq_ignore_ascii_case("none") {
             return Err("the token is not signed (alg none)");
         }
         let alg = parse_algorithm(alg)
             .filter(|a| accepted.contains(a))
             .ok_or("the token's algorithm is not accepted")?;
-        if header.contains_key("crit") {
+        if header.crit.0 {
             return Err("the token's header has critical extensions, which are not supported");
         }
-        let kid = match header.get("kid") {
+        let kid = match header.kid {
             None => None,
-            Some(Value::String(k)) => Some(k.clone()),
+            Some(Value::String(k)) => Some(k),
             Some(_) => return Err("the token's kid is not a string"),
         };
         let claims: Map<String, Value> = b64
@@ -719,6 +741,24 @@ mod tests {
             b64(json!({}))
         );
         assert!(decide(&v, crit).unwrap_err().contains("critical"));
+        // A `crit` that is null is still there; an algorithm named twice
+        // is not a header to guess from.
+        let crit = format!(
+            "{}.{}.sig",
+            b64(json!({"alg": "HS256", "crit": null})),
+            b64(json!({}))
+        );
+        assert!(decide(&v, crit).unwrap_err().contains("critical"));
+        let twice = format!(
+            "{}.{}.sig",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(r#"{"alg":"none","alg":"HS256"}"#),
+            b64(json!({}))
+        );
+        assert_eq!(
+            decide(&v, twice),
+            Err("the token's header is not valid".into())
+        );
         for bad in ["", "a.b", "a.b.c.d", "!!.!!.!!"] {
             assert!(decide(&v, bad.to_string()).is_err(), "{bad}");
         }
