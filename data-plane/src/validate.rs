@@ -326,19 +326,7 @@ pub enum Framing {
 /// the tests check it against a plainer line-by-line version).
 pub fn judge_head(head: &[u8]) -> (Option<Rejection>, Framing) {
     let first_end = head.iter().position(|b| *b == b'\n').unwrap_or(head.len());
-    let request_line = &head[..first_end];
-    let request_line = request_line.strip_suffix(b"\r").unwrap_or(request_line);
-    let http10 = request_line.ends_with(b"HTTP/1.0");
-    let connect = request_line.starts_with(b"CONNECT ");
-    let mut cl_values = 0usize;
-    let mut cl_bad = false;
-    let mut cl: u64 = 0;
-    let mut codings: Vec<Vec<u8>> = Vec::new();
-    let mut te = false;
-    let mut hosts = 0usize;
-    let mut upgrade = false;
-    let mut conn_upgrade = false;
-    let mut bad_header = false;
+    let mut facts = HeadFacts::new(&head[..first_end]);
     let mut i = first_end + 1;
     while i < head.len() {
         // A line: `start..end`, then its `\n` (or the end of the head).
@@ -382,71 +370,105 @@ pub fn judge_head(head: &[u8]) -> (Option<Rejection>, Framing) {
         if end == start {
             break;
         }
-        let Some(colon) = colon else {
-            bad_header = true;
-            continue;
-        };
-        if bad || colon == start {
+        match colon {
             // obs-fold (a line starting with SP/HT), a control character,
-            // a name that is not a token, an empty name.
-            bad_header = true;
-            continue;
+            // a name that is not a token, an empty name, no colon.
+            Some(colon) if !bad && colon > start => {
+                facts.field(&head[start..colon], trim(&head[colon + 1..end]));
+            }
+            _ => facts.bad_header = true,
         }
-        let name = &head[start..colon];
-        let value = trim(&head[colon + 1..end]);
+    }
+    facts.verdict()
+}
+
+/// What the rules need from a head's request line and fields.
+#[derive(Default)]
+struct HeadFacts {
+    http10: bool,
+    connect: bool,
+    cl_values: usize,
+    cl_bad: bool,
+    cl: u64,
+    codings: Vec<Vec<u8>>,
+    te: bool,
+    hosts: usize,
+    upgrade: bool,
+    conn_upgrade: bool,
+    bad_header: bool,
+}
+
+impl HeadFacts {
+    fn new(request_line: &[u8]) -> HeadFacts {
+        let request_line = request_line.strip_suffix(b"\r").unwrap_or(request_line);
+        HeadFacts {
+            http10: request_line.ends_with(b"HTTP/1.0"),
+            connect: request_line.starts_with(b"CONNECT "),
+            ..HeadFacts::default()
+        }
+    }
+
+    /// A well-formed field (`value` trimmed).
+    fn field(&mut self, name: &[u8], value: &[u8]) {
         match name.len() {
             14 if name.eq_ignore_ascii_case(b"content-length") => {
                 for v in value.split(|b| *b == b',') {
-                    cl_values += 1;
+                    self.cl_values += 1;
                     match parse_decimal(trim(v)) {
-                        Some(n) => cl = n,
-                        None => cl_bad = true,
+                        Some(n) => self.cl = n,
+                        None => self.cl_bad = true,
                     }
                 }
             }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                te = true;
-                codings.extend(
+                self.te = true;
+                self.codings.extend(
                     value
                         .split(|b| *b == b',')
                         .map(|c| trim(c).to_ascii_lowercase()),
                 );
             }
-            4 if name.eq_ignore_ascii_case(b"host") => hosts += 1,
-            7 if name.eq_ignore_ascii_case(b"upgrade") => upgrade = true,
+            4 if name.eq_ignore_ascii_case(b"host") => self.hosts += 1,
+            7 if name.eq_ignore_ascii_case(b"upgrade") => self.upgrade = true,
             10 if name.eq_ignore_ascii_case(b"connection") => {
-                conn_upgrade |= value
+                self.conn_upgrade |= value
                     .split(|b| *b == b',')
                     .any(|t| trim(t).eq_ignore_ascii_case(b"upgrade"));
             }
             _ => {}
         }
     }
-    let rejection = if bad_header {
-        Some(Rejection::BadHeader)
-    } else if te && cl_values > 0 {
-        Some(Rejection::AmbiguousLength)
-    } else if cl_bad || cl_values > 1 {
-        Some(Rejection::BadContentLength)
-    } else if te && (http10 || codings.last().map(Vec::as_slice) != Some(b"chunked")) {
-        Some(Rejection::BadTransferEncoding)
-    } else if te && codings.len() != 1 {
-        Some(Rejection::UnsupportedTransferEncoding)
-    } else if hosts > 1 {
-        Some(Rejection::DuplicateHost)
-    } else if hosts == 0 && !http10 {
-        Some(Rejection::MissingHost)
-    } else {
-        None
-    };
-    let framing = if rejection.is_some() || connect || (upgrade && conn_upgrade) {
-        Framing::Stop
-    } else if te {
-        Framing::Chunked
-    } else {
-        Framing::Length(cl)
-    };
-    (rejection, framing)
+
+    fn verdict(&self) -> (Option<Rejection>, Framing) {
+        let te = self.te;
+        let rejection = if self.bad_header {
+            Some(Rejection::BadHeader)
+        } else if te && self.cl_values > 0 {
+            Some(Rejection::AmbiguousLength)
+        } else if self.cl_bad || self.cl_values > 1 {
+            Some(Rejection::BadContentLength)
+        } else if te && (self.http10 || self.codings.last().map(Vec::as_slice) != Some(b"chunked"))
+        {
+            Some(Rejection::BadTransferEncoding)
+        } else if te && self.codings.len() != 1 {
+            Some(Rejection::UnsupportedTransferEncoding)
+        } else if self.hosts > 1 {
+            Some(Rejection::DuplicateHost)
+        } else if self.hosts == 0 && !self.http10 {
+            Some(Rejection::MissingHost)
+        } else {
+            None
+        };
+        let framing = if rejection.is_some() || self.connect || (self.upgrade && self.conn_upgrade)
+        {
+            Framing::Stop
+        } else if te {
+            Framing::Chunked
+        } else {
+            Framing::Length(self.cl)
+        };
+        (rejection, framing)
+    }
 }
 
 /// Byte classes of a header line: a token character (allowed in a name),
@@ -552,11 +574,7 @@ impl Scanner {
 
     /// Feeds bytes read from the client; calls `verdict` for each complete
     /// head with its number, request line and verdict.
-    pub fn feed(
-        &mut self,
-        mut data: &[u8],
-        verdict: &mut OnVerdict<'_>,
-    ) {
+    pub fn feed(&mut self, mut data: &[u8], verdict: &mut OnVerdict<'_>) {
         while !data.is_empty() {
             match self.state {
                 State::Off => return,
@@ -638,11 +656,7 @@ impl Scanner {
 
     /// Judges a complete head and moves on to what follows it; `false`
     /// when the scan stops here.
-    fn head_done(
-        &mut self,
-        head: &[u8],
-        verdict: &mut OnVerdict<'_>,
-    ) -> bool {
+    fn head_done(&mut self, head: &[u8], verdict: &mut OnVerdict<'_>) -> bool {
         if head.len() > 2 * self.max_head {
             // hyper answers 431 (its read buffer is full).
             self.state = State::Off;
@@ -1104,39 +1118,28 @@ GET /c HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\
         assert_eq!(check(&mut req, &limits), Err(Rejection::UriTooLong));
     }
 
-    /// The first, line-by-line version of [`judge_head`]: the reference the
-    /// single-pass one is checked against.
+    /// The first, line-by-line way of reading a head's fields: the
+    /// reference the single pass of [`judge_head`] is checked against.
     fn judge_head_reference(head: &[u8]) -> (Option<Rejection>, Framing) {
         let mut lines = head
             .split(|b| *b == b'\n')
             .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-        let request_line = lines.next().unwrap_or_default();
-        let http10 = request_line.ends_with(b"HTTP/1.0");
-        let connect = request_line.starts_with(b"CONNECT ");
-        let mut cl_values = 0usize;
-        let mut cl_bad = false;
-        let mut cl: u64 = 0;
-        let mut codings: Vec<Vec<u8>> = Vec::new();
-        let mut te = false;
-        let mut hosts = 0usize;
-        let mut upgrade = false;
-        let mut conn_upgrade = false;
-        let mut bad_header = false;
+        let mut facts = HeadFacts::new(lines.next().unwrap_or_default());
         for line in lines {
             if line.is_empty() {
                 break;
             }
             if line[0] == b' ' || line[0] == b'\t' {
-                bad_header = true; // obs-fold
+                facts.bad_header = true; // obs-fold
                 continue;
             }
             let Some(colon) = line.iter().position(|b| *b == b':') else {
-                bad_header = true;
+                facts.bad_header = true;
                 continue;
             };
             let name = &line[..colon];
             if name.is_empty() || !name.iter().all(|b| TCHAR[*b as usize]) {
-                bad_header = true;
+                facts.bad_header = true;
                 continue;
             }
             let value = trim(&line[colon + 1..]);
@@ -1144,59 +1147,11 @@ GET /c HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\
                 .iter()
                 .any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f)
             {
-                bad_header = true;
+                facts.bad_header = true;
                 continue;
             }
-            if name.eq_ignore_ascii_case(b"content-length") {
-                for v in value.split(|b| *b == b',') {
-                    let v = trim(v);
-                    cl_values += 1;
-                    match parse_decimal(v) {
-                        Some(n) => cl = n,
-                        None => cl_bad = true,
-                    }
-                }
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                te = true;
-                codings.extend(
-                    value
-                        .split(|b| *b == b',')
-                        .map(|c| trim(c).to_ascii_lowercase()),
-                );
-            } else if name.eq_ignore_ascii_case(b"host") {
-                hosts += 1;
-            } else if name.eq_ignore_ascii_case(b"upgrade") {
-                upgrade = true;
-            } else if name.eq_ignore_ascii_case(b"connection") {
-                conn_upgrade |= value
-                    .split(|b| *b == b',')
-                    .any(|t| trim(t).eq_ignore_ascii_case(b"upgrade"));
-            }
+            facts.field(name, value);
         }
-        let rejection = if bad_header {
-            Some(Rejection::BadHeader)
-        } else if te && cl_values > 0 {
-            Some(Rejection::AmbiguousLength)
-        } else if cl_bad || cl_values > 1 {
-            Some(Rejection::BadContentLength)
-        } else if te && (http10 || codings.last().map(Vec::as_slice) != Some(b"chunked")) {
-            Some(Rejection::BadTransferEncoding)
-        } else if te && codings.len() != 1 {
-            Some(Rejection::UnsupportedTransferEncoding)
-        } else if hosts > 1 {
-            Some(Rejection::DuplicateHost)
-        } else if hosts == 0 && !http10 {
-            Some(Rejection::MissingHost)
-        } else {
-            None
-        };
-        let framing = if rejection.is_some() || connect || (upgrade && conn_upgrade) {
-            Framing::Stop
-        } else if te {
-            Framing::Chunked
-        } else {
-            Framing::Length(cl)
-        };
-        (rejection, framing)
+        facts.verdict()
     }
 }

@@ -639,44 +639,39 @@ mod tests {
         parse_head(&mut BytesMut::from(wire), &mut Vec::new(), method)
     }
 
+    /// A final answer's head: the response, its framing, and reuse.
+    fn final_head(wire: &[u8], method: &Method) -> (Response<()>, Framing, bool) {
+        match head(wire, method) {
+            Ok(Some(Head::Final(resp, framing, reuse))) => (resp, framing, reuse),
+            _ => panic!("not a final head: {wire:?}"),
+        }
+    }
+
     #[test]
     fn response_heads() {
-        let Some(Head::Final(resp, framing, reuse)) = head(
+        let (resp, framing, reuse) = final_head(
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello",
             &Method::GET,
-        )
-        .unwrap() else {
-            panic!("not parsed")
-        };
+        );
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers().get_all("x-a").iter().count(), 2);
         assert_eq!((framing, reuse), (Framing::Length(5), true));
 
-        let Some(Head::Final(_, framing, reuse)) = head(
+        let (_, framing, reuse) = final_head(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n",
             &Method::GET,
-        )
-        .unwrap() else {
-            panic!("not parsed")
-        };
+        );
         assert_eq!((framing, reuse), (Framing::Chunked(Chunk::Size), false));
 
         // HEAD answers and 204/304 have no body whatever they say.
-        let Some(Head::Final(_, framing, _)) = head(
+        let (_, framing, _) = final_head(
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
             &Method::HEAD,
-        )
-        .unwrap() else {
-            panic!("not parsed")
-        };
+        );
         assert_eq!(framing, Framing::Length(0));
 
         // No length: until the connection closes, which is then not reused.
-        let Some(Head::Final(_, framing, reuse)) =
-            head(b"HTTP/1.0 200 OK\r\n\r\n", &Method::GET).unwrap()
-        else {
-            panic!("not parsed")
-        };
+        let (_, framing, reuse) = final_head(b"HTTP/1.0 200 OK\r\n\r\n", &Method::GET);
         assert_eq!((framing, reuse), (Framing::Close, false));
 
         assert!(matches!(
@@ -687,13 +682,10 @@ mod tests {
             head(b"HTTP/1.1 200 OK\r\nContent-Le", &Method::GET),
             Ok(None)
         ));
-        let Some(Head::Final(_, framing, _)) = head(
+        let (_, framing, _) = final_head(
             b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n",
             &Method::GET,
-        )
-        .unwrap() else {
-            panic!("not parsed")
-        };
+        );
         assert_eq!(framing, Framing::Length(5));
         for bad in [
             &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"[..],
