@@ -82,7 +82,8 @@ pub struct Idle {
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{0}")]
+    /// The connection failed while the answer was read.
+    #[error("the connection failed while the answer was read")]
     Io(#[from] io::Error),
     /// The connection failed or closed before any byte of the answer
     /// came: on a reused connection, the target had closed it while it
