@@ -895,11 +895,13 @@ impl Proxy {
                 && own_client_takes(&method, &parts.headers)
             {
                 // Our own client borrows the head: nothing to copy for a
-                // retry.
+                // retry. Its connection goes home with the response body
+                // (no lease to give back).
                 let call = pool
                     .conns
                     .send_own(index, &method, pq.as_str(), &parts.headers, host);
-                until_response(call, timeouts.0, timeouts.1, None).await
+                let result = until_response(call, timeouts.0, timeouts.1, None).await;
+                result.map(|r| r.map(|resp| (resp, None)))
             } else {
                 // HTTP/1 requests carry the origin form (`/path?query`),
                 // HTTP/2 ones the scheme and authority too.

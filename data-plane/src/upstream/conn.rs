@@ -141,9 +141,10 @@ impl Conns {
         if own_client_takes(req.method(), req.headers()) && req.body().is_empty() {
             let (parts, _) = req.into_parts();
             let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            return self
+            let resp = self
                 .send_own(index, &parts.method, target, &parts.headers, None)
-                .await;
+                .await?;
+            return Ok((resp, None));
         }
         loop {
             let (mut tx, reused) = match take_idle(slot) {
@@ -180,7 +181,7 @@ impl Conns {
         target: &str,
         headers: &HeaderMap,
         host: Option<&HeaderValue>,
-    ) -> Result<(Response<Upstream>, Option<Lease>), CallError> {
+    ) -> Result<Response<Upstream>, CallError> {
         let Some(slot) = self.slots.get(index as usize) else {
             return Err(CallError::Connect("no such target".into()));
         };
@@ -209,7 +210,7 @@ impl Conns {
             }
         };
         result
-            .map(|resp| (resp.map(Upstream::Own), None))
+            .map(|resp| resp.map(Upstream::Own))
             .map_err(CallError::Own)
     }
 
@@ -434,7 +435,7 @@ mod tests {
     /// One call through our own client; the body read to its end.
     async fn call(pool: &BackendPool, method: Method) -> Result<Vec<u8>, String> {
         let host = HeaderValue::from_static("b.test");
-        let (resp, _) = pool
+        let resp = pool
             .conns
             .send_own(0, &method, "/", &HeaderMap::new(), Some(&host))
             .await
