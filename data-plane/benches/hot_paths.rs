@@ -1,7 +1,8 @@
 //! The per-request functions `router.rs` and `plugins.rs` do not isolate:
 //! a route's request and response header rules, the hop-by-hop strip of a
 //! backend's response, the API-key check alone and the JWT check alone
-//! (HS256 and ES256). Each case works on a fresh copy of a realistic header
+//! (HS256 and ES256; a token seen before, which the verifier has cached,
+//! and a new one, which it decodes and verifies). Each case works on a fresh copy of a realistic header
 //! map, as a request does; the cost of that copy is measured on its own
 //! (`header map copy`) so it can be subtracted.
 //!
@@ -47,6 +48,14 @@ struct Setup {
     response: HeaderMap,
     hs256: String,
     es256: String,
+    hs_key: jsonwebtoken::EncodingKey,
+    es_key: jsonwebtoken::EncodingKey,
+}
+
+/// A token the verifiers accept; `jti` makes each one new.
+fn sign(alg: jsonwebtoken::Algorithm, key: &jsonwebtoken::EncodingKey, jti: u64) -> String {
+    let claims = json!({"sub": "user", "iss": "bench", "exp": 4_102_444_800u64, "jti": jti});
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, key).expect("token")
 }
 
 fn setup() -> Setup {
@@ -75,18 +84,10 @@ fn setup() -> Setup {
     .into_iter()
     .collect();
     let runtime = compile(&config, 1, "h", None, None, &Metrics::default()).expect("compiles");
-    let claims = json!({"sub": "user", "iss": "bench", "exp": 4_102_444_800u64});
-    let sign = |alg, key: &jsonwebtoken::EncodingKey| {
-        jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, key).expect("token")
-    };
-    let hs256 = sign(
-        jsonwebtoken::Algorithm::HS256,
-        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    );
-    let es256 = sign(
-        jsonwebtoken::Algorithm::ES256,
-        &jsonwebtoken::EncodingKey::from_ec_pem(es_private.as_bytes()).expect("ES256 key"),
-    );
+    let hs_key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
+    let es_key = jsonwebtoken::EncodingKey::from_ec_pem(es_private.as_bytes()).expect("ES256 key");
+    let hs256 = sign(jsonwebtoken::Algorithm::HS256, &hs_key, 0);
+    let es256 = sign(jsonwebtoken::Algorithm::ES256, &es_key, 0);
     let value = |s: &str| HeaderValue::from_str(s).expect("header");
     let mut request = HeaderMap::new();
     for (n, v) in [
@@ -121,6 +122,8 @@ fn setup() -> Setup {
         response,
         hs256,
         es256,
+        hs_key,
+        es_key,
     }
 }
 
@@ -186,11 +189,31 @@ fn auth(c: &mut Criterion) {
     group.bench_function("apiKey (salted HMAC-SHA256)", |b| {
         b.iter(|| black_box(run_chain(&s.runtime, &apikey, s.request.clone())))
     });
-    group.bench_function("jwt HS256", |b| {
+    group.bench_function("jwt HS256 (cached)", |b| {
         b.iter(|| black_box(run_chain(&s.runtime, &jwths, with_hs.clone())))
     });
-    group.bench_function("jwt ES256", |b| {
+    group.bench_function("jwt ES256 (cached)", |b| {
         b.iter(|| black_box(run_chain(&s.runtime, &jwtes, with_es.clone())))
+    });
+    // A new token each time: signed outside the measurement.
+    let mut jti = 0;
+    let mut fresh = |alg, key| {
+        jti += 1;
+        bearer(&sign(alg, key, jti))
+    };
+    group.bench_function("jwt HS256 (new token)", |b| {
+        b.iter_batched(
+            || fresh(jsonwebtoken::Algorithm::HS256, &s.hs_key),
+            |h| black_box(run_chain(&s.runtime, &jwths, h)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("jwt ES256 (new token)", |b| {
+        b.iter_batched(
+            || fresh(jsonwebtoken::Algorithm::ES256, &s.es_key),
+            |h| black_box(run_chain(&s.runtime, &jwtes, h)),
+            criterion::BatchSize::SmallInput,
+        )
     });
     group.finish();
 }

@@ -479,6 +479,16 @@ async fn time_issuer_audience_and_claims_are_checked() -> anyhow::Result<()> {
     // Inside the leeway.
     let a = call(&gw, "strict.test", &with(json!({"exp": now() - 2}))).await;
     assert_eq!(a.status, 200, "{}", a.body);
+    // A token the gateway has verified (and cached) still expires on time:
+    // valid for three more seconds, then refused.
+    let soon = with(json!({"exp": now() - 2}));
+    let a = call(&gw, "strict.test", &soon).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_invalid(
+        &call(&gw, "strict.test", &soon).await,
+        "the token has expired",
+    );
 
     for (claims, why) in [
         (json!({"exp": now() - 60}), "the token has expired"),
@@ -527,7 +537,7 @@ async fn time_issuer_audience_and_claims_are_checked() -> anyhow::Result<()> {
             )
         );
     }
-    assert_eq!(b.hit_count(), 2);
+    assert_eq!(b.hit_count(), 3);
     // Denials are counted per route and reason.
     let metrics = gw.metrics().await?;
     assert!(metrics.contains("jwt-invalid"), "{metrics}");

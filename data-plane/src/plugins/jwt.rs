@@ -24,6 +24,9 @@
 //!    element of a list claim, is one of the values), `regex` (a string
 //!    claim, or an element of a list claim, matches; unanchored).
 //!
+//! A token that passed 2–5 is remembered by its verifier ([`cache`]); the
+//! next request with it runs only steps 4 and 5.
+//!
 //! Then `ctx.state.consumer` is the token's `sub`, and each
 //! `forwardClaims` entry is sent to the backend as a header: a string claim
 //! as is, anything else as compact JSON. Copies of those headers sent by
@@ -50,6 +53,7 @@
 //!
 //! Tokens and secrets are never logged.
 
+mod cache;
 mod jwks;
 
 use super::{Ctx, Denial, Flow, Phase, Plugin, Reason};
@@ -60,6 +64,8 @@ use jsonwebtoken::Algorithm;
 use jwks::{Jwks, Key};
 use nio_proto::model::{inline_key, parse_algorithm, JwtAuth, JwtVerifierSpec};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -122,6 +128,8 @@ pub struct CompiledVerifier {
     audiences: Vec<String>,
     leeway: f64,
     claims: Vec<ClaimRule>,
+    /// Tokens that verified and passed (see [`cache`]).
+    verified: cache::TokenCache,
 }
 
 impl std::fmt::Debug for CompiledVerifier {
@@ -216,11 +224,12 @@ impl CompiledVerifier {
             audiences: spec.audiences.clone(),
             leeway: spec.leeway.as_secs_f64(),
             claims,
+            verified: Default::default(),
         })
     }
 
     /// The token in the request, if any.
-    fn token(&self, headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    fn token<'a>(&self, headers: &'a HeaderMap, uri: &Uri) -> Option<Cow<'a, str>> {
         let token = match &self.source {
             Source::Bearer => {
                 let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -228,7 +237,7 @@ impl CompiledVerifier {
                 if !scheme.eq_ignore_ascii_case("bearer") {
                     return None;
                 }
-                token.trim().to_string()
+                Cow::Borrowed(token.trim())
             }
             Source::Header { name, prefix } => {
                 let value = headers.get(name)?.to_str().ok()?;
@@ -242,7 +251,7 @@ impl CompiledVerifier {
                         value.get(p.len()..)?
                     }
                 };
-                token.trim().to_string()
+                Cow::Borrowed(token.trim())
             }
             Source::Cookie(name) => headers
                 .get_all(header::COOKIE)
@@ -251,11 +260,19 @@ impl CompiledVerifier {
                 .flat_map(|v| v.split(';'))
                 .find_map(|pair| {
                     let (k, v) = pair.trim().split_once('=')?;
-                    (k.trim() == name).then(|| v.trim().trim_matches('"').to_string())
+                    (k.trim() == name).then(|| Cow::Borrowed(v.trim().trim_matches('"')))
                 })?,
-            Source::Query(name) => crate::route::query_param(uri.query()?, name)?,
+            Source::Query(name) => Cow::Owned(crate::route::query_param(uri.query()?, name)?),
         };
         (!token.is_empty()).then_some(token)
+    }
+
+    /// The JWKS key set's generation (0 without a JWKS); read before the
+    /// keys, so an entry is never newer than the keys that verified it.
+    fn generation(&self) -> u64 {
+        self.jwks
+            .as_ref()
+            .map_or(0, |j| j.generation.load(Ordering::Acquire))
     }
 
     /// Whether a key verifies the token's signature.
@@ -286,10 +303,7 @@ impl CompiledVerifier {
     }
 
     /// The time and issuer/audience checks, then the claim matchers.
-    fn check_claims(&self, claims: &Map<String, Value>) -> Result<(), Failure> {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+    fn check_claims(&self, claims: &Map<String, Value>, now: f64) -> Result<(), Failure> {
         let time = |name: &str| -> Result<Option<f64>, Failure> {
             match claims.get(name) {
                 None => Ok(None),
@@ -347,7 +361,7 @@ impl CompiledVerifier {
     /// Signature, then claims, once the keys are there.
     fn decide(&self, token: &Token) -> Result<(), Failure> {
         match self.verify_signature(token) {
-            Signature::Valid => self.check_claims(&token.claims),
+            Signature::Valid => self.check_claims(&token.claims, unix_now()),
             Signature::Invalid => Err(Failure::Invalid("the token's signature is not valid")),
             Signature::UnknownKey => Err(Failure::Invalid(
                 "no key of this verifier matches the token",
@@ -472,6 +486,13 @@ impl Token {
     }
 }
 
+/// Seconds since the epoch, as the time claims count them.
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// What may go in a quoted-string of `WWW-Authenticate` (RFC 6750 §3).
 fn quotable(message: &str) -> String {
     message
@@ -587,14 +608,28 @@ impl Plugin for JwtPlugin {
         let Some(raw) = verifier.token(ctx.headers, ctx.uri) else {
             return missing();
         };
-        let token = match Token::parse(raw, &verifier.algorithms) {
+        let now = unix_now();
+        let generation = verifier.generation();
+        if let Some(known) = verifier.verified.get(&raw, generation) {
+            return match verifier.check_claims(&known.claims, now) {
+                Ok(()) => {
+                    self.admit(ctx, &known.claims);
+                    Flow::Continue
+                }
+                Err(f) => f.flow(),
+            };
+        }
+        let token = match Token::parse(raw.into_owned(), &verifier.algorithms) {
             Ok(t) => t,
             Err(m) => return invalid(m),
         };
         match verifier.verify_signature(&token) {
-            Signature::Valid => match verifier.check_claims(&token.claims) {
+            Signature::Valid => match verifier.check_claims(&token.claims, now) {
                 Ok(()) => {
-                    self.admit(ctx, &token.claims);
+                    let known = verifier
+                        .verified
+                        .insert(&token.raw, token.claims, generation, now);
+                    self.admit(ctx, &known.claims);
                     Flow::Continue
                 }
                 Err(f) => f.flow(),

@@ -20,6 +20,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use nio_proto::model::{check_key, parse_algorithm, KeyKind};
 use sha2::{Sha256, Sha384, Sha512};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
@@ -201,6 +202,9 @@ pub(crate) struct Jwks {
     min_refresh: Duration,
     /// The current keys: what the request path reads.
     pub keys: ArcSwap<Vec<Key>>,
+    /// Bumped after each new key set, so tokens verified under older keys
+    /// are verified again (see `cache`).
+    pub generation: AtomicU64,
     fetch: Mutex<FetchState>,
     /// Wakes the task: a fetch was asked for, or the JWKS was dropped.
     wake: Arc<Notify>,
@@ -239,6 +243,7 @@ impl Jwks {
             refresh,
             min_refresh,
             keys: ArcSwap::from_pointee(Vec::new()),
+            generation: AtomicU64::new(0),
             fetch: Mutex::new(FetchState::default()),
             wake: Arc::new(Notify::new()),
             done: watch::Sender::new(0),
@@ -316,6 +321,7 @@ impl Jwks {
                     state.logged = summary;
                 }
                 self.keys.store(Arc::new(keys));
+                self.generation.fetch_add(1, Ordering::Release);
             }
             Err(error) => {
                 tracing::warn!(
