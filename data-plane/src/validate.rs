@@ -325,7 +325,7 @@ pub enum Framing {
 /// One pass over the bytes with a class table (it runs on every request;
 /// the tests check it against a plainer line-by-line version).
 pub fn judge_head(head: &[u8]) -> (Option<Rejection>, Framing) {
-    let first_end = head.iter().position(|b| *b == b'\n').unwrap_or(head.len());
+    let first_end = memchr::memchr(b'\n', head).unwrap_or(head.len());
     let mut facts = HeadFacts::new(&head[..first_end]);
     let mut i = first_end + 1;
     while i < head.len() {
@@ -351,10 +351,7 @@ pub fn judge_head(head: &[u8]) -> (Option<Rejection>, Framing) {
         // ...then the rest of the line, control characters stopping the
         // tight loop: the line's end, or a refusal.
         loop {
-            i += head[i.min(head.len())..]
-                .iter()
-                .position(|b| CLASS[*b as usize] & CTL != 0)
-                .unwrap_or(head.len() - i.min(head.len()));
+            i += until_ctl(&head[i.min(head.len())..]);
             match head.get(i) {
                 None | Some(b'\n') => break,
                 Some(b'\r') if head.get(i + 1) == Some(&b'\n') => break,
@@ -380,6 +377,33 @@ pub fn judge_head(head: &[u8]) -> (Option<Rejection>, Framing) {
         }
     }
     facts.verdict()
+}
+
+/// Where the first control character of `s` is (`s.len()` if none),
+/// eight bytes at a time: a header value rarely has one.
+fn until_ctl(s: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGHS: u64 = ONES * 0x80;
+    let is_ctl = |b: &u8| CLASS[*b as usize] & CTL != 0;
+    let mut i = 0;
+    while let Some(word) = s.get(i..i + 8) {
+        let Ok(bytes) = <[u8; 8]>::try_from(word) else {
+            break;
+        };
+        let w = u64::from_ne_bytes(bytes);
+        // Any byte below 0x20, or equal to 0x7f (exact as a yes/no).
+        let low = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+        let x = w ^ (ONES * 0x7f);
+        let del = x.wrapping_sub(ONES) & !x & HIGHS;
+        if low | del != 0 {
+            // A candidate (a tab is one too): look byte by byte.
+            if let Some(k) = word.iter().position(is_ctl) {
+                return i + k;
+            }
+        }
+        i += 8;
+    }
+    i + s[i..].iter().position(is_ctl).unwrap_or(s.len() - i)
 }
 
 /// What the rules need from a head's request line and fields.
@@ -724,7 +748,7 @@ fn take_head(buf: &[u8], data: &[u8]) -> (usize, bool) {
     // Only line ends can complete a head: jump from one to the next rather
     // than carrying state through every byte.
     let mut from = 0;
-    while let Some(offset) = data[from..].iter().position(|b| *b == b'\n') {
+    while let Some(offset) = memchr::memchr(b'\n', &data[from..]) {
         let i = from + offset;
         let prev1 = before(i, 1);
         if prev1 == Some(b'\n') || (prev1 == Some(b'\r') && before(i, 2) == Some(b'\n')) {
@@ -1116,6 +1140,26 @@ GET /c HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\
             .body(())
             .unwrap();
         assert_eq!(check(&mut req, &limits), Err(Rejection::UriTooLong));
+    }
+
+    #[test]
+    fn until_ctl_finds_the_first_control_character() {
+        let reference = |s: &[u8]| {
+            s.iter()
+                .position(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f)
+                .unwrap_or(s.len())
+        };
+        for b in 0..=255u8 {
+            for at in 0..20 {
+                for len in [at + 1, 20, 27] {
+                    // A tab early on, then `b` at `at`.
+                    let mut s = vec![b'a'; len];
+                    s[at] = b;
+                    s[at / 2] = if at > 1 { b'\t' } else { s[at / 2] };
+                    assert_eq!(until_ctl(&s), reference(&s), "{b:#x} at {at} of {len}");
+                }
+            }
+        }
     }
 
     /// The first, line-by-line way of reading a head's fields: the
