@@ -24,8 +24,8 @@
 //!    element of a list claim, is one of the values), `regex` (a string
 //!    claim, or an element of a list claim, matches; unanchored).
 //!
-//! A token that passed 2–5 is remembered by its verifier ([`cache`]); the
-//! next request with it runs only steps 4 and 5.
+//! A token that passed 2–5 twice is remembered by its verifier
+//! ([`cache`]); the next requests with it run only steps 4 and 5.
 //!
 //! Then `ctx.state.consumer` is the token's `sub`, and each
 //! `forwardClaims` entry is sent to the backend as a header: a string claim
@@ -626,10 +626,10 @@ impl Plugin for JwtPlugin {
         match verifier.verify_signature(&token) {
             Signature::Valid => match verifier.check_claims(&token.claims, now) {
                 Ok(()) => {
-                    let known = verifier
+                    self.admit(ctx, &token.claims);
+                    verifier
                         .verified
                         .insert(&token.raw, token.claims, generation, now);
-                    self.admit(ctx, &known.claims);
                     Flow::Continue
                 }
                 Err(f) => f.flow(),
