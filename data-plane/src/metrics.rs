@@ -1,20 +1,57 @@
 //! Counters kept by the data plane and rendered for Prometheus on the ops
 //! listener. The request path only does relaxed atomic increments on
 //! counters it already holds (a route's [`RouteStats`] lives in its
-//! compiled route); the registry's lock is taken when a snapshot is
-//! compiled or `/metrics` is scraped, never per request.
+//! compiled route; its counters are allocated by the route's first
+//! request, so a large table of idle routes costs little); the registry's
+//! lock is taken when a snapshot is compiled or `/metrics` is scraped,
+//! never per request.
 
 use crate::plugins::Reason;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use nio_proto::LATENCY_BUCKETS_MS;
 
 /// Per-route counters, kept across snapshots while the route exists.
+/// Empty until the route's first request: the counters are 296 bytes, and
+/// most routes of a large table may never see one.
 #[derive(Debug, Default)]
-pub struct RouteStats {
+pub struct RouteStats(OnceLock<Box<Counters>>);
+
+/// What an idle route reports.
+static IDLE: Counters = Counters {
+    by_class: [const { AtomicU64::new(0) }; 5],
+    duration_us: AtomicU64::new(0),
+    latency: [const { AtomicU64::new(0) }; LATENCY_BUCKETS_MS.len() + 1],
+    denials: [const { AtomicU64::new(0) }; Reason::ALL.len()],
+    bytes_in: AtomicU64::new(0),
+    bytes_out: AtomicU64::new(0),
+};
+
+impl RouteStats {
+    /// The counters to count in (made by the first call).
+    pub fn counters(&self) -> &Counters {
+        self.0.get_or_init(Box::default)
+    }
+
+    /// The counters to read: zeros while the route has seen no request.
+    pub fn read(&self) -> &Counters {
+        self.0.get().map_or(&IDLE, |c| c)
+    }
+
+    pub fn denied(&self, reason: Reason) {
+        self.counters().denials[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record(&self, status: u16, micros: u64) {
+        self.counters().record(status, micros);
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Counters {
     /// Responses by status class: index 0 = 1xx … 4 = 5xx.
     pub by_class: [AtomicU64; 5],
     /// Sum of request durations (microseconds), for the mean latency.
@@ -29,12 +66,8 @@ pub struct RouteStats {
     pub bytes_out: AtomicU64,
 }
 
-impl RouteStats {
-    pub fn denied(&self, reason: Reason) {
-        self.denials[reason.index()].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn record(&self, status: u16, micros: u64) {
+impl Counters {
+    fn record(&self, status: u16, micros: u64) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].fetch_add(1, Ordering::Relaxed);
         self.duration_us.fetch_add(micros, Ordering::Relaxed);
@@ -111,6 +144,7 @@ impl Metrics {
         nio_proto::v1::DataPlaneMetrics {
             routes: routes
                 .iter()
+                .map(|(name, s)| (name, s.read()))
                 .map(|(name, s)| nio_proto::v1::RouteMetrics {
                     route: name.clone(),
                     by_class: s.by_class.iter().map(g).collect(),
@@ -139,7 +173,7 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         for (name, stats) in &routes {
-            for (i, c) in stats.by_class.iter().enumerate() {
+            for (i, c) in stats.read().by_class.iter().enumerate() {
                 let _ = writeln!(
                     out,
                     "nio_requests_total{{route=\"{name}\",code=\"{}xx\"}} {}",
@@ -157,15 +191,15 @@ impl Metrics {
                 &mut out,
                 "nio_request_duration_seconds",
                 name,
-                &stats.cumulative(),
-                g(&stats.duration_us),
+                &stats.read().cumulative(),
+                g(&stats.read().duration_us),
             );
         }
         for (metric, help, read) in [
             (
                 "nio_request_body_bytes_total",
                 "Request body bytes received from clients, by route.",
-                (|s: &RouteStats| &s.bytes_in) as fn(&RouteStats) -> &AtomicU64,
+                (|s: &Counters| &s.bytes_in) as fn(&Counters) -> &AtomicU64,
             ),
             (
                 "nio_response_body_bytes_total",
@@ -175,7 +209,11 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
             for (name, stats) in &routes {
-                let _ = writeln!(out, "{metric}{{route=\"{name}\"}} {}", g(read(stats)));
+                let _ = writeln!(
+                    out,
+                    "{metric}{{route=\"{name}\"}} {}",
+                    g(read(stats.read()))
+                );
             }
         }
         let _ = writeln!(
@@ -184,7 +222,7 @@ impl Metrics {
         );
         for (name, stats) in &routes {
             for reason in Reason::ALL {
-                let n = g(&stats.denials[reason.index()]);
+                let n = g(&stats.read().denials[reason.index()]);
                 if n > 0 {
                     let _ = writeln!(
                         out,

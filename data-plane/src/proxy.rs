@@ -388,8 +388,9 @@ impl Drop for Exchange {
             )
         });
         if let (Some(stats), Some((bytes_in, bytes_out))) = (&self.stats, bytes) {
-            stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
-            stats.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+            let c = stats.counters();
+            c.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+            c.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
         }
         if let Some((mut record, log)) = self.log.take() {
             if let Some((bytes_in, bytes_out)) = bytes {
