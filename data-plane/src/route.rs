@@ -28,7 +28,7 @@ pub struct CompiledRoute {
     query: Vec<(String, Test)>,
     pub backend: Arc<BackendPool>,
     /// `stripPath` is a rewrite to `/`.
-    rewrite: Option<PathPattern>,
+    rewrite: Option<Box<PathPattern>>,
     host: HostRule,
     pub request_headers: CompiledRules,
     pub response_headers: CompiledRules,
@@ -72,9 +72,13 @@ pub enum HostRule {
     Override(HeaderValue),
 }
 
-/// Header rules with names and values parsed.
+/// Header rules with names and values parsed; a pointer when there are
+/// none (most routes of a large table), 72 bytes more when there are.
 #[derive(Debug, Default)]
-pub struct CompiledRules {
+pub struct CompiledRules(Option<Box<Rules>>);
+
+#[derive(Debug)]
+struct Rules {
     remove: Vec<HeaderName>,
     set: Vec<(HeaderName, HeaderValue)>,
     add: Vec<(HeaderName, HeaderValue)>,
@@ -89,7 +93,7 @@ impl CompiledRules {
                 HeaderValue::from_str(v).map_err(|e| format!("{n}: {e}"))?,
             ))
         };
-        Ok(CompiledRules {
+        let rules = Rules {
             remove: rules
                 .remove
                 .iter()
@@ -97,17 +101,22 @@ impl CompiledRules {
                 .collect::<Result<_, _>>()?,
             set: rules.set.iter().map(pair).collect::<Result<_, _>>()?,
             add: rules.add.iter().map(pair).collect::<Result<_, _>>()?,
-        })
+        };
+        let empty = rules.remove.is_empty() && rules.set.is_empty() && rules.add.is_empty();
+        Ok(CompiledRules((!empty).then(|| Box::new(rules))))
     }
 
     pub fn apply(&self, headers: &mut HeaderMap) {
-        for n in &self.remove {
+        let Some(rules) = &self.0 else {
+            return;
+        };
+        for n in &rules.remove {
             headers.remove(n);
         }
-        for (n, v) in &self.set {
+        for (n, v) in &rules.set {
             headers.insert(n.clone(), v.clone());
         }
-        for (n, v) in &self.add {
+        for (n, v) in &rules.add {
             headers.append(n.clone(), v.clone());
         }
     }
@@ -167,7 +176,7 @@ impl CompiledRoute {
             headers,
             query,
             backend,
-            rewrite,
+            rewrite: rewrite.map(Box::new),
             host,
             request_headers: CompiledRules::new(&spec.request_headers)?,
             response_headers: CompiledRules::new(&spec.response_headers)?,
