@@ -187,12 +187,14 @@ impl Metrics {
             "# HELP nio_request_duration_seconds Time to serve requests, by route.\n# TYPE nio_request_duration_seconds histogram"
         );
         for (name, stats) in &routes {
+            // One read: the count and the sum from the same counters.
+            let stats = stats.read();
             nio_proto::write_latency_histogram(
                 &mut out,
                 "nio_request_duration_seconds",
                 name,
-                &stats.read().cumulative(),
-                g(&stats.read().duration_us),
+                &stats.cumulative(),
+                g(&stats.duration_us),
             );
         }
         for (metric, help, read) in [

@@ -21,9 +21,11 @@
 //! - Sixteen shards, each a hash table behind a read-write lock: a hit
 //!   takes one shard's read lock (many requests read at once), only a miss
 //!   that verifies takes its write lock. Tokens are hashed with a
-//!   per-process random key (SipHash), so a client cannot aim a token at a
-//!   cached one's bucket to time the comparison.
-//! - At most [`CAPACITY`] tokens: when a shard is full, its expired tokens
+//!   per-process random key (SipHash) and compared only when the whole
+//!   64-bit hash matches, so a client cannot aim a token at a cached one
+//!   to time the comparison.
+//! - At most [`CAPACITY`] tokens of at most 4 KiB each (longer ones are
+//!   verified on every request): when a shard is full, its expired tokens
 //!   and those of older keys go, and if that is not enough the shard starts
 //!   over (its tokens are verified once more).
 
@@ -38,6 +40,9 @@ pub const CAPACITY: usize = 4096;
 const SHARDS: usize = 16;
 /// Slots of the table of tokens seen once (8 bytes each).
 const SEEN: usize = 4096;
+/// Longest token kept (a JWT is usually under 2 KiB): with the count, this
+/// bounds the cache's memory.
+const MAX_TOKEN: usize = 4096;
 
 /// A token that verified, and what the request path reads from it.
 pub struct Verified {
@@ -72,8 +77,9 @@ impl Default for TokenCache {
 impl TokenCache {
     fn locate(&self, token: &str) -> (u64, &RwLock<HashTable<Entry>>) {
         let hash = self.hasher.hash_one(token);
-        // The top bits pick the shard; the table uses the low ones.
-        (hash, &self.shards[(hash >> 60) as usize % SHARDS])
+        // Middle bits pick the shard: the table takes its buckets from the
+        // low bits and its 7-bit tags from the top ones.
+        (hash, &self.shards[(hash >> 32) as usize % SHARDS])
     }
 
     /// The verified token, if it is cached under the current keys.
@@ -81,7 +87,7 @@ impl TokenCache {
         let (hash, shard) = self.locate(token);
         let table = shard.read().unwrap_or_else(PoisonError::into_inner);
         table
-            .find(hash, |e| &*e.token == token)
+            .find(hash, |e| e.hash == hash && &*e.token == token)
             .map(|e| &e.verified)
             .filter(|v| v.generation == generation)
             .cloned()
@@ -89,6 +95,9 @@ impl TokenCache {
 
     /// A token that just verified and passed: kept if it was seen before.
     pub fn insert(&self, token: &str, claims: Map<String, Value>, generation: u64, now: f64) {
+        if token.len() > MAX_TOKEN {
+            return;
+        }
         let (hash, shard) = self.locate(token);
         let slot = &self.seen[hash as usize % SEEN];
         if slot.swap(hash, Ordering::Relaxed) != hash {
@@ -96,7 +105,7 @@ impl TokenCache {
         }
         let verified = Arc::new(Verified { claims, generation });
         let mut table = shard.write().unwrap_or_else(PoisonError::into_inner);
-        if let Ok(mut old) = table.find_entry(hash, |e| &*e.token == token) {
+        if let Ok(mut old) = table.find_entry(hash, |e| e.hash == hash && &*e.token == token) {
             old.get_mut().verified = verified;
             return;
         }
@@ -161,6 +170,17 @@ mod tests {
             cache.insert(&format!("once{i}"), claims(500), 0, 10.0);
         }
         assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn long_tokens_are_not_kept() {
+        let cache = TokenCache::default();
+        let long = "t".repeat(MAX_TOKEN + 1);
+        keep(&cache, &long, claims(500), 10.0);
+        assert!(cache.get(&long, 0).is_none());
+        let fits = "t".repeat(MAX_TOKEN);
+        keep(&cache, &fits, claims(500), 10.0);
+        assert!(cache.get(&fits, 0).is_some());
     }
 
     #[test]

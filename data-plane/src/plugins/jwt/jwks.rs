@@ -19,7 +19,7 @@ use hmac::{Hmac, Mac};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use nio_proto::model::{check_key, parse_algorithm, KeyKind};
-use sha2::{Sha256, Sha384, Sha512};
+use sha2::{Digest, Sha256, Sha384, Sha512};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -219,6 +219,9 @@ struct FetchState {
     requested: bool,
     /// What was last logged about the key set, to log changes only.
     logged: String,
+    /// SHA-256 of the JWKS document whose keys are installed: the same
+    /// document again changes nothing (and keeps the cached tokens).
+    installed: Option<[u8; 32]>,
 }
 
 impl Jwks {
@@ -295,13 +298,14 @@ impl Jwks {
             state.last_start = Some(Instant::now());
         }
         let result = match self.download().await {
-            Ok(body) => parse_jwks(&body, &self.accepted),
+            Ok(body) => parse_jwks(&body, &self.accepted)
+                .map(|(keys, skipped)| (keys, skipped, Sha256::digest(&body).into())),
             Err(e) => Err(e),
         };
         let ok = result.is_ok();
         let mut state = self.state();
         match result {
-            Ok((keys, skipped)) => {
+            Ok((keys, skipped, digest)) => {
                 let kids: Vec<&str> = keys
                     .iter()
                     .map(|k| k.kid.as_deref().unwrap_or("-"))
@@ -320,8 +324,11 @@ impl Jwks {
                     }
                     state.logged = summary;
                 }
-                self.keys.store(Arc::new(keys));
-                self.generation.fetch_add(1, Ordering::Release);
+                if state.installed != Some(digest) {
+                    self.keys.store(Arc::new(keys));
+                    self.generation.fetch_add(1, Ordering::Release);
+                    state.installed = Some(digest);
+                }
             }
             Err(error) => {
                 tracing::warn!(
