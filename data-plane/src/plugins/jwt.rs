@@ -558,6 +558,24 @@ impl JwtPlugin {
         })
     }
 
+    /// The claims of a token whose signature holds: checked (time,
+    /// issuer, audience, matchers), then admitted.
+    fn pass(
+        &self,
+        ctx: &mut Ctx<'_>,
+        verifier: &CompiledVerifier,
+        claims: &Map<String, Value>,
+        now: f64,
+    ) -> Flow {
+        match verifier.check_claims(claims, now) {
+            Ok(()) => {
+                self.admit(ctx, claims);
+                Flow::Continue
+            }
+            Err(f) => f.flow(),
+        }
+    }
+
     /// The caller is who the token says: `consumer` and the forwarded
     /// claims.
     fn admit(&self, ctx: &mut Ctx<'_>, claims: &Map<String, Value>) {
@@ -611,29 +629,22 @@ impl Plugin for JwtPlugin {
         let now = unix_now();
         let generation = verifier.generation();
         if let Some(known) = verifier.verified.get(&raw, generation) {
-            return match verifier.check_claims(&known.claims, now) {
-                Ok(()) => {
-                    self.admit(ctx, &known.claims);
-                    Flow::Continue
-                }
-                Err(f) => f.flow(),
-            };
+            return self.pass(ctx, verifier, &known.claims, now);
         }
         let token = match Token::parse(raw.into_owned(), &verifier.algorithms) {
             Ok(t) => t,
             Err(m) => return invalid(m),
         };
         match verifier.verify_signature(&token) {
-            Signature::Valid => match verifier.check_claims(&token.claims, now) {
-                Ok(()) => {
-                    self.admit(ctx, &token.claims);
+            Signature::Valid => {
+                let flow = self.pass(ctx, verifier, &token.claims, now);
+                if matches!(flow, Flow::Continue) {
                     verifier
                         .verified
                         .insert(&token.raw, token.claims, generation, now);
-                    Flow::Continue
                 }
-                Err(f) => f.flow(),
-            },
+                flow
+            }
             Signature::Invalid => invalid("the token's signature is not valid"),
             Signature::UnknownKey => {
                 let Some(mut fetched) = verifier.jwks.as_ref().and_then(|j| j.request_refresh())
