@@ -39,7 +39,7 @@ fn table(n: usize) -> Router<R> {
             .iter()
             .enumerate()
             .map(|(i, (name, hosts, paths))| RouteEntry {
-                name,
+                name: name.as_str().into(),
                 hosts,
                 paths,
                 exact: false,

@@ -48,7 +48,8 @@ pub struct Record {
     pub host: String,
     pub path: String,
     pub protocol: &'static str,
-    pub route: Option<String>,
+    /// The route's name, shared with the route (no copy per request).
+    pub route: Option<Arc<str>>,
     pub target: Option<String>,
     pub status: u16,
     /// The gateway's error code when the gateway answered (`X-Nio-Error`).
@@ -84,7 +85,7 @@ impl Record {
     /// record is not written after).
     fn into_event(self) -> nio_proto::v1::event::Kind {
         nio_proto::v1::event::Kind::Gateway(nio_proto::v1::GatewayEvent {
-            route: self.route.unwrap_or_default(),
+            route: self.route.as_deref().unwrap_or_default().to_string(),
             backend: String::new(),
             target: self.target.unwrap_or_default(),
             method: self.method,

@@ -90,7 +90,7 @@ impl Counters {
 
 #[derive(Debug, Default)]
 pub struct Metrics {
-    routes: Mutex<BTreeMap<String, Arc<RouteStats>>>,
+    routes: Mutex<BTreeMap<Arc<str>, Arc<RouteStats>>>,
     /// Requests that matched no route.
     pub unrouted: AtomicU64,
     /// Requests answered 502/504 because the backend failed.
@@ -122,9 +122,9 @@ pub struct Metrics {
 
 impl Metrics {
     /// The stats of `route`, shared with earlier compilations of it.
-    pub fn route(&self, route: &str) -> Arc<RouteStats> {
+    pub fn route(&self, route: &Arc<str>) -> Arc<RouteStats> {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        routes.entry(route.to_string()).or_default().clone()
+        routes.entry(route.clone()).or_default().clone()
     }
 
     pub fn route_count(&self) -> usize {
@@ -146,7 +146,7 @@ impl Metrics {
                 .iter()
                 .map(|(name, s)| (name, s.read()))
                 .map(|(name, s)| nio_proto::v1::RouteMetrics {
-                    route: name.clone(),
+                    route: name.to_string(),
                     by_class: s.by_class.iter().map(g).collect(),
                     duration_us: g(&s.duration_us),
                     latency_buckets: s.cumulative(),

@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 #[derive(Debug)]
 pub struct CompiledRoute {
-    pub name: String,
+    /// Shared with the runtime's map of routes, the router and the metrics.
+    pub name: Arc<str>,
     /// The Route's resourceVersion this was compiled from.
     pub version: u64,
     pub hosts: Vec<String>,
@@ -125,10 +126,11 @@ impl CompiledRules {
 impl CompiledRoute {
     pub fn new(
         route: &Route,
+        name: Arc<str>,
         backend: Arc<BackendPool>,
         stats: Arc<RouteStats>,
     ) -> Result<CompiledRoute, String> {
-        let (name, version, spec) = (&route.metadata.name, route.resource_version(), &route.spec);
+        let (version, spec) = (route.resource_version(), &route.spec);
         let f = &spec.frontend;
         let paths = f
             .paths
@@ -167,7 +169,8 @@ impl CompiledRoute {
             (None, false) => HostRule::Target,
         };
         Ok(CompiledRoute {
-            name: name.to_string(),
+            plugins: Chain::build(&spec.plugins, "spec.plugins", &format!("route/{name}"))?,
+            name,
             version,
             hosts: f.hosts.clone(),
             paths,
@@ -183,7 +186,6 @@ impl CompiledRoute {
             access_log: spec.access_log,
             event_sample_percent: spec.event_sample_percent,
             labels: route.metadata.labels.clone(),
-            plugins: Chain::build(&spec.plugins, "spec.plugins", &format!("route/{name}"))?,
             stats,
             tls: spec.tls.clone(),
             client_subject_header: spec

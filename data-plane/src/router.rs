@@ -87,18 +87,97 @@ struct Group<R> {
     root: Node,
 }
 
-/// One path segment. The lists index `entries`, for patterns ending here:
-/// `prefix` (`/a/b`: the path may end here or go on), `trailing` (`/a/b/`:
-/// the path must go on), `exact` (the path must end here) and
-/// `exact_trailing` (the path must be exactly this plus `/`).
+/// One path segment of the trie. `ends` indexes `entries` for the patterns
+/// that end here, in rank order, each tagged (top two bits) with how its
+/// path may go on: see [`End`].
+///
+/// Memory matters here (a 100,000-route table has a node per route), so a
+/// node is 72 bytes: children in a short list until there are more than
+/// [`FEW`], one list of ends instead of four, and everything shrunk to fit
+/// once the group is built.
 #[derive(Debug, Default)]
 struct Node {
-    literal: HashMap<Box<str>, Node, BuildFnv>,
+    literal: Children,
     param: Option<Box<Node>>,
-    prefix: Vec<u32>,
-    trailing: Vec<u32>,
-    exact: Vec<u32>,
-    exact_trailing: Vec<u32>,
+    ends: Vec<u32>,
+}
+
+/// Literal children: searched in order while few, hashed beyond.
+#[derive(Debug)]
+enum Children {
+    Few(Vec<(Box<str>, Node)>),
+    Many(HashMap<Box<str>, Node, BuildFnv>),
+}
+
+impl Default for Children {
+    fn default() -> Self {
+        Children::Few(Vec::new())
+    }
+}
+
+/// Up to this many literal children are kept in a list.
+const FEW: usize = 8;
+
+/// How a pattern ending at a node may match (the tag of an [`Node::ends`]
+/// item). Entry indexes stay below `INDEX` (a billion paths per host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// `/a/b`: the path may end here or go on.
+    Prefix = 0,
+    /// `/a/b/`: the path must go on.
+    Trailing = 1,
+    /// `/a/b` exactly.
+    Exact = 2,
+    /// `/a/b/` exactly.
+    ExactTrailing = 3,
+}
+
+const INDEX: u32 = (1 << 30) - 1;
+
+impl Children {
+    fn get(&self, seg: &str) -> Option<&Node> {
+        match self {
+            Children::Few(list) => list.iter().find(|(k, _)| &**k == seg).map(|(_, n)| n),
+            Children::Many(map) => map.get(seg),
+        }
+    }
+
+    fn get_or_insert(&mut self, seg: &str) -> &mut Node {
+        if let Children::Few(list) = self {
+            if list.len() >= FEW && !list.iter().any(|(k, _)| &**k == seg) {
+                *self = Children::Many(list.drain(..).collect());
+            }
+        }
+        match self {
+            Children::Few(list) => match list.iter().position(|(k, _)| &**k == seg) {
+                Some(i) => &mut list[i].1,
+                None => {
+                    list.push((seg.into(), Node::default()));
+                    &mut list.last_mut().expect("just pushed").1
+                }
+            },
+            Children::Many(map) => map.entry(seg.into()).or_default(),
+        }
+    }
+}
+
+impl Node {
+    fn shrink(&mut self) {
+        self.ends.shrink_to_fit();
+        if let Some(p) = &mut self.param {
+            p.shrink();
+        }
+        match &mut self.literal {
+            Children::Few(list) => {
+                list.shrink_to_fit();
+                list.iter_mut().for_each(|(_, n)| n.shrink());
+            }
+            Children::Many(map) => {
+                map.shrink_to_fit();
+                map.values_mut().for_each(Node::shrink);
+            }
+        }
+    }
 }
 
 impl<R> Group<R> {
@@ -109,18 +188,20 @@ impl<R> Group<R> {
             let mut node = &mut root;
             for seg in &e.pattern.segments {
                 node = match seg {
-                    Segment::Literal(l) => node.literal.entry(l.as_str().into()).or_default(),
+                    Segment::Literal(l) => node.literal.get_or_insert(l),
                     Segment::Param(_) => node.param.get_or_insert_with(Default::default),
                 };
             }
-            let list = match (e.exact, e.pattern.trailing_slash) {
-                (false, false) => &mut node.prefix,
-                (false, true) => &mut node.trailing,
-                (true, false) => &mut node.exact,
-                (true, true) => &mut node.exact_trailing,
+            let end = match (e.exact, e.pattern.trailing_slash) {
+                (false, false) => End::Prefix,
+                (false, true) => End::Trailing,
+                (true, false) => End::Exact,
+                (true, true) => End::ExactTrailing,
             };
-            list.push(i as u32);
+            // Pushed in index order, so each node's list stays ranked.
+            node.ends.push((end as u32) << 30 | (i as u32 & INDEX));
         }
+        root.shrink();
         Group { entries, root }
     }
 
@@ -145,36 +226,36 @@ impl<R> Group<R> {
         accept: &mut impl FnMut(&R) -> bool,
         best: &mut u32,
     ) {
-        let mut consider = |list: &[u32]| {
-            // Lists are in rank order: the first accepted one is the best here.
-            for &i in list {
-                if i >= *best {
-                    break;
-                }
-                if accept(&self.entries[i as usize].route) {
-                    *best = i;
-                    break;
-                }
+        let fits = |end: u32| match rest {
+            None => end == End::Prefix as u32 || end == End::Exact as u32,
+            Some(more) => {
+                end == End::Prefix as u32
+                    || end == End::Trailing as u32
+                    || (end == End::ExactTrailing as u32 && more.is_empty())
             }
         };
-        consider(&node.prefix);
-        match rest {
-            None => consider(&node.exact),
-            Some(more) => {
-                consider(&node.trailing);
-                if more.is_empty() {
-                    consider(&node.exact_trailing);
-                }
-                let (seg, next) = match more.split_once('/') {
-                    Some((seg, next)) => (seg, Some(next)),
-                    None => (more, None),
-                };
-                if let Some(child) = node.literal.get(seg) {
-                    self.visit(child, next, accept, best);
-                }
-                if let Some(child) = node.param.as_deref().filter(|_| !seg.is_empty()) {
-                    self.visit(child, next, accept, best);
-                }
+        // The list is in rank order: the first that fits and is accepted
+        // is the best here.
+        for &tagged in &node.ends {
+            let i = tagged & INDEX;
+            if i >= *best {
+                break;
+            }
+            if fits(tagged >> 30) && accept(&self.entries[i as usize].route) {
+                *best = i;
+                break;
+            }
+        }
+        if let Some(more) = rest {
+            let (seg, next) = match more.split_once('/') {
+                Some((seg, next)) => (seg, Some(next)),
+                None => (more, None),
+            };
+            if let Some(child) = node.literal.get(seg) {
+                self.visit(child, next, accept, best);
+            }
+            if let Some(child) = node.param.as_deref().filter(|_| !seg.is_empty()) {
+                self.visit(child, next, accept, best);
             }
         }
     }
@@ -269,7 +350,7 @@ fn keys(hosts: &[String]) -> Vec<Key> {
 /// One route as the router sees it.
 #[derive(Debug)]
 pub struct RouteEntry<'a, R> {
-    pub name: &'a str,
+    pub name: Arc<str>,
     /// No hosts: any host.
     pub hosts: &'a [String],
     /// No paths: `/`.
@@ -290,7 +371,7 @@ impl<R> RouteEntry<'_, R> {
                 trailing_slash: true,
             })
         });
-        let name: Arc<str> = self.name.into();
+        let name = self.name.clone();
         self.paths
             .iter()
             .cloned()
@@ -477,7 +558,7 @@ mod tests {
             .collect();
         Router::build(routes.iter().zip(&owned).map(
             |((name, _, _, exact, methods), (hosts, paths))| RouteEntry {
-                name,
+                name: (*name).into(),
                 hosts,
                 paths,
                 exact: *exact,
@@ -609,7 +690,7 @@ mod tests {
         );
         let old_b = strings(&["x.test", "*.test"]);
         let entry = |name: &'static str, hosts, paths| RouteEntry {
-            name,
+            name: name.into(),
             hosts,
             paths,
             exact: false,
@@ -684,10 +765,12 @@ mod tests {
     }
 
     /// The trie agrees with the plain rule (every pattern tried, the most
-    /// specific match wins) on every combination of these patterns and paths.
+    /// specific match wins) on every combination of these patterns and paths
+    /// (with enough children under `/a` to turn its list into a map).
     #[test]
     fn trie_matches_the_plain_rule() {
-        let patterns = [
+        let many: Vec<String> = (0..=FEW).map(|i| format!("/a/c{i}")).collect();
+        let mut patterns = vec![
             ("/", false),
             ("/a", false),
             ("/a/", false),
@@ -701,9 +784,14 @@ mod tests {
             ("/a", true),
             ("/", true),
         ];
+        patterns.extend(
+            many.iter()
+                .enumerate()
+                .map(|(i, p)| (p.as_str(), i % 2 == 0)),
+        );
         let paths = [
             "/", "/a", "/a/", "/a/b", "/a/bc", "/a/b/", "/a/b/c/d", "/ab", "/abc", "//", "//z",
-            "/x", "/x/", "/x/y", "", "*", "/q/b/c", "/a//",
+            "/x", "/x/", "/x/y", "", "*", "/q/b/c", "/a//", "/a/c3", "/a/c8/z", "/a/c7/", "/a/c10",
         ];
         for n in 1..=patterns.len() {
             for start in 0..patterns.len() {

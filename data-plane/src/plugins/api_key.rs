@@ -125,7 +125,7 @@ impl CompiledKey {
         if self.routes.is_empty() && self.selector.is_none() {
             return true;
         }
-        self.routes.contains(&route.name)
+        self.routes.iter().any(|r| **r == *route.name)
             || self
                 .selector
                 .as_ref()
