@@ -17,7 +17,7 @@ use crate::identity::{self, Identity};
 use crate::metrics::Metrics;
 use crate::runtime::{compile, Runtime, RuntimeSlot};
 use nio_proto::model::{Config, Kind};
-use nio_proto::snapshot::{ResourceSet, SnapshotError};
+use nio_proto::snapshot::{Digests, ResourceSet, SnapshotError};
 use nio_proto::v1::config_sync_client::ConfigSyncClient;
 use nio_proto::v1::{control_plane_message, data_plane_message, DataPlaneMessage};
 use nio_proto::v1::{Ack, Goodbye, Heartbeat, Hello, Nack};
@@ -57,14 +57,16 @@ pub struct SyncOptions {
     pub backoff_max: Duration,
 }
 
-/// What this data plane holds: the wire resources (for deltas and the
-/// hash) and their decoded form (so a delta decodes only what changed).
+/// What this data plane holds: each resource's version and digest (to
+/// check deltas and to say what it holds) and the decoded configuration (so
+/// a delta decodes only what changed). The encoded bodies are not kept: the
+/// cache is written by encoding the configuration again.
 #[derive(Debug)]
 struct Held {
     revision: u64,
     /// The set's content hash (verified when it arrived).
     hash: String,
-    set: ResourceSet,
+    digests: Digests,
     config: Config,
 }
 
@@ -93,7 +95,10 @@ impl Refusal {
 }
 
 fn write_cache(cache: &Cache, held: &Held) {
-    if let Err(e) = cache.store(&held.set.to_snapshot(held.revision)) {
+    // The same model encodes the same bytes the control plane sent, so the
+    // hash is the one it knows; a data plane whose model differs writes a
+    // cache that is consistent in itself, and catches up on reconnect.
+    if let Err(e) = cache.store(&nio_proto::snapshot::encode(&held.config, held.revision)) {
         // Serving goes on; only a restart without the control plane would
         // miss this revision.
         tracing::warn!(error = %e, "cannot write the snapshot cache");
@@ -152,7 +157,7 @@ impl Applier {
     /// Revision, hash and inventory for the `Hello`.
     pub fn holding(&self) -> (u64, String, Vec<ResourceKey>) {
         match self.held() {
-            Some(h) => (h.revision, h.hash.clone(), h.set.keys()),
+            Some(h) => (h.revision, h.hash.clone(), h.digests.keys()),
             None => (0, String::new(), Vec::new()),
         }
     }
@@ -165,7 +170,7 @@ impl Applier {
             Held {
                 revision: snapshot.revision,
                 hash: snapshot.hash.clone(),
-                set,
+                digests: Digests::of(&set),
                 config,
             },
             None,
@@ -184,7 +189,7 @@ impl Applier {
                 held: held.revision,
             }));
         }
-        let set = held.set.apply(delta).map_err(Refusal::diverged)?;
+        let digests = held.digests.apply(delta).map_err(Refusal::diverged)?;
         let config =
             nio_proto::snapshot::apply_to_config(&held.config, delta).map_err(Refusal::invalid)?;
         let changed: Vec<(Kind, String)> = delta
@@ -198,7 +203,7 @@ impl Applier {
             Held {
                 revision: delta.revision,
                 hash: delta.hash.clone(),
-                set,
+                digests,
                 config,
             },
             Some(&changed),

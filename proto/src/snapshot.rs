@@ -90,6 +90,17 @@ fn digest(r: &v1::Resource) -> [u8; 32] {
     h.finalize().into()
 }
 
+fn check_hash(actual: String, expected: &str) -> Result<(), SnapshotError> {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(SnapshotError::HashMismatch {
+            expected: expected.to_string(),
+            actual,
+        })
+    }
+}
+
 /// Hex SHA-256 over the per-resource digests, in (kind, name) order.
 fn combine<'a>(digests: impl Iterator<Item = &'a [u8; 32]>) -> String {
     let mut h = Sha256::new();
@@ -257,15 +268,7 @@ impl ResourceSet {
     }
 
     fn check_hash(&self, expected: &str) -> Result<(), SnapshotError> {
-        let actual = self.hash();
-        if actual == expected {
-            Ok(())
-        } else {
-            Err(SnapshotError::HashMismatch {
-                expected: expected.to_string(),
-                actual,
-            })
-        }
+        check_hash(self.hash(), expected)
     }
 
     /// What a data plane announces it holds.
@@ -366,6 +369,84 @@ impl ResourceSet {
             next.insert(r.clone());
         }
         next.check_hash(&delta.hash)?;
+        Ok(next)
+    }
+}
+
+/// A set without its bodies: each resource's version and digest, which is
+/// all a holder needs to check deltas against their hash and to say what it
+/// holds. A data plane keeps this next to its decoded [`Config`] (the
+/// bodies would be a second copy of everything it serves) and writes its
+/// cache by encoding the `Config` again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Digests {
+    entries: imbl::OrdMap<CompactKey, (u64, [u8; 32])>,
+}
+
+/// (kind, name), ordered as [`Key`]; known kinds borrow their static name.
+type CompactKey = (Cow<'static, str>, Box<str>);
+
+fn kind_key(kind: &str) -> Cow<'static, str> {
+    match Kind::from_kind_field(kind) {
+        Some(k) => Cow::Borrowed(k.as_str()),
+        None => Cow::Owned(kind.to_string()),
+    }
+}
+
+impl Digests {
+    pub fn of(set: &ResourceSet) -> Digests {
+        Digests {
+            entries: set
+                .resources
+                .values()
+                .map(|e| {
+                    let r = &e.resource;
+                    let key = (kind_key(&r.kind), r.name.as_str().into());
+                    (key, (r.resource_version, e.digest))
+                })
+                .collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn hash(&self) -> String {
+        combine(self.entries.values().map(|(_, d)| d))
+    }
+
+    /// What a data plane announces it holds.
+    pub fn keys(&self) -> Vec<v1::ResourceKey> {
+        self.entries
+            .iter()
+            .map(|((kind, name), (version, _))| v1::ResourceKey {
+                kind: kind.to_string(),
+                name: name.to_string(),
+                resource_version: *version,
+            })
+            .collect()
+    }
+
+    /// Applies a delta and checks the result against its hash, as
+    /// [`ResourceSet::apply`] does.
+    pub fn apply(&self, delta: &v1::Delta) -> Result<Digests, SnapshotError> {
+        let mut next = self.clone();
+        for k in &delta.removals {
+            next.entries
+                .remove(&(kind_key(&k.kind), k.name.as_str().into()));
+        }
+        for r in &delta.upserts {
+            next.entries.insert(
+                (kind_key(&r.kind), r.name.as_str().into()),
+                (r.resource_version, digest(r)),
+            );
+        }
+        check_hash(next.hash(), &delta.hash)?;
         Ok(next)
     }
 }
@@ -489,5 +570,37 @@ mod tests {
             other.apply(&delta),
             Err(SnapshotError::HashMismatch { .. })
         ));
+    }
+
+    /// A holder of digests alone follows the same deltas to the same
+    /// hashes, announces the same keys, and refuses what the set refuses;
+    /// and encoding the decoded configuration again (how a data plane
+    /// writes its cache) gives back the control plane's hash.
+    #[test]
+    fn digests_follow_the_set() {
+        let old_config = sample();
+        let old = ResourceSet::from_resources(old_config.iter().map(encode_resource));
+        let mut new_config = old_config.clone();
+        new_config.insert(backend("b", 2, 5));
+        new_config.insert(backend("c", 3, 6));
+        new_config.remove(Kind::Route, "r");
+        let new = ResourceSet::from_resources(new_config.iter().map(encode_resource));
+
+        let held = Digests::of(&old);
+        assert_eq!((held.hash(), held.keys()), (old.hash(), old.keys()));
+        let delta = new.delta_from_set(&old, 4, 6);
+        let next = held.apply(&delta).unwrap();
+        assert_eq!((next.hash(), next.keys()), (new.hash(), new.keys()));
+        assert_eq!(next.apply(&old.delta_from_set(&new, 6, 7)).unwrap(), held);
+        let mut other = old_config.clone();
+        other.insert(backend("d", 4, 2));
+        let other = ResourceSet::from_resources(other.iter().map(encode_resource));
+        assert!(matches!(
+            Digests::of(&other).apply(&delta),
+            Err(SnapshotError::HashMismatch { .. })
+        ));
+
+        let decoded = decode_set(&new).unwrap();
+        assert_eq!(encode(&decoded, 6).hash, new.hash());
     }
 }
