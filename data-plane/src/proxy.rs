@@ -545,7 +545,7 @@ impl Proxy {
             l.record.emit_event = emit_event;
             ctx.log = Some(l);
         }
-        if route.tls != RouteTls::default() {
+        if *route.tls != RouteTls::default() {
             if let Some(stop) = self.route_tls(&route, &mut req, ctx.tls.as_deref(), host) {
                 return self.stopped(stop, &route, ctx, started);
             }

@@ -10,7 +10,7 @@ use crate::upstream::BackendPool;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Method;
 use nio_proto::model::{
-    compile_regex, HeaderRules, Matcher, PathPattern, Route, RouteTls, Segment,
+    compile_regex, HeaderRules, Matcher, PathPattern, Route, RouteTls, Segment, Sparse,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,7 +41,7 @@ pub struct CompiledRoute {
     pub plugins: Chain,
     pub stats: Arc<RouteStats>,
     /// HTTPS redirect and client certificates.
-    pub tls: RouteTls,
+    pub tls: Sparse<RouteTls>,
     pub client_subject_header: Option<HeaderName>,
 }
 

@@ -72,7 +72,7 @@ impl Config {
 
     pub fn backends(&self) -> impl Iterator<Item = &Backend> {
         self.of_kind(Kind::Backend).filter_map(|r| match r {
-            AnyResource::Backend(b) => Some(b),
+            AnyResource::Backend(b) => Some(&**b),
             _ => None,
         })
     }

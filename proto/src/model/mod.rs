@@ -18,6 +18,7 @@ mod global;
 mod jwt;
 mod plugins;
 mod route;
+mod sparse;
 
 pub use apikey::{
     credential_hash, hmac_finish, hmac_states, parse_time, ApiKeyQuotas, ApiKeySpec, Credential,
@@ -44,6 +45,7 @@ pub use route::{
     compile_regex, is_header_name, ClientAuth, FrontendSpec, HeaderRules, LabelSelector, Matcher,
     PathPattern, RouteSpec, RouteTls, Segment,
 };
+pub use sparse::{Empty, Sparse};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -228,11 +230,12 @@ pub fn join_errors(errors: &[FieldError]) -> String {
 #[error("{0}")]
 pub struct DecodeError(pub FieldError);
 
-/// A resource of any kind.
+/// A resource of any kind. An enum is as large as its largest variant and
+/// routes are the many, so kinds larger than a Route are boxed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AnyResource {
     Route(Route),
-    Backend(Backend),
+    Backend(Box<Backend>),
     ApiKey(ApiKey),
     JwtVerifier(JwtVerifier),
     GlobalConfig(GlobalConfig),
@@ -294,7 +297,7 @@ impl AnyResource {
         }
         Ok(match kind {
             Kind::Route => AnyResource::Route(decode(value)?),
-            Kind::Backend => AnyResource::Backend(decode(value)?),
+            Kind::Backend => AnyResource::Backend(Box::new(decode(value)?)),
             Kind::ApiKey => AnyResource::ApiKey(decode(value)?),
             Kind::JwtVerifier => AnyResource::JwtVerifier(decode(value)?),
             Kind::GlobalConfig => AnyResource::GlobalConfig(decode(value)?),

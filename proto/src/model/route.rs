@@ -1,7 +1,7 @@
 //! `Route`: which requests (host, path, method, headers, query) go to which
 //! Backend, and how the request and response are rewritten on the way.
 
-use super::FieldError;
+use super::{Empty, FieldError, Sparse};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -21,10 +21,10 @@ pub struct RouteSpec {
     pub host_override: Option<String>,
     /// Changes to the request before it goes to the backend.
     #[serde(default, skip_serializing_if = "HeaderRules::is_empty")]
-    pub request_headers: HeaderRules,
+    pub request_headers: Sparse<HeaderRules>,
     /// Changes to the backend's response before it goes to the client.
     #[serde(default, skip_serializing_if = "HeaderRules::is_empty")]
-    pub response_headers: HeaderRules,
+    pub response_headers: Sparse<HeaderRules>,
     /// Plugins, run in phase order (then in this order within a phase).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<super::PluginSpec>,
@@ -40,7 +40,7 @@ pub struct RouteSpec {
     pub data_plane_selector: Option<LabelSelector>,
     /// HTTPS-only serving and client certificates (mTLS).
     #[serde(default, skip_serializing_if = "is_default")]
-    pub tls: RouteTls,
+    pub tls: Sparse<RouteTls>,
 }
 
 /// What a route asks of TLS on the data plane's HTTPS listener.
@@ -65,6 +65,18 @@ pub struct RouteTls {
     /// this header (any value the client sent in it is removed first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_subject_header: Option<String>,
+}
+
+impl Empty for RouteTls {
+    fn empty() -> &'static Self {
+        static EMPTY: RouteTls = RouteTls {
+            redirect_http: false,
+            client_auth: ClientAuth::None,
+            client_ca: None,
+            client_subject_header: None,
+        };
+        &EMPTY
+    }
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -205,6 +217,17 @@ pub struct HeaderRules {
     pub set: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub add: BTreeMap<String, String>,
+}
+
+impl Empty for HeaderRules {
+    fn empty() -> &'static Self {
+        static EMPTY: HeaderRules = HeaderRules {
+            remove: Vec::new(),
+            set: BTreeMap::new(),
+            add: BTreeMap::new(),
+        };
+        &EMPTY
+    }
 }
 
 impl HeaderRules {
