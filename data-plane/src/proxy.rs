@@ -671,7 +671,7 @@ impl Proxy {
                 message,
             )));
         }
-        if let Some(name) = &route.client_subject_header {
+        if let Some(name) = route.client_subject_header.as_deref() {
             let headers = req.headers_mut();
             headers.remove(name);
             if let Some(v) = cert.and_then(|c| HeaderValue::from_bytes(c.subject.as_bytes()).ok()) {

@@ -19,14 +19,12 @@ use std::sync::Arc;
 pub struct CompiledRoute {
     /// Shared with the runtime's map of routes, the router and the metrics.
     pub name: Arc<str>,
-    /// The Route's resourceVersion this was compiled from.
-    pub version: u64,
     pub hosts: Vec<String>,
-    pub paths: Vec<Arc<PathPattern>>,
+    pub paths: Box<[Arc<PathPattern>]>,
     pub exact: bool,
-    methods: Vec<Method>,
-    headers: Vec<(HeaderName, Test)>,
-    query: Vec<(String, Test)>,
+    /// Method, header and query conditions; a pointer for the many routes
+    /// without any.
+    conditions: Option<Box<Conditions>>,
     pub backend: Arc<BackendPool>,
     /// `stripPath` is a rewrite to `/`.
     rewrite: Option<Box<PathPattern>>,
@@ -37,12 +35,19 @@ pub struct CompiledRoute {
     /// Percentage of requests that become GatewayEvents.
     event_sample_percent: u8,
     /// The Route's labels (API keys may select routes by label).
-    pub labels: BTreeMap<String, String>,
+    pub labels: Sparse<BTreeMap<String, String>>,
     pub plugins: Chain,
     pub stats: Arc<RouteStats>,
     /// HTTPS redirect and client certificates.
     pub tls: Sparse<RouteTls>,
-    pub client_subject_header: Option<HeaderName>,
+    pub client_subject_header: Option<Box<HeaderName>>,
+}
+
+#[derive(Debug)]
+struct Conditions {
+    methods: Vec<Method>,
+    headers: Vec<(HeaderName, Test)>,
+    query: Vec<(String, Test)>,
 }
 
 #[derive(Debug)]
@@ -130,19 +135,20 @@ impl CompiledRoute {
         backend: Arc<BackendPool>,
         stats: Arc<RouteStats>,
     ) -> Result<CompiledRoute, String> {
-        let (version, spec) = (route.resource_version(), &route.spec);
+        let spec = &route.spec;
         let f = &spec.frontend;
         let paths = f
             .paths
             .iter()
             .map(|p| PathPattern::parse(p).map(Arc::new))
-            .collect::<Result<_, _>>()?;
-        let methods = f
+            .collect::<Result<Vec<_>, _>>()?
+            .into_boxed_slice();
+        let methods: Vec<Method> = f
             .methods
             .iter()
             .map(|m| Method::from_bytes(m.as_bytes()).map_err(|e| format!("{m}: {e}")))
             .collect::<Result<_, _>>()?;
-        let headers = f
+        let headers: Vec<_> = f
             .headers
             .iter()
             .map(|m| {
@@ -151,11 +157,19 @@ impl CompiledRoute {
                 Ok((name, test(m)?))
             })
             .collect::<Result<_, String>>()?;
-        let query = f
+        let query: Vec<_> = f
             .query
             .iter()
             .map(|m| Ok((m.name.clone(), test(m)?)))
             .collect::<Result<_, String>>()?;
+        let conditions =
+            (!(methods.is_empty() && headers.is_empty() && query.is_empty())).then(|| {
+                Box::new(Conditions {
+                    methods,
+                    headers,
+                    query,
+                })
+            });
         let rewrite = match (&f.rewrite, f.strip_path) {
             (Some(r), _) => Some(PathPattern::parse(r)?),
             (None, true) => Some(PathPattern::parse("/")?),
@@ -171,13 +185,10 @@ impl CompiledRoute {
         Ok(CompiledRoute {
             plugins: Chain::build(&spec.plugins, "spec.plugins", &format!("route/{name}"))?,
             name,
-            version,
             hosts: f.hosts.clone(),
             paths,
             exact: f.exact,
-            methods,
-            headers,
-            query,
+            conditions,
             backend,
             rewrite: rewrite.map(Box::new),
             host,
@@ -185,7 +196,7 @@ impl CompiledRoute {
             response_headers: CompiledRules::new(&spec.response_headers)?,
             access_log: spec.access_log,
             event_sample_percent: spec.event_sample_percent,
-            labels: route.metadata.labels.clone(),
+            labels: route.metadata.labels.clone().into(),
             stats,
             tls: spec.tls.clone(),
             client_subject_header: spec
@@ -193,7 +204,8 @@ impl CompiledRoute {
                 .client_subject_header
                 .as_deref()
                 .map(|h| HeaderName::from_bytes(h.as_bytes()).map_err(|e| format!("{h}: {e}")))
-                .transpose()?,
+                .transpose()?
+                .map(Box::new),
         })
     }
 
@@ -208,17 +220,21 @@ impl CompiledRoute {
 
     /// Method, header and query conditions, for ranking ties.
     pub fn conditions(&self) -> u32 {
-        u32::from(!self.methods.is_empty()) + self.headers.len() as u32 + self.query.len() as u32
+        self.conditions.as_ref().map_or(0, |c| {
+            u32::from(!c.methods.is_empty()) + c.headers.len() as u32 + c.query.len() as u32
+        })
     }
 
     /// Whether the request meets this route's conditions.
     pub fn accepts(&self, method: &Method, headers: &HeaderMap, query: Option<&str>) -> bool {
-        (self.methods.is_empty() || self.methods.contains(method))
-            && self
-                .headers
+        let Some(c) = &self.conditions else {
+            return true;
+        };
+        (c.methods.is_empty() || c.methods.contains(method))
+            && c.headers
                 .iter()
                 .all(|(name, t)| t.check(headers.get(name).map(HeaderValue::as_bytes)))
-            && self.query.iter().all(|(name, t)| {
+            && c.query.iter().all(|(name, t)| {
                 let value = query.and_then(|q| query_param(q, name));
                 t.check(value.as_deref().map(str::as_bytes))
             })
@@ -243,7 +259,7 @@ impl CompiledRoute {
             match seg {
                 Segment::Literal(l) => out.push_str(l),
                 Segment::Param(p) => {
-                    if let Some((_, v)) = params(pattern, path).find(|(n, _)| n == p) {
+                    if let Some((_, v)) = params(pattern, path).find(|(n, _)| *n == &**p) {
                         out.push_str(v);
                     }
                 }

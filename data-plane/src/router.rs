@@ -315,7 +315,7 @@ pub fn params<'p>(
         .iter()
         .zip(path.get(1..).unwrap_or("").split('/'))
         .filter_map(|(seg, value)| match seg {
-            Segment::Param(name) => Some((name.as_str(), value)),
+            Segment::Param(name) => Some((&**name, value)),
             Segment::Literal(_) => None,
         })
 }
@@ -367,7 +367,7 @@ impl<R> RouteEntry<'_, R> {
     fn entries(&self) -> impl Iterator<Item = Entry<R>> + '_ {
         let root = self.paths.is_empty().then(|| {
             Arc::new(PathPattern {
-                segments: Vec::new(),
+                segments: Box::default(),
                 trailing_slash: true,
             })
         });
@@ -740,7 +740,7 @@ mod tests {
         let segs: Vec<&str> = rest.split('/').collect();
         let n = pattern.segments.len();
         let segment_ok = |(p, s): (&Segment, &&str)| match p {
-            Segment::Literal(l) => l == s,
+            Segment::Literal(l) => **l == **s,
             Segment::Param(_) => !s.is_empty(),
         };
         // "/" splits into one empty segment: the root pattern consumes none.

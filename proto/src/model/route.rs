@@ -434,16 +434,18 @@ impl RouteSpec {
 /// One segment of a path pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Segment {
-    Literal(String),
+    Literal(Box<str>),
     /// `:name`: any one non-empty segment.
-    Param(String),
+    Param(Box<str>),
 }
 
 /// A parsed path: `/users/:id/` is `[Literal(users), Param(id)]` with a
-/// trailing slash. `/` has no segments and a trailing slash.
+/// trailing slash. `/` has no segments and a trailing slash. Kept per
+/// route on the data plane, so sized to fit (a boxed slice of boxed
+/// strings).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PathPattern {
-    pub segments: Vec<Segment>,
+    pub segments: Box<[Segment]>,
     /// The pattern ends with '/': as a prefix it needs more path after it
     /// (`/a/` matches `/a/b`, not `/a`).
     pub trailing_slash: bool,
@@ -467,24 +469,24 @@ impl PathPattern {
                                 "\"{path}\": \":{name}\" is not a parameter; name it with letters, digits and '_', like :id"
                             ));
                         }
-                        if segments.contains(&Segment::Param(name.to_string())) {
+                        if segments.contains(&Segment::Param(name.into())) {
                             return Err(format!("\"{path}\": parameter :{name} appears twice"));
                         }
-                        segments.push(Segment::Param(name.to_string()));
+                        segments.push(Segment::Param(name.into()));
                     }
-                    None => segments.push(Segment::Literal(seg.to_string())),
+                    None => segments.push(Segment::Literal(seg.into())),
                 }
             }
         }
         Ok(PathPattern {
-            segments,
+            segments: segments.into(),
             trailing_slash,
         })
     }
 
     pub fn params(&self) -> impl Iterator<Item = &str> {
         self.segments.iter().filter_map(|s| match s {
-            Segment::Param(p) => Some(p.as_str()),
+            Segment::Param(p) => Some(&**p),
             Segment::Literal(_) => None,
         })
     }
@@ -565,14 +567,14 @@ mod tests {
         }
         let p = PathPattern::parse("/users/:id/").unwrap();
         assert_eq!(
-            p.segments,
+            *p.segments,
             [
                 Segment::Literal("users".into()),
                 Segment::Param("id".into())
             ]
         );
         assert!(p.trailing_slash);
-        assert_eq!(PathPattern::parse("/").unwrap().segments, []);
+        assert!(PathPattern::parse("/").unwrap().segments.is_empty());
         for bad in ["/a/:", "/a/:1x", "/:id/:id", "/a/:b-c"] {
             assert!(PathPattern::parse(bad).is_err(), "{bad}");
         }

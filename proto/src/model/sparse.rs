@@ -9,6 +9,7 @@
 //! first use, and it is (de)serialized exactly as the value.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 
@@ -19,6 +20,13 @@ pub struct Sparse<T>(Option<Box<T>>);
 /// equal `T::default()`.
 pub trait Empty: Default + PartialEq + 'static {
     fn empty() -> &'static Self;
+}
+
+impl Empty for BTreeMap<String, String> {
+    fn empty() -> &'static Self {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        &EMPTY
+    }
 }
 
 impl<T: Empty> Deref for Sparse<T> {
