@@ -5,9 +5,11 @@
 //! temporary file, fsync and rename: a crash leaves the old or the new file,
 //! never a torn one.
 
+use nio_proto::model::Config;
 use nio_proto::v1::Snapshot;
 use prost::Message;
-use std::io::Write;
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 const FILE: &str = "snapshot.pb";
@@ -42,18 +44,32 @@ impl Cache {
     }
 
     pub fn store(&self, snapshot: &Snapshot) -> std::io::Result<()> {
+        self.write(|out| out.write_all(&snapshot.encode_to_vec()))
+    }
+
+    /// Stores the snapshot of `config` at `revision`, encoded one resource
+    /// at a time (see [`nio_proto::snapshot::write_encoded`]).
+    pub fn store_config(&self, config: &Config, revision: u64) -> std::io::Result<()> {
+        self.write(|out| nio_proto::snapshot::write_encoded(config, revision, out))
+    }
+
+    fn write(
+        &self,
+        contents: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         let tmp = self.dir.join(format!("{FILE}.tmp"));
         // Owner only: the snapshot holds certificate keys and verifier
         // secrets.
-        let mut f = std::fs::OpenOptions::new()
+        let f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(&snapshot.encode_to_vec())?;
-        f.sync_all()?;
+        let mut out = BufWriter::new(f);
+        contents(&mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         std::fs::rename(&tmp, self.dir.join(FILE))?;
         // Make the rename itself durable.
         std::fs::File::open(&self.dir)?.sync_all()

@@ -98,7 +98,7 @@ fn write_cache(cache: &Cache, held: &Held) {
     // The same model encodes the same bytes the control plane sent, so the
     // hash is the one it knows; a data plane whose model differs writes a
     // cache that is consistent in itself, and catches up on reconnect.
-    if let Err(e) = cache.store(&nio_proto::snapshot::encode(&held.config, held.revision)) {
+    if let Err(e) = cache.store_config(&held.config, held.revision) {
         // Serving goes on; only a restart without the control plane would
         // miss this revision.
         tracing::warn!(error = %e, "cannot write the snapshot cache");
