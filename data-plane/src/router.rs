@@ -93,8 +93,8 @@ struct Group<R> {
 ///
 /// Memory matters here (a 100,000-route table has a node per route), so a
 /// node is 72 bytes: children in a short list until there are more than
-/// [`FEW`], one list of ends instead of four, and everything shrunk to fit
-/// once the group is built.
+/// [`FEW`], one list of ends instead of four, and lists shrunk to fit once
+/// the group is built.
 #[derive(Debug, Default)]
 struct Node {
     literal: Children,
@@ -172,10 +172,9 @@ impl Node {
                 list.shrink_to_fit();
                 list.iter_mut().for_each(|(_, n)| n.shrink());
             }
-            Children::Many(map) => {
-                map.shrink_to_fit();
-                map.values_mut().for_each(Node::shrink);
-            }
+            // A map already has the fewest buckets for its entries (it
+            // grows by doubling); fewer would only lengthen probes.
+            Children::Many(map) => map.values_mut().for_each(Node::shrink),
         }
     }
 }
