@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
             .iter()
             .enumerate()
             .map(|(i, (name, hosts, paths, exact))| RouteEntry {
-                name,
+                name: name.as_str().into(),
                 hosts,
                 paths,
                 exact: *exact,
@@ -60,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
             .iter()
             .zip(range)
             .map(|((name, hosts, paths, exact), i)| RouteEntry {
-                name,
+                name: name.as_str().into(),
                 hosts,
                 paths,
                 exact: *exact,

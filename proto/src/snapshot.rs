@@ -174,10 +174,11 @@ pub fn encode(config: &Config, revision: u64) -> v1::Snapshot {
     ResourceSet::from_resources(config.iter().map(encode_resource)).to_snapshot(revision)
 }
 
-/// Writes the snapshot of `config` at `revision` to `out`, encoded as
-/// [`encode`] would, one resource at a time: what is held while writing is
-/// one resource's JSON and 64 bytes per resource for the hash, not a second
-/// copy of the configuration (the data plane writes its cache this way).
+/// Writes the snapshot of `config` at `revision` to `out`: the snapshot
+/// [`encode`] makes (its resources in the configuration's order), encoded
+/// one resource at a time. What is held meanwhile is one resource's JSON
+/// and 64 bytes per resource for the hash, not a second copy of the
+/// configuration (the data plane writes its cache this way).
 pub fn write_encoded(config: &Config, revision: u64, out: &mut impl Write) -> std::io::Result<()> {
     use prost::encoding;
     let mut buf = Vec::new();
@@ -249,8 +250,12 @@ impl ResourceSet {
 
     /// The resources of a full snapshot, after checking its hash.
     pub fn from_snapshot(snapshot: &v1::Snapshot) -> Result<ResourceSet, SnapshotError> {
-        let snapshot = expand(snapshot)?;
-        let set = ResourceSet::from_resources(snapshot.resources.iter().cloned());
+        // An expanded snapshot is ours to take apart: no second copy of
+        // every name while the set is built.
+        let set = match expand(snapshot)? {
+            Cow::Owned(expanded) => ResourceSet::from_resources(expanded.resources),
+            Cow::Borrowed(s) => ResourceSet::from_resources(s.resources.iter().cloned()),
+        };
         set.check_hash(&snapshot.hash)?;
         Ok(set)
     }
@@ -432,14 +437,6 @@ impl Digests {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     pub fn hash(&self) -> String {
         combine(self.entries.values().map(|(_, d)| d))
     }
@@ -566,14 +563,25 @@ mod tests {
         ));
     }
 
+    fn set_of(config: &Config) -> ResourceSet {
+        ResourceSet::from_resources(config.iter().map(encode_resource))
+    }
+
+    /// `config` with `added` put in (replacing resources of the same name).
+    fn with(config: &Config, added: impl IntoIterator<Item = AnyResource>) -> Config {
+        let mut config = config.clone();
+        for r in added {
+            config.insert(r);
+        }
+        config
+    }
+
     #[test]
     fn deltas_carry_only_changes_and_reproduce_the_target() {
         let old_config = sample();
-        let old = ResourceSet::from_resources(old_config.iter().map(encode_resource));
-        let mut new_config = old_config.clone();
-        new_config.insert(backend("b", 2, 5));
-        new_config.insert(backend("c", 3, 6));
-        let new = ResourceSet::from_resources(new_config.iter().map(encode_resource));
+        let old = set_of(&old_config);
+        let new_config = with(&old_config, [backend("b", 2, 5), backend("c", 3, 6)]);
+        let new = set_of(&new_config);
         let delta = new.delta_from_set(&old, 4, 6);
         let names: Vec<_> = delta.upserts.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["b", "c"]);
@@ -587,9 +595,7 @@ mod tests {
         assert_eq!(new.apply(&back).unwrap(), old);
 
         // A delta applied to the wrong base fails its hash check.
-        let mut other = old_config.clone();
-        other.insert(backend("d", 4, 2));
-        let other = ResourceSet::from_resources(other.iter().map(encode_resource));
+        let other = set_of(&with(&old_config, [backend("d", 4, 2)]));
         assert!(matches!(
             other.apply(&delta),
             Err(SnapshotError::HashMismatch { .. })
@@ -603,12 +609,10 @@ mod tests {
     #[test]
     fn digests_follow_the_set() {
         let old_config = sample();
-        let old = ResourceSet::from_resources(old_config.iter().map(encode_resource));
-        let mut new_config = old_config.clone();
-        new_config.insert(backend("b", 2, 5));
-        new_config.insert(backend("c", 3, 6));
+        let old = set_of(&old_config);
+        let mut new_config = with(&old_config, [backend("b", 2, 5), backend("c", 3, 6)]);
         new_config.remove(Kind::Route, "r");
-        let new = ResourceSet::from_resources(new_config.iter().map(encode_resource));
+        let new = set_of(&new_config);
 
         let held = Digests::of(&old);
         assert_eq!((held.hash(), held.keys()), (old.hash(), old.keys()));
@@ -616,9 +620,7 @@ mod tests {
         let next = held.apply(&delta).unwrap();
         assert_eq!((next.hash(), next.keys()), (new.hash(), new.keys()));
         assert_eq!(next.apply(&old.delta_from_set(&new, 6, 7)).unwrap(), held);
-        let mut other = old_config.clone();
-        other.insert(backend("d", 4, 2));
-        let other = ResourceSet::from_resources(other.iter().map(encode_resource));
+        let other = set_of(&with(&old_config, [backend("d", 4, 2)]));
         assert!(matches!(
             Digests::of(&other).apply(&delta),
             Err(SnapshotError::HashMismatch { .. })
