@@ -8,8 +8,7 @@
 use nio_proto::model::Config;
 use nio_proto::v1::Snapshot;
 use prost::Message;
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 const FILE: &str = "snapshot.pb";
@@ -43,20 +42,9 @@ impl Cache {
         }
     }
 
-    pub fn store(&self, snapshot: &Snapshot) -> std::io::Result<()> {
-        self.write(|out| out.write_all(&snapshot.encode_to_vec()))
-    }
-
     /// Stores the snapshot of `config` at `revision`, encoded one resource
     /// at a time (see [`nio_proto::snapshot::write_encoded`]).
-    pub fn store_config(&self, config: &Config, revision: u64) -> std::io::Result<()> {
-        self.write(|out| nio_proto::snapshot::write_encoded(config, revision, out))
-    }
-
-    fn write(
-        &self,
-        contents: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
-    ) -> std::io::Result<()> {
+    pub fn store(&self, config: &Config, revision: u64) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         let tmp = self.dir.join(format!("{FILE}.tmp"));
         // Owner only: the snapshot holds certificate keys and verifier
@@ -68,7 +56,7 @@ impl Cache {
             .mode(0o600)
             .open(&tmp)?;
         let mut out = BufWriter::new(f);
-        contents(&mut out)?;
+        nio_proto::snapshot::write_encoded(config, revision, &mut out)?;
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         std::fs::rename(&tmp, self.dir.join(FILE))?;
         // Make the rename itself durable.
@@ -80,19 +68,29 @@ impl Cache {
 mod tests {
     use super::*;
 
+    /// What is stored loads back as the snapshot the control plane would
+    /// send for the same configuration: same resources, same hash.
     #[test]
     fn round_trip() {
+        use nio_proto::model::AnyResource;
+        use serde_json::json;
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path()).unwrap();
         assert_eq!(cache.load().unwrap(), None);
-        let s = Snapshot {
-            revision: 7,
-            hash: "h".into(),
-            resources: vec![],
-            resources_gzip: Default::default(),
-        };
-        cache.store(&s).unwrap();
-        assert_eq!(cache.load().unwrap(), Some(s));
+        let config: Config = [
+            json!({"apiVersion": "nio.dev/v1", "kind": "Backend", "metadata": {"name": "b"},
+                   "spec": {"targets": [{"url": "http://127.0.0.1:1"}]}}),
+            json!({"apiVersion": "nio.dev/v1", "kind": "Route", "metadata": {"name": "r"},
+                   "spec": {"frontend": {"hosts": ["a.test"]}, "backend": "b"}}),
+        ]
+        .into_iter()
+        .map(|v| AnyResource::from_value(v).unwrap())
+        .collect();
+        cache.store(&config, 7).unwrap();
+        let loaded = cache.load().unwrap().unwrap();
+        assert_eq!(loaded.revision, 7);
+        assert_eq!(loaded.hash, nio_proto::snapshot::encode(&config, 7).hash);
+        assert_eq!(nio_proto::snapshot::decode(&loaded).unwrap(), config);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join(FILE))
             .unwrap()

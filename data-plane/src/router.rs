@@ -21,7 +21,7 @@
 //! percent-decoding.
 
 use nio_proto::model::{PathPattern, Segment};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// What a match yields: the route and the path pattern that matched (for
@@ -342,7 +342,9 @@ fn keys(hosts: &[String]) -> Vec<Key> {
             }
         })
         .collect();
-    keys.dedup();
+    // A host listed twice would put the route's entries in its group twice.
+    let mut seen = HashSet::new();
+    keys.retain(|k| seen.insert(k.clone()));
     keys
 }
 

@@ -98,7 +98,7 @@ fn write_cache(cache: &Cache, held: &Held) {
     // The same model encodes the same bytes the control plane sent, so the
     // hash is the one it knows; a data plane whose model differs writes a
     // cache that is consistent in itself, and catches up on reconnect.
-    if let Err(e) = cache.store_config(&held.config, held.revision) {
+    if let Err(e) = cache.store(&held.config, held.revision) {
         // Serving goes on; only a restart without the control plane would
         // miss this revision.
         tracing::warn!(error = %e, "cannot write the snapshot cache");
@@ -168,7 +168,8 @@ impl Applier {
             let set = ResourceSet::from_snapshot(snapshot).map_err(Refusal::invalid)?;
             let config = nio_proto::snapshot::decode_set(&set).map_err(Refusal::invalid)?;
             (Digests::of(&set), config)
-            // The encoded set goes before compiling: a smaller peak.
+            // The set's copy of the resources goes before compiling: a
+            // smaller peak (a gzip snapshot's whole expansion goes with it).
         };
         self.install(
             Held {
