@@ -48,6 +48,11 @@ pub struct TooLarge(pub u64);
 #[error("no data for {0:?} (idle timeout)")]
 pub struct IdleTimeout(pub Duration);
 
+/// A request's body as the proxy receives it: none for a request read by
+/// our own HTTP/1 server ([`crate::front`], which only takes requests
+/// without a body), or hyper's.
+pub type ClientBody = Option<Incoming>;
+
 /// Where a request body comes from.
 #[derive(Debug)]
 pub enum Source {
@@ -122,15 +127,16 @@ impl UpBody {
     /// `body` sent as is; with `replay`, held until read so a retry can
     /// take it back.
     pub fn request(
-        body: Incoming,
+        body: ClientBody,
         idle: Duration,
         counters: Option<&Arc<Counters>>,
         replay: bool,
     ) -> (UpBody, Option<Replay>) {
         let counters = counters.cloned();
-        if body.is_end_stream() {
-            return (Streamed::wrap(Source::Empty, idle, counters, true), None);
-        }
+        let body = match body {
+            Some(body) if !body.is_end_stream() => body,
+            _ => return (Streamed::wrap(Source::Empty, idle, counters, true), None),
+        };
         if !replay {
             return (
                 Streamed::wrap(Source::Direct(body), idle, counters, true),

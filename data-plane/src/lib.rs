@@ -26,6 +26,8 @@
 //!   control plane.
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`server`]: listeners, ops endpoints and the shutdown drain.
+//! - [`front`]: our own HTTP/1.1 server for requests without a body
+//!   (hyper serves the rest).
 //! - [`stall`]: cutting clients that stop reading.
 //! - [`tls`]: TLS termination by SNI, client certificates, and TLS toward
 //!   backends.
@@ -39,6 +41,7 @@ pub mod body;
 pub mod cache;
 pub mod events;
 pub mod forwarded;
+pub mod front;
 pub mod identity;
 pub mod metrics;
 pub mod plugins;

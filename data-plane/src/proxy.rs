@@ -19,7 +19,7 @@
 //! and an `X-Nio-Error` header naming the cause.
 
 use crate::access_log::{millis, AccessLog, Record, Sink};
-use crate::body::{BoxError, Counters, DownBody, Replay, UpBody};
+use crate::body::{BoxError, ClientBody, Counters, DownBody, Replay, UpBody};
 use crate::forwarded::{Peer, TrustedProxies};
 use crate::metrics::Metrics;
 use crate::plugins::{self, Chain, Denial, Flow};
@@ -37,7 +37,6 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use nio_proto::model::{ClientAuth, PathPattern, RouteTls};
 use std::net::IpAddr;
@@ -441,7 +440,7 @@ impl Proxy {
         }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, peer: Arc<Peer>) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<ClientBody>, peer: Arc<Peer>) -> Response<ProxyBody> {
         let http1 = req.version() <= Version::HTTP_11;
         let mut resp = self.serve(req, peer).await;
         let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -486,7 +485,7 @@ impl Proxy {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn serve(&self, mut req: Request<Incoming>, peer: Arc<Peer>) -> Response<ProxyBody> {
+    async fn serve(&self, mut req: Request<ClientBody>, peer: Arc<Peer>) -> Response<ProxyBody> {
         let started = Instant::now();
         let request_id = request_id(req.headers());
         let client_ip = self
@@ -632,7 +631,7 @@ impl Proxy {
     fn route_tls(
         &self,
         route: &CompiledRoute,
-        req: &mut Request<Incoming>,
+        req: &mut Request<ClientBody>,
         tls: Option<&TlsConn>,
         host: &str,
     ) -> Option<Stop> {
@@ -683,7 +682,7 @@ impl Proxy {
 
     /// The access-log record of a request, from what is known before it
     /// is routed.
-    fn log_start(&self, req: &Request<Incoming>, ctx: &Ctx, started: Instant) -> LogStart {
+    fn log_start(&self, req: &Request<ClientBody>, ctx: &Ctx, started: Instant) -> LogStart {
         let host = ctx.host.as_ref().and_then(|h| h.to_str().ok());
         let client_certificate = ctx
             .tls
@@ -726,7 +725,7 @@ impl Proxy {
         &self,
         err: ProxyError,
         mut ctx: Ctx,
-        req: &Request<Incoming>,
+        req: &Request<ClientBody>,
         started: Instant,
     ) -> Response<ProxyBody> {
         ctx.log = Some(self.log_start(req, &ctx, started));
@@ -803,7 +802,7 @@ impl Proxy {
     async fn forward(
         &self,
         mut parts: http::request::Parts,
-        body: Incoming,
+        body: ClientBody,
         route: &CompiledRoute,
         global: &Chain,
         pattern: &PathPattern,
@@ -863,7 +862,9 @@ impl Proxy {
         }
         route.request_headers.apply(headers);
 
-        let has_body = !http_body::Body::is_end_stream(&body);
+        let has_body = body
+            .as_ref()
+            .is_some_and(|b| !http_body::Body::is_end_stream(b));
         let counters = match log.as_ref() {
             Some(l) => Some(l.counters.clone()),
             None => has_body.then(Arc::default),
@@ -943,7 +944,7 @@ impl Proxy {
                     None => Some((UpBody::empty(spec.timeouts.idle), None)),
                     Some(r) => r.take().map(|b| {
                         let (body, replay) =
-                            UpBody::request(b, spec.timeouts.idle, counters.as_ref(), true);
+                            UpBody::request(Some(b), spec.timeouts.idle, counters.as_ref(), true);
                         (body.limited(state.max_body), replay)
                     }),
                 }

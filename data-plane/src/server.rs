@@ -5,11 +5,13 @@
 //! finish within the drain deadline).
 
 use crate::access_log::AccessLog;
+use crate::body::ClientBody;
 use crate::cache::Cache;
 use crate::events::{self, ReportOptions};
 use crate::forwarded::Peer;
+use crate::front;
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, ProxyOptions};
+use crate::proxy::{Proxy, ProxyBody, ProxyOptions};
 use crate::runtime::RuntimeSlot;
 use crate::stall::WriteStall;
 use crate::sync::{self, Applier, SyncOptions};
@@ -22,7 +24,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::LazyConfigAcceptor;
 
 #[derive(Debug, Clone)]
@@ -288,89 +289,129 @@ struct Connections {
     proxy: Arc<Proxy>,
     limits: Limits,
     builder: auto::Builder<TokioExecutor>,
+    front: front::Settings,
     admission: Arc<Admission>,
     send_timeout: Duration,
 }
 
+/// What one client connection's requests share.
+struct Conn {
+    connections: Arc<Connections>,
+    facts: Arc<ConnFacts>,
+    peer: Arc<Peer>,
+    tls: Option<Arc<TlsConn>>,
+}
+
 impl Connections {
-    /// Serves one accepted (and, for HTTPS, handshaken) connection.
+    /// Serves one accepted (and, for HTTPS, handshaken) connection: with
+    /// our own HTTP/1.1 server ([`front`]) until a request it does not
+    /// take, then with hyper. `alive` is held until the connection ends
+    /// (the drain waits for all of them).
     fn serve<S>(
         self: &Arc<Self>,
         stream: S,
         client: SocketAddr,
         permit: OwnedSemaphorePermit,
         tls: Option<Arc<TlsConn>>,
-        watcher: Watcher,
+        mut stop: watch::Receiver<bool>,
+        alive: mpsc::Sender<()>,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let facts = Arc::new(ConnFacts::default());
-        let (this, service_facts) = (self.clone(), facts.clone());
-        let peer = Arc::new(Peer::new(
-            client,
-            if tls.is_some() { "https" } else { "http" },
-        ));
-        let service = service_fn(move |mut req: Request<Incoming>| {
-            let this = this.clone();
-            if req.version() <= http::Version::HTTP_11 {
-                // Borrowed in the common origin-form case (no copy per request).
-                let target: std::borrow::Cow<'_, str> = match req.uri().path_and_query() {
-                    Some(pq) if req.uri().authority().is_none() => pq.as_str().into(),
-                    _ => req.uri().to_string().into(),
-                };
-                // Only a refusal goes in the extensions (a first insert
-                // allocates them).
-                let verdict = service_facts.next_verdict(req.method().as_str(), &target);
-                if let Some(v @ HeadVerdict(Some(_))) = verdict {
-                    req.extensions_mut().insert::<HeadVerdict>(v);
-                }
-            }
-            if let Some(tls) = &tls {
-                req.extensions_mut().insert(tls.clone());
-            }
-            let memory = this.admission.memory.load(Ordering::Relaxed);
-            let peer = peer.clone();
-            async move {
-                let a = &this.admission;
-                // Over --max-requests in flight, or over the memory
-                // watermark: 503 with Retry-After.
-                let permit = a.requests.try_acquire();
-                let (Ok(_permit), false) = (permit, memory >= 2) else {
-                    return Ok::<_, Infallible>(this.proxy.overloaded(&req));
-                };
-                // Above 80 % of either limit, HTTP/1.1 connections are not
-                // kept alive: clients spread over other data planes (or
-                // reconnect later) before requests have to be refused.
-                let pressure = a.requests.available_permits() < a.max_requests / 5
-                    || a.connections.available_permits() < a.max_connections / 5
-                    || memory >= 1;
-                let http1 = req.version() <= http::Version::HTTP_11;
-                let mut resp = this.proxy.handle(req, peer).await;
-                if pressure && http1 {
-                    this.proxy.keepalive_shed();
-                    resp.headers_mut().insert(
-                        http::header::CONNECTION,
-                        http::HeaderValue::from_static("close"),
-                    );
-                }
-                Ok::<_, Infallible>(resp)
-            }
+        let conn = Arc::new(Conn {
+            connections: self.clone(),
+            facts: facts.clone(),
+            peer: Arc::new(Peer::new(
+                client,
+                if tls.is_some() { "https" } else { "http" },
+            )),
+            tls,
         });
         let timeout_proxy = self.proxy.clone();
         let stream = Scan::new(stream, &self.limits, facts)
             .on_timeout(move || timeout_proxy.header_timed_out());
         let stream = WriteStall::new(stream, self.send_timeout);
-        let conn = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = watcher.watch(conn);
+        let settings = self.front;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %client, "connection ended with an error");
+            let ended = front::serve(stream, settings, |req| conn.respond(req), &mut stop).await;
+            if let front::Ended::HandOff(stream) = ended {
+                let service_conn = conn.clone();
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let resp = service_conn.respond(req.map(Some));
+                    async move { Ok::<_, Infallible>(resp.await) }
+                });
+                let served = conn
+                    .connections
+                    .builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                tokio::pin!(served);
+                let result = tokio::select! {
+                    result = served.as_mut() => result,
+                    _ = stop.changed() => {
+                        served.as_mut().graceful_shutdown();
+                        served.await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, %client, "connection ended with an error");
+                }
             }
-            drop(permit);
+            drop((permit, alive));
         });
+    }
+}
+
+impl Conn {
+    /// Answers one request, from either server.
+    fn respond(
+        self: &Arc<Self>,
+        mut req: Request<ClientBody>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+        let this = self.connections.clone();
+        if req.version() <= http::Version::HTTP_11 {
+            // Borrowed in the common origin-form case (no copy per request).
+            let target: std::borrow::Cow<'_, str> = match req.uri().path_and_query() {
+                Some(pq) if req.uri().authority().is_none() => pq.as_str().into(),
+                _ => req.uri().to_string().into(),
+            };
+            // Only a refusal goes in the extensions (a first insert
+            // allocates them).
+            let verdict = self.facts.next_verdict(req.method().as_str(), &target);
+            if let Some(v @ HeadVerdict(Some(_))) = verdict {
+                req.extensions_mut().insert::<HeadVerdict>(v);
+            }
+        }
+        if let Some(tls) = &self.tls {
+            req.extensions_mut().insert(tls.clone());
+        }
+        let memory = this.admission.memory.load(Ordering::Relaxed);
+        let peer = self.peer.clone();
+        async move {
+            let a = &this.admission;
+            // Over --max-requests in flight, or over the memory
+            // watermark: 503 with Retry-After.
+            let permit = a.requests.try_acquire();
+            let (Ok(_permit), false) = (permit, memory >= 2) else {
+                return this.proxy.overloaded(&req);
+            };
+            // Above 80 % of either limit, HTTP/1.1 connections are not
+            // kept alive: clients spread over other data planes (or
+            // reconnect later) before requests have to be refused.
+            let pressure = a.requests.available_permits() < a.max_requests / 5
+                || a.connections.available_permits() < a.max_connections / 5
+                || memory >= 1;
+            let http1 = req.version() <= http::Version::HTTP_11;
+            let mut resp = this.proxy.handle(req, peer).await;
+            if pressure && http1 {
+                this.proxy.keepalive_shed();
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            resp
+        }
     }
 }
 
@@ -408,9 +449,15 @@ async fn serve_proxy(
     drain: Duration,
     send_timeout: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Each connection holds a sender; the drain waits until all are gone.
+    let (alive, mut all_gone) = mpsc::channel::<()>(1);
     let connections = Arc::new(Connections {
         builder: conn_builder(&limits),
+        front: front::Settings {
+            max_headers: limits.max_headers,
+            max_head: limits.max_header_bytes,
+            idle: limits.header_read_timeout + Duration::from_secs(1),
+        },
         proxy: proxy.clone(),
         limits,
         admission: admission.clone(),
@@ -436,9 +483,9 @@ async fn serve_proxy(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
+        let (conn_stop, conn_alive) = (stop.clone(), alive.clone());
         let Some(slot) = &tls else {
-            connections.serve(stream, client, permit, None, watcher);
+            connections.serve(stream, client, permit, None, conn_stop, conn_alive);
             continue;
         };
         let (slot, connections) = (slot.clone(), connections.clone());
@@ -446,7 +493,8 @@ async fn serve_proxy(
             let deadline = connections.limits.header_read_timeout;
             match tokio::time::timeout(deadline, handshake(&slot, stream)).await {
                 Ok(Ok((stream, conn))) => {
-                    connections.serve(stream, client, permit, Some(Arc::new(conn)), watcher);
+                    let tls = Some(Arc::new(conn));
+                    connections.serve(stream, client, permit, tls, conn_stop, conn_alive);
                 }
                 Ok(Err(e)) => {
                     connections.proxy.tls_handshake_failed();
@@ -459,11 +507,8 @@ async fn serve_proxy(
             }
         });
     }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    drop((listener, alive));
+    if tokio::time::timeout(drain, all_gone.recv()).await.is_err() {
         tracing::warn!(
             ?drain,
             "drain deadline passed; closing remaining connections"

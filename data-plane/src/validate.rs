@@ -9,8 +9,9 @@
 //! checks come in two parts:
 //!
 //! - [`Scan`] wraps each client connection and reads the raw bytes of every
-//!   HTTP/1 request head as hyper reads them (following the body framing to
-//!   find the next head), judging what the header map no longer shows:
+//!   HTTP/1 request head as the server reads them ([`crate::front`], or
+//!   hyper for what that one hands over), following the body framing to
+//!   find the next head, and judges what the header map no longer shows:
 //!   both lengths, duplicate or malformed `Content-Length`, codings other
 //!   than a final `chunked`, obs-fold, whitespace before the colon, empty
 //!   names, control characters in values. Its verdict reaches the request
@@ -280,8 +281,9 @@ impl ConnFacts {
         }
         let mut v = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
         v.push_back((seq, line.to_vec(), verdict));
-        // A client cannot make this grow: hyper reads one request at a time
-        // and the scanner only sees what hyper read; cap it anyway.
+        // A client cannot make this grow much: the servers read one request
+        // at a time (ours reads ahead at most one buffer of pipelined
+        // heads) and the scanner only sees what they read; cap it anyway.
         while v.len() > 64 {
             v.pop_front();
         }

@@ -1,0 +1,749 @@
+//! Our own HTTP/1.1 server for the common request: HTTP/1.1, a target in
+//! origin form, no body (no `Content-Length` other than `0`, no
+//! `Transfer-Encoding`), no `Upgrade`, `Expect` or `TE`.
+//!
+//! hyper's server connection cost about 15,600 of the 35,900 instructions
+//! a small proxied GET took (docs/benchmarks.md): a dispatcher built for
+//! every kind of message, polled through several state machines. Here the
+//! connection's task reads a head, parses it with `httparse`, calls the
+//! proxy, and writes the answer's head and body itself, the head and a
+//! small body in one write.
+//!
+//! Every request it does not take goes to hyper, and so does the rest of
+//! its connection: [`serve`] returns the connection with the bytes it read
+//! ([`Rewind`]) and the caller serves it with hyper's `auto` builder, which
+//! then sees exactly the bytes a client sent. So HTTP/1.0, request bodies
+//! (`100-continue`, chunked, lengths), upgrades (WebSocket, h2c), HTTP/2
+//! (its preface is not an HTTP/1 head), absolute-form targets, heads with
+//! more header fields than hyper's limit, heads hyper refuses, and heads
+//! larger than `max_head` keep hyper's behaviour, answers and limits
+//! unchanged. The raw-byte checks of [`crate::validate::Scan`] run below
+//! both servers, so their verdicts reach the proxy either way.
+//!
+//! What this server does as hyper's did: header names are lowercased on
+//! the way in and written as they are on the way out; a `date` is added
+//! when the answer has none (formatted once a second per thread); an
+//! answer without `Content-Length` gets one when its body's size is known
+//! and is chunked otherwise; `HEAD`, `204` and `304` answers have no body;
+//! `Connection: close` from either side ends the connection after the
+//! answer (and is added when the client asked for it); a body that fails
+//! or ends short of its length closes the connection; pipelined requests
+//! are answered in order; a connection waiting for its next request is
+//! closed after `idle`, and at once when the server stops (a request in
+//! flight is answered first).
+
+use crate::body::ClientBody;
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+
+/// Most header fields this server parses in a head; a head with more goes
+/// to hyper (with its own limit).
+const MAX_FIELDS: usize = 100;
+/// Bytes asked of the socket per read.
+const READ_SIZE: usize = 8 * 1024;
+/// Body bytes copied next to the head (or the previous frames) instead of
+/// written on their own.
+const COPY_LIMIT: usize = 16 * 1024;
+/// Largest write buffer kept between requests.
+const KEEP_BUFFER: usize = 64 * 1024;
+
+/// What a connection may send and how long it may stay quiet.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Header fields per head (at most [`MAX_FIELDS`] here).
+    pub max_headers: usize,
+    /// A head still incomplete after this many bytes goes to hyper, which
+    /// refuses it with its own limit.
+    pub max_head: usize,
+    /// How long a connection may wait for its next request.
+    pub idle: Duration,
+}
+
+/// How a connection left this server.
+pub enum Ended<S> {
+    /// Closed: by either side, after an error, idle, or stopped.
+    Closed,
+    /// It sent a request this server does not take: serve the rest with
+    /// hyper, starting with what was read already.
+    HandOff(Rewind<S>),
+}
+
+/// Serves HTTP/1.1 requests on `io` with `handler` until the connection
+/// ends, `stop` changes, or a request this server does not take arrives.
+pub async fn serve<S, H, F, B>(
+    mut io: S,
+    settings: Settings,
+    mut handler: H,
+    stop: &mut watch::Receiver<bool>,
+) -> Ended<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: FnMut(Request<ClientBody>) -> F,
+    F: Future<Output = Response<B>>,
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    let mut out = Vec::with_capacity(1024);
+    loop {
+        let (req, mut close) = loop {
+            if !buf.is_empty() {
+                match parse(&mut buf, settings.max_headers) {
+                    Parsed::Request(req, close) => break (req, close),
+                    Parsed::Partial if buf.len() <= settings.max_head => {}
+                    Parsed::Partial | Parsed::Other => {
+                        return Ended::HandOff(Rewind {
+                            pre: buf.freeze(),
+                            io,
+                        })
+                    }
+                }
+            }
+            let between = buf.is_empty();
+            buf.reserve(READ_SIZE);
+            // The read is polled first: a stop or the idle timer only
+            // registers when there is nothing to read yet.
+            let read = tokio::select! {
+                biased;
+                read = tokio::time::timeout(settings.idle, io.read_buf(&mut buf)) => read,
+                _ = stop.changed(), if between => return Ended::Closed,
+            };
+            // End of stream (or the scanner's head timeout), an error, or
+            // idle too long: a partial head is dropped with the connection.
+            if !matches!(read, Ok(Ok(n)) if n > 0) {
+                return Ended::Closed;
+            }
+        };
+        let head = req.method() == Method::HEAD;
+        let resp = handler(req).await;
+        out.clear();
+        let framing = write_head(&mut out, &resp, head, &mut close);
+        let written = send_body(&mut io, &mut out, resp.into_body(), framing).await;
+        if !matches!(written, Ok(true)) {
+            return Ended::Closed;
+        }
+        if out.capacity() > KEEP_BUFFER {
+            out = Vec::with_capacity(1024);
+        }
+        if close || stop.has_changed().unwrap_or(true) {
+            let _ = io.shutdown().await;
+            return Ended::Closed;
+        }
+    }
+}
+
+// Returned once per head and matched at once: boxing the request would
+// cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    /// A request this server takes, and whether the client asked to close.
+    Request(Request<ClientBody>, bool),
+    /// Not a whole head yet.
+    Partial,
+    /// Anything else: hyper's.
+    Other,
+}
+
+/// Where a header field's name and value are in the head.
+#[derive(Clone, Copy, Default)]
+struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// Takes the head at the front of `buf` if it is a request of ours.
+fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut parsed = httparse::Request::new(&mut fields[..max_headers.min(MAX_FIELDS)]);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Other,
+    };
+    let (Some(1), Some(method), Some(target)) = (parsed.version, parsed.method, parsed.path) else {
+        return Parsed::Other;
+    };
+    if !target.starts_with('/') {
+        return Parsed::Other;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Other;
+    };
+    // Offsets in the head (which is far smaller than 4 GiB: `max_head`).
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        (start as u32, (start + s.len()) as u32)
+    };
+    let target = at(target.as_bytes());
+    let mut spans = [Span::default(); MAX_FIELDS];
+    let mut close = false;
+    let count = parsed.headers.len();
+    for (field, span) in parsed.headers.iter().zip(spans.iter_mut()) {
+        let name = field.name.as_bytes();
+        let ours = if name.eq_ignore_ascii_case(b"content-length") {
+            field.value == b"0"
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            close |= has_token(field.value, b"close");
+            !has_token(field.value, b"upgrade")
+        } else {
+            !(name.eq_ignore_ascii_case(b"transfer-encoding")
+                || name.eq_ignore_ascii_case(b"upgrade")
+                || name.eq_ignore_ascii_case(b"expect")
+                || name.eq_ignore_ascii_case(b"te"))
+        };
+        if !ours {
+            return Parsed::Other;
+        }
+        *span = Span {
+            name: at(name),
+            value: at(field.value),
+        };
+    }
+    let head = buf.split_to(len).freeze();
+    let range = |(from, to): (u32, u32)| from as usize..to as usize;
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(range(target))) else {
+        return rewound(buf, &head);
+    };
+    let mut headers = HeaderMap::with_capacity(count);
+    for span in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[range(span.name)]);
+        match (
+            name,
+            HeaderValue::from_maybe_shared(head.slice(range(span.value))),
+        ) {
+            (Ok(name), Ok(value)) => {
+                headers.append(name, value);
+            }
+            _ => return rewound(buf, &head),
+        }
+    }
+    let mut req = Request::new(None);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    Parsed::Request(req, close)
+}
+
+/// Puts a head taken from `buf` back in front of it, for hyper: a target,
+/// name or value `http` refuses after `httparse` took it (not expected;
+/// hyper answers it as it always did).
+fn rewound(buf: &mut BytesMut, head: &[u8]) -> Parsed {
+    let rest = buf.split();
+    buf.extend_from_slice(head);
+    buf.extend_from_slice(&rest);
+    Parsed::Other
+}
+
+/// Whether a comma-separated header value lists `token`.
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// How an answer's body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes the status line and header fields into `out`, adding `date`,
+/// the framing and `connection: close` where needed; sets `close` if the
+/// answer says so.
+fn write_head<B: Body>(
+    out: &mut Vec<u8>,
+    resp: &Response<B>,
+    head: bool,
+    close: &mut bool,
+) -> Framing {
+    let status = resp.status();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    match resp.extensions().get::<hyper::ext::ReasonPhrase>() {
+        Some(reason) => out.extend_from_slice(reason.as_bytes()),
+        None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
+    }
+    out.extend_from_slice(b"\r\n");
+    let bodiless = head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let mut length = None;
+    let mut close_sent = false;
+    for (name, value) in resp.headers() {
+        if *name == header::CONTENT_LENGTH {
+            match std::str::from_utf8(value.as_bytes()).map(str::parse::<u64>) {
+                Ok(Ok(n)) => length = Some(n),
+                // Framed below from the body instead.
+                _ => continue,
+            }
+        } else if *name == header::TRANSFER_ENCODING {
+            // Framed below: chunked unless the length is known.
+            continue;
+        } else if *name == header::CONNECTION && has_token(value.as_bytes(), b"close") {
+            *close = true;
+            close_sent = true;
+        }
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !resp.headers().contains_key(header::DATE) {
+        DATE.with_borrow_mut(|date| field(out, b"date", date.now()));
+    }
+    if *close && !close_sent {
+        field(out, b"connection", b"close");
+    }
+    let framing = if bodiless {
+        Framing::None
+    } else if let Some(n) = length.or(resp.body().size_hint().exact()) {
+        if length.is_none() {
+            field(
+                out,
+                b"content-length",
+                itoa::Buffer::new().format(n).as_bytes(),
+            );
+        }
+        Framing::Length(n)
+    } else {
+        field(out, b"transfer-encoding", b"chunked");
+        Framing::Chunked
+    };
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What the body gave when asked.
+enum Next<B: Body> {
+    Frame(Option<Result<http_body::Frame<B::Data>, B::Error>>),
+    /// Nothing yet: write what is gathered before waiting.
+    Flush,
+}
+
+/// Writes `out` (the head) and the body. `Ok(false)`: the body failed or
+/// did not match its length, so the connection must close.
+async fn send_body<S, B>(
+    io: &mut S,
+    out: &mut Vec<u8>,
+    mut body: B,
+    framing: Framing,
+) -> io::Result<bool>
+where
+    S: AsyncWrite + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut sent = 0u64;
+    let whole = loop {
+        if framing == Framing::None || body.is_end_stream() {
+            break true;
+        }
+        let next = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Pending if !out.is_empty() => Poll::Ready(Next::<B>::Flush),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(frame) => Poll::Ready(Next::Frame(frame)),
+        })
+        .await;
+        let data = match next {
+            Next::Flush => {
+                io.write_all(out).await?;
+                out.clear();
+                continue;
+            }
+            Next::Frame(None) => break true,
+            Next::Frame(Some(Err(_))) => break false,
+            // Trailers are dropped, as hyper does for a client that did not
+            // send `TE: trailers` (those go to hyper).
+            Next::Frame(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                _ => continue,
+            },
+        };
+        sent += data.len() as u64;
+        if let Framing::Length(n) = framing {
+            if sent > n {
+                break false;
+            }
+        } else {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        if data.len() <= COPY_LIMIT {
+            out.extend_from_slice(&data);
+        } else {
+            write_both(io, out, &data).await?;
+            out.clear();
+        }
+        if framing == Framing::Chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        if out.len() >= KEEP_BUFFER {
+            io.write_all(out).await?;
+            out.clear();
+        }
+    };
+    let whole = whole
+        && match framing {
+            Framing::Length(n) => sent == n,
+            Framing::Chunked => {
+                out.extend_from_slice(b"0\r\n\r\n");
+                true
+            }
+            Framing::None => true,
+        };
+    // What was gathered goes out even when the body failed: the client
+    // then sees a short answer and a closed connection, as with hyper.
+    if !out.is_empty() {
+        io.write_all(out).await?;
+    }
+    io.flush().await?;
+    Ok(whole)
+}
+
+/// Writes `a` then `b`, in one system call when both fit.
+async fn write_both<S: AsyncWrite + Unpin>(io: &mut S, a: &[u8], b: &[u8]) -> io::Result<()> {
+    let (mut a, mut b) = (a, b);
+    while !a.is_empty() {
+        let n = io
+            .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_a = n.min(a.len());
+        a = &a[from_a..];
+        b = &b[n - from_a..];
+    }
+    io.write_all(b).await
+}
+
+/// The `date` value, formatted again when the second changes.
+struct Date {
+    second: u64,
+    text: [u8; 29],
+}
+
+thread_local! {
+    static DATE: RefCell<Date> = const { RefCell::new(Date { second: u64::MAX, text: [b' '; 29] }) };
+}
+
+impl Date {
+    fn now(&mut self) -> &[u8] {
+        let now = SystemTime::now();
+        let second = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if second != self.second {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == self.text.len() {
+                self.text.copy_from_slice(text.as_bytes());
+                self.second = second;
+            }
+        }
+        &self.text
+    }
+}
+
+/// A connection with bytes already read from it, which reads return first.
+pub struct Rewind<S> {
+    pre: Bytes,
+    io: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pre.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = this.pre.len().min(buf.remaining());
+        buf.put_slice(&this.pre.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use http_body_util::{Full, StreamBody};
+    use tokio::io::DuplexStream;
+
+    const SETTINGS: Settings = Settings {
+        max_headers: 100,
+        max_head: 8192,
+        idle: Duration::from_secs(5),
+    };
+
+    type Chunks = StreamBody<
+        tokio_stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, io::Error>>>,
+    >;
+
+    /// What the test handler answers: the method, target and `x-a` in the
+    /// body, except for `/chunked` (two frames of unknown total size),
+    /// `/long` (more bytes than its `content-length`), `/failing` and `/h`.
+    fn answer(req: &Request<ClientBody>) -> Response<http_body_util::Either<Full<Bytes>, Chunks>> {
+        use http_body_util::Either;
+        let frames = |f: Vec<Result<http_body::Frame<Bytes>, io::Error>>| {
+            Either::Right(StreamBody::new(tokio_stream::iter(f)))
+        };
+        let data = |s: &'static str| Ok(http_body::Frame::data(Bytes::from_static(s.as_bytes())));
+        let mut resp = match req.uri().path() {
+            "/chunked" => Response::new(frames(vec![data("hello "), data("world")])),
+            "/long" => {
+                let mut r = Response::new(frames(vec![data("0123456789")]));
+                r.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("4"));
+                r
+            }
+            "/failing" => Response::new(frames(vec![data("part"), Err(io::Error::other("boom"))])),
+            // As the proxy answers HEAD: the backend's length, no body.
+            "/h" => {
+                let mut r = Response::new(Either::Left(Full::new(Bytes::new())));
+                r.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+                r
+            }
+            _ => Response::new(Either::Left(Full::new(Bytes::from(format!(
+                "{} {} {:?}",
+                req.method(),
+                req.uri(),
+                req.headers().get("x-a")
+            ))))),
+        };
+        resp.headers_mut()
+            .insert("x-server", HeaderValue::from_static("front"));
+        resp
+    }
+
+    /// Serves one end of a pipe; the test talks on the other.
+    fn start() -> (
+        DuplexStream,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<Option<Vec<u8>>>,
+    ) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (stop_tx, mut stop) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let handler = |req: Request<ClientBody>| {
+                let resp = answer(&req);
+                async move { resp }
+            };
+            match serve(server, SETTINGS, handler, &mut stop).await {
+                Ended::Closed => None,
+                Ended::HandOff(mut rest) => {
+                    let mut seen = vec![0; 4096];
+                    let n = rest.read(&mut seen).await.unwrap();
+                    seen.truncate(n);
+                    Some(seen)
+                }
+            }
+        });
+        (client, stop_tx, task)
+    }
+
+    async fn read_until_closed(client: &mut DuplexStream) -> String {
+        let mut all = Vec::new();
+        client.read_to_end(&mut all).await.unwrap();
+        String::from_utf8(all).unwrap()
+    }
+
+    /// Reads until what was read contains `until`.
+    async fn read_some(client: &mut DuplexStream, until: &str) -> String {
+        let mut all = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&all).contains(until) {
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&all));
+            all.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8(all).unwrap()
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+        let (mut client, _stop, task) = start();
+        client
+            .write_all(b"GET /one?q=1 HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n\r\nDELETE /two HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_some(&mut client, "DELETE /two None").await;
+        let first = got.find("GET /one?q=1 Some(\"1\")").unwrap();
+        assert!(first < got.find("DELETE /two").unwrap(), "{got}");
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+        assert_eq!(got.matches("content-length: ").count(), 2, "{got}");
+        assert!(got.contains("x-server: front\r\n"), "{got}");
+        assert!(got.contains("date: "), "{got}");
+        assert!(!got.contains("connection: close"), "{got}");
+        client.shutdown().await.unwrap();
+        assert_eq!(task.await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn connection_close_is_answered_then_honoured() {
+        let (mut client, _stop, task) = start();
+        client
+            .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Close\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until_closed(&mut client).await;
+        assert!(got.contains("connection: close\r\n"), "{got}");
+        assert!(got.ends_with("GET /x None"), "{got}");
+        assert_eq!(task.await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn requests_it_does_not_take_go_to_hyper_with_their_bytes() {
+        for req in [
+            &b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"[..],
+            b"GET /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET /p HTTP/1.0\r\nHost: a\r\n\r\n",
+            b"GET http://a/p HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET /p HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            b"GET /p HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n",
+            b"GET /p HTTP/1.1\r\nHo st: a\r\n\r\n",
+        ] {
+            let (mut client, _stop, task) = start();
+            client.write_all(req).await.unwrap();
+            let handed = task.await.unwrap();
+            assert_eq!(
+                handed.as_deref(),
+                Some(req),
+                "{}",
+                String::from_utf8_lossy(req)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_after_answered_ones_is_handed_over_alone() {
+        let (mut client, _stop, task) = start();
+        let post = b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi";
+        let mut both = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
+        both.extend_from_slice(post);
+        client.write_all(&both).await.unwrap();
+        let got = read_some(&mut client, "GET /a None").await;
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+        assert_eq!(task.await.unwrap().as_deref(), Some(&post[..]));
+    }
+
+    #[tokio::test]
+    async fn bodies_are_framed_as_hyper_frames_them() {
+        let (mut client, _stop, task) = start();
+        client
+            .write_all(b"GET /chunked HTTP/1.1\r\nHost: a\r\n\r\nHEAD /h HTTP/1.1\r\nHost: a\r\n\r\nGET /end HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_some(&mut client, "GET /end None").await;
+        assert!(
+            got.contains(
+                "transfer-encoding: chunked\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"
+            ),
+            "{got}"
+        );
+        // HEAD: the length given, and no body.
+        let head = &got[got.find("0\r\n\r\nHTTP/1.1").unwrap() + 5..];
+        let head = &head[..head.find("\r\n\r\n").unwrap() + 4];
+        assert!(head.contains("content-length: 10\r\n"), "{head}");
+        assert!(got[got.find(head).unwrap() + head.len()..].starts_with("HTTP/1.1 200 OK"));
+        drop(client);
+        assert_eq!(task.await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_its_framing_closes_the_connection() {
+        for (path, sent) in [("/long", "\r\n\r\n"), ("/failing", "\r\n\r\n4\r\npart\r\n")] {
+            let (mut client, _stop, task) = start();
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n"
+            );
+            client.write_all(req.as_bytes()).await.unwrap();
+            let got = read_until_closed(&mut client).await;
+            assert!(got.ends_with(sent), "{path}: {got}");
+            assert!(!got.contains("/next"), "{path}: {got}");
+            assert_eq!(task.await.unwrap(), None);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_closes_when_the_server_stops() {
+        let (mut client, stop, task) = start();
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        read_some(&mut client, "GET /a None").await;
+        stop.send(true).unwrap();
+        assert_eq!(task.await.unwrap(), None);
+        assert_eq!(read_until_closed(&mut client).await, "");
+    }
+
+    #[tokio::test]
+    async fn a_partial_head_waits_and_an_oversized_one_goes_to_hyper() {
+        let (mut client, _stop, task) = start();
+        client.write_all(b"GET /a HTTP/1.1\r\nHo").await.unwrap();
+        tokio::task::yield_now().await;
+        client.write_all(b"st: a\r\n\r\n").await.unwrap();
+        read_some(&mut client, "GET /a None").await;
+        let big = format!("GET /b HTTP/1.1\r\nX-Big: {}", "b".repeat(9000));
+        client.write_all(big.as_bytes()).await.unwrap();
+        let handed = task.await.unwrap().unwrap();
+        assert!(
+            big.as_bytes().starts_with(&handed),
+            "the handed bytes start the head"
+        );
+    }
+}
