@@ -17,8 +17,10 @@
 //! (its preface is not an HTTP/1 head), absolute-form targets, heads with
 //! more header fields than hyper's limit, heads hyper refuses, and heads
 //! larger than `max_head` keep hyper's behaviour, answers and limits
-//! unchanged. The raw-byte checks of [`crate::validate::Scan`] run below
-//! both servers, so their verdicts reach the proxy either way.
+//! unchanged. The raw-byte checks of [`crate::validate::Scan`] are paused
+//! while this server reads: it takes no head they could refuse (see
+//! [`parse`]), and on a hand-over the scan resumes with the bytes read, so
+//! its verdicts reach the proxy for every request hyper serves.
 //!
 //! What this server does as hyper's did: header names are lowercased on
 //! the way in and written as they are on the way out; a `date` is added
@@ -33,6 +35,7 @@
 //! flight is answered first).
 
 use crate::body::ClientBody;
+use crate::validate::Scan;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
@@ -40,11 +43,13 @@ use http_body::Body;
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Most header fields this server parses in a head; a head with more goes
 /// to hyper (with its own limit).
@@ -62,8 +67,8 @@ const KEEP_BUFFER: usize = 64 * 1024;
 pub struct Settings {
     /// Header fields per head (at most [`MAX_FIELDS`] here).
     pub max_headers: usize,
-    /// A head still incomplete after this many bytes goes to hyper, which
-    /// refuses it with its own limit.
+    /// A head larger than this goes to hyper, for the scanner's 431 (or
+    /// hyper's own limit, if it never ends).
     pub max_head: usize,
     /// How long a connection may wait for its next request.
     pub idle: Duration,
@@ -74,14 +79,18 @@ pub enum Ended<S> {
     /// Closed: by either side, after an error, idle, or stopped.
     Closed,
     /// It sent a request this server does not take: serve the rest with
-    /// hyper, starting with what was read already.
-    HandOff(Rewind<S>),
+    /// hyper, starting with what was read already (the scan resumed).
+    HandOff(Rewind<Scan<S>>),
 }
 
 /// Serves HTTP/1.1 requests on `io` with `handler` until the connection
 /// ends, `stop` changes, or a request this server does not take arrives.
+/// The scan of `io` is paused meanwhile (see [`Scan`]); this server keeps
+/// the head deadline instead: a head not complete within
+/// [`Scan::head_timeout`] of its first byte closes the connection, with a
+/// 408 if it was the first.
 pub async fn serve<S, H, F, B>(
-    mut io: S,
+    mut io: Scan<S>,
     settings: Settings,
     mut handler: H,
     stop: &mut watch::Receiver<bool>,
@@ -92,37 +101,71 @@ where
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes> + Unpin,
 {
+    io.pause();
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut out = Vec::with_capacity(1024);
+    let mut spans = Vec::new();
+    let mut answered = 0u64;
+    // One timer per connection, moved only when it fires before the time
+    // it stands for or must fire sooner: arming a tokio timer for every
+    // request cost more than parsing its head.
+    let mut timer = Box::pin(tokio::time::sleep(settings.idle));
     loop {
+        // When the connection must have sent a whole head: `idle` after it
+        // went quiet, or the head deadline from a head's first byte.
+        let mut until = Instant::now() + settings.idle;
+        let mut partial = false;
         let (req, mut close) = loop {
             if !buf.is_empty() {
-                match parse(&mut buf, settings.max_headers) {
+                match parse(&mut buf, &mut spans, settings) {
                     Parsed::Request(req, close) => break (req, close),
-                    Parsed::Partial if buf.len() <= settings.max_head => {}
+                    Parsed::Partial if buf.len() <= settings.max_head => {
+                        if !partial {
+                            partial = true;
+                            until = Instant::now() + io.head_timeout();
+                            if timer.deadline() > until {
+                                timer.as_mut().reset(until);
+                            }
+                        }
+                    }
                     Parsed::Partial | Parsed::Other => {
+                        io.resume(&buf, answered);
                         return Ended::HandOff(Rewind {
                             pre: buf.freeze(),
                             io,
-                        })
+                        });
                     }
                 }
             }
             let between = buf.is_empty();
             buf.reserve(READ_SIZE);
-            // The read is polled first: a stop or the idle timer only
-            // registers when there is nothing to read yet.
+            // The read is polled first: a stop or the timer only registers
+            // when there is nothing to read yet.
             let read = tokio::select! {
                 biased;
-                read = tokio::time::timeout(settings.idle, io.read_buf(&mut buf)) => read,
+                read = io.read_buf(&mut buf) => read,
+                () = &mut timer => {
+                    if Instant::now() < until {
+                        timer.as_mut().reset(until);
+                        continue;
+                    }
+                    if partial {
+                        if let Some(answer) = io.head_timed_out(answered) {
+                            let _ = io.write_all(answer).await;
+                            let _ = io.shutdown().await;
+                        }
+                    }
+                    return Ended::Closed;
+                }
                 _ = stop.changed(), if between => return Ended::Closed,
             };
-            // End of stream (or the scanner's head timeout), an error, or
-            // idle too long: a partial head is dropped with the connection.
-            if !matches!(read, Ok(Ok(n)) if n > 0) {
+            // The end of the stream or an error: a partial head goes with
+            // the connection.
+            if !matches!(read, Ok(n) if n > 0) {
                 return Ended::Closed;
             }
         };
+        answered += 1;
         let head = req.method() == Method::HEAD;
         let resp = handler(req).await;
         out.clear();
@@ -154,20 +197,32 @@ enum Parsed {
 }
 
 /// Where a header field's name and value are in the head.
-#[derive(Clone, Copy, Default)]
 struct Span {
     name: (u32, u32),
     value: (u32, u32),
 }
 
-/// Takes the head at the front of `buf` if it is a request of ours.
-fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut parsed = httparse::Request::new(&mut fields[..max_headers.min(MAX_FIELDS)]);
-    let len = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
+/// Takes the head at the front of `buf` if it is a request of ours;
+/// `spans` is scratch space kept by the connection.
+///
+/// Ours are exactly the heads the scanner would not refuse: httparse
+/// refuses what the scanner judges malformed (obs-fold, whitespace before
+/// the colon, empty names, control characters), and the rest goes to
+/// hyper with the scan resumed: any `Transfer-Encoding`, a
+/// `Content-Length` other than one `0`, and heads over `max_head`.
+fn parse(buf: &mut BytesMut, spans: &mut Vec<Span>, settings: Settings) -> Parsed {
+    // Left uninitialised: httparse writes the fields it returns.
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let fields = &mut fields[..settings.max_headers.min(MAX_FIELDS)];
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut parsed,
+        buf,
+        fields,
+    ) {
+        Ok(httparse::Status::Complete(len)) if len <= settings.max_head => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Other,
+        _ => return Parsed::Other,
     };
     let (Some(1), Some(method), Some(target)) = (parsed.version, parsed.method, parsed.path) else {
         return Parsed::Other;
@@ -185,13 +240,12 @@ fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
         (start as u32, (start + s.len()) as u32)
     };
     let target = at(target.as_bytes());
-    let mut spans = [Span::default(); MAX_FIELDS];
-    let mut close = false;
-    let count = parsed.headers.len();
-    for (field, span) in parsed.headers.iter().zip(spans.iter_mut()) {
+    spans.clear();
+    let (mut close, mut length) = (false, false);
+    for field in parsed.headers.iter() {
         let name = field.name.as_bytes();
         let ours = if name.eq_ignore_ascii_case(b"content-length") {
-            field.value == b"0"
+            !std::mem::replace(&mut length, true) && field.value == b"0"
         } else if name.eq_ignore_ascii_case(b"connection") {
             close |= has_token(field.value, b"close");
             !has_token(field.value, b"upgrade")
@@ -204,18 +258,18 @@ fn parse(buf: &mut BytesMut, max_headers: usize) -> Parsed {
         if !ours {
             return Parsed::Other;
         }
-        *span = Span {
+        spans.push(Span {
             name: at(name),
             value: at(field.value),
-        };
+        });
     }
     let head = buf.split_to(len).freeze();
     let range = |(from, to): (u32, u32)| from as usize..to as usize;
     let Ok(uri) = Uri::from_maybe_shared(head.slice(range(target))) else {
         return rewound(buf, &head);
     };
-    let mut headers = HeaderMap::with_capacity(count);
-    for span in &spans[..count] {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for span in spans.iter() {
         let name = HeaderName::from_bytes(&head[range(span.name)]);
         match (
             name,
@@ -517,7 +571,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::validate::{ConnFacts, HeadVerdict, Limits, Rejection};
     use http_body_util::{Full, StreamBody};
+    use std::sync::Arc;
     use tokio::io::DuplexStream;
 
     const SETTINGS: Settings = Settings {
@@ -567,20 +623,27 @@ mod tests {
         resp
     }
 
-    /// Serves one end of a pipe; the test talks on the other.
-    fn start() -> (
+    /// Serves one end of a pipe; the test talks on the other. The handler
+    /// takes each request's verdict, as the proxy's does.
+    fn start_with(
+        limits: &Limits,
+        facts: Arc<ConnFacts>,
+    ) -> (
         DuplexStream,
         watch::Sender<bool>,
         tokio::task::JoinHandle<Option<Vec<u8>>>,
     ) {
         let (client, server) = tokio::io::duplex(64 * 1024);
+        let io = Scan::new(server, limits, facts.clone());
         let (stop_tx, mut stop) = watch::channel(false);
         let task = tokio::spawn(async move {
             let handler = |req: Request<ClientBody>| {
+                let target = req.uri().to_string();
+                assert_eq!(facts.next_verdict(req.method().as_str(), &target), None);
                 let resp = answer(&req);
                 async move { resp }
             };
-            match serve(server, SETTINGS, handler, &mut stop).await {
+            match serve(io, SETTINGS, handler, &mut stop).await {
                 Ended::Closed => None,
                 Ended::HandOff(mut rest) => {
                     let mut seen = vec![0; 4096];
@@ -591,6 +654,14 @@ mod tests {
             }
         });
         (client, stop_tx, task)
+    }
+
+    fn start() -> (
+        DuplexStream,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<Option<Vec<u8>>>,
+    ) {
+        start_with(&Limits::default(), Arc::default())
     }
 
     async fn read_until_closed(client: &mut DuplexStream) -> String {
@@ -655,6 +726,8 @@ mod tests {
             b"GET /p HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
             b"GET /p HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n",
             b"GET /p HTTP/1.1\r\nHo st: a\r\n\r\n",
+            b"GET /p HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            b"GET /p HTTP/1.1\r\nHost: a\r\nX: a\x7fb\r\n\r\n",
         ] {
             let (mut client, _stop, task) = start();
             client.write_all(req).await.unwrap();
@@ -745,5 +818,58 @@ mod tests {
             big.as_bytes().starts_with(&handed),
             "the handed bytes start the head"
         );
+    }
+
+    #[tokio::test]
+    async fn the_scan_resumes_for_what_goes_to_hyper() {
+        let limits = Limits {
+            max_header_bytes: SETTINGS.max_head,
+            ..Limits::default()
+        };
+        for (second, verdict) in [
+            (
+                "POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_string(),
+                Rejection::AmbiguousLength,
+            ),
+            (
+                format!("GET /p HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "b".repeat(8200)),
+                Rejection::HeadersTooLarge,
+            ),
+        ] {
+            let facts = Arc::new(ConnFacts::default());
+            let (mut client, _stop, task) = start_with(&limits, facts.clone());
+            let both = format!("GET /a HTTP/1.1\r\nHost: a\r\n\r\n{second}");
+            client.write_all(both.as_bytes()).await.unwrap();
+            read_some(&mut client, "GET /a None").await;
+            task.await.unwrap().unwrap();
+            // The second request is the connection's second head.
+            let method = &second[..second.find(' ').unwrap()];
+            assert_eq!(
+                facts.next_verdict(method, "/p"),
+                Some(HeadVerdict(Some(verdict)))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_head_is_answered_408_on_a_new_connection_only() {
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let (mut client, _stop, task) = start_with(&limits, Arc::default());
+        client.write_all(b"GET /a HTTP/1.1\r\nHo").await.unwrap();
+        let got = read_until_closed(&mut client).await;
+        assert!(got.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{got}");
+        assert_eq!(task.await.unwrap(), None);
+
+        let (mut client, _stop, task) = start_with(&limits, Arc::default());
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHo")
+            .await
+            .unwrap();
+        let got = read_until_closed(&mut client).await;
+        assert!(got.ends_with("GET /a None"), "{got}");
+        assert_eq!(task.await.unwrap(), None);
     }
 }

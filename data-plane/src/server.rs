@@ -329,9 +329,9 @@ impl Connections {
             tls,
         });
         let timeout_proxy = self.proxy.clone();
+        let stream = WriteStall::new(stream, self.send_timeout);
         let stream = Scan::new(stream, &self.limits, facts)
             .on_timeout(move || timeout_proxy.header_timed_out());
-        let stream = WriteStall::new(stream, self.send_timeout);
         let settings = self.front;
         tokio::spawn(async move {
             let ended = front::serve(stream, settings, |req| conn.respond(req), &mut stop).await;

@@ -182,7 +182,7 @@ impl Rejection {
 
 /// The connection scanner's verdict on a request head, put in the request's
 /// extensions before the proxy sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeadVerdict(pub Option<Rejection>);
 
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
@@ -776,9 +776,15 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
 
 /// A client connection with its request heads scanned (see the module
 /// docs) and a deadline on each head.
+///
+/// Paused while [`crate::front`] serves the connection: the heads it takes
+/// need no scan (it hands any head the scanner could refuse to hyper, see
+/// its docs), and it keeps its own head deadline. On a hand-over it
+/// [resumes](Scan::resume) the scan with the bytes it had read.
 pub struct Scan<S> {
     inner: S,
     scanner: Scanner,
+    paused: bool,
     facts: Arc<ConnFacts>,
     timeout: Duration,
     /// Armed at a head's first byte, cleared when it is complete.
@@ -793,6 +799,7 @@ impl<S> Scan<S> {
         Scan {
             inner,
             scanner: Scanner::new(limits.max_header_bytes),
+            paused: false,
             facts,
             timeout: limits.header_read_timeout,
             deadline: None,
@@ -805,6 +812,49 @@ impl<S> Scan<S> {
         self.on_timeout = Some(Box::new(f));
         self
     }
+
+    /// Stops scanning (and the head deadline) until [`Scan::resume`].
+    pub fn pause(&mut self) {
+        self.paused = true;
+    }
+
+    /// Scans again from here: `heads` requests were served while paused,
+    /// and `read` are the bytes read after them, which the next reader
+    /// gets first.
+    pub fn resume(&mut self, read: &[u8], heads: u64) {
+        self.paused = false;
+        self.scanner.heads = heads;
+        self.feed(read);
+    }
+
+    /// How long a request head may take.
+    pub fn head_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A head took longer than [`Scan::head_timeout`] while paused: counts
+    /// it, and gives the answer to write if no request was answered on
+    /// the connection yet (none can be half-written then).
+    pub fn head_timed_out(&self, answered: u64) -> Option<&'static [u8]> {
+        if let Some(f) = &self.on_timeout {
+            f();
+        }
+        (answered == 0).then_some(TIMEOUT_RESPONSE)
+    }
+
+    fn feed(&mut self, data: &[u8]) {
+        let facts = &self.facts;
+        self.scanner.feed(data, &mut |seq, line, r| {
+            facts.push(seq, line, r);
+        });
+        if self.scanner.in_partial_head() {
+            if self.deadline.is_none() {
+                self.deadline = Some(Box::pin(tokio::time::sleep(self.timeout)));
+            }
+        } else {
+            self.deadline = None;
+        }
+    }
 }
 
 const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: 68\r\nx-nio-error: header-timeout\r\n\r\n{\"error\":\"the request head was not received in time\",\"requestId\":\"\"}";
@@ -816,24 +866,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Scan<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.paused {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
         if this.timed_out {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                let facts = &this.facts;
-                this.scanner
-                    .feed(&buf.filled()[before..], &mut |seq, line, r| {
-                        facts.push(seq, line, r);
-                    });
-                if this.scanner.in_partial_head() {
-                    if this.deadline.is_none() {
-                        this.deadline = Some(Box::pin(tokio::time::sleep(this.timeout)));
-                    }
-                } else {
-                    this.deadline = None;
-                }
+                this.feed(&buf.filled()[before..]);
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {

@@ -139,7 +139,13 @@ impl Conn {
         let mut received = false;
         loop {
             let conn = &mut *self;
-            match parse_head(&mut conn.buf, &mut conn.spans, method)? {
+            // (Nothing to parse before the first read, usually.)
+            let head = if conn.buf.is_empty() {
+                None
+            } else {
+                parse_head(&mut conn.buf, &mut conn.spans, method)?
+            };
+            match head {
                 Some(Head::Interim) => continue,
                 Some(Head::Final(resp, framing, reuse)) => {
                     let mut body = Body {
