@@ -1,7 +1,8 @@
 //! Client connections that stop reading.
 //!
-//! hyper only writes a response as fast as the client reads it, and only
-//! asks the backend for more when the client took the last piece. A client
+//! The servers (ours in [`crate::front`], and hyper's) only write a
+//! response as fast as the client reads it, and only ask the backend for
+//! more when the client took the last piece. A client
 //! that stops reading altogether would hold its connection, the backend's,
 //! and an in-flight slot forever: [`WriteStall`] fails a write that has
 //! made no progress for the send timeout, which closes the connection.
