@@ -281,9 +281,9 @@ impl ConnFacts {
         }
         let mut v = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
         v.push_back((seq, line.to_vec(), verdict));
-        // A client cannot make this grow much: the servers read one request
-        // at a time (ours reads ahead at most one buffer of pipelined
-        // heads) and the scanner only sees what they read; cap it anyway.
+        // A client cannot make this grow: the scanner runs only under
+        // hyper (our server pauses it), which reads one request at a time;
+        // cap it anyway.
         while v.len() > 64 {
             v.pop_front();
         }
