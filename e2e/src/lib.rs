@@ -595,9 +595,11 @@ impl Gateway {
     /// Creates or replaces each resource in order, then waits until the
     /// data plane serves the last revision.
     pub async fn apply(&self, resources: &[Value]) -> Result<u64> {
+        // The highest: a resource applied unchanged keeps its older
+        // version, which must not end the wait early.
         let mut revision = 0;
         for r in resources {
-            revision = self.admin.apply(r).await?;
+            revision = revision.max(self.admin.apply(r).await?);
         }
         self.admin
             .wait_applied(&["dp"], revision, Duration::from_secs(20))
