@@ -31,9 +31,13 @@
 //! `Connection: close` from either side ends the connection after the
 //! answer (and is added when the client asked for it); a body that fails
 //! or ends short of its length closes the connection; pipelined requests
-//! are answered in order; a connection waiting for its next request is
-//! closed after `idle`, and at once when the server stops (a request in
-//! flight is answered first).
+//! are answered in order; a client that closes its connection while its
+//! answer is prepared or streamed cancels it (the read side is watched
+//! meanwhile, and bytes of a next request are kept); a connection waiting
+//! for its next request is closed after `idle`, and at once when the
+//! server stops (a request in flight is answered first). `CONNECT` goes to
+//! hyper, and so does the HTTP/2 preface on a new connection (after HTTP/1
+//! requests it closes the connection, as hyper's HTTP/1 server refused it).
 
 use crate::body::ClientBody;
 use crate::validate::Scan;
@@ -129,6 +133,11 @@ where
                             }
                         }
                     }
+                    // HTTP/2's preface after HTTP/1 requests: hyper's
+                    // HTTP/1 server refused it; so do we.
+                    Parsed::Other if answered > 0 && buf.starts_with(b"PRI * HTTP/2.0") => {
+                        return Ended::Closed;
+                    }
                     Parsed::Partial | Parsed::Other => {
                         io.resume(&buf, answered);
                         return Ended::HandOff(Rewind {
@@ -153,7 +162,7 @@ where
                     if partial {
                         if let Some(answer) = io.head_timed_out(answered) {
                             let _ = io.write_all(answer).await;
-                            let _ = io.shutdown().await;
+                            let _ = tokio::time::timeout(settings.idle, io.shutdown()).await;
                         }
                     }
                     return Ended::Closed;
@@ -168,10 +177,23 @@ where
         };
         answered += 1;
         let head = req.method() == Method::HEAD;
-        let resp = handler(req).await;
+        let answer = handler(req);
+        tokio::pin!(answer);
+        let answer = poll_fn(|cx| match answer.as_mut().poll(cx) {
+            Poll::Ready(resp) => Poll::Ready(Some(resp)),
+            Poll::Pending if gone(&mut io, &mut buf, settings.max_head, cx) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        })
+        .await;
+        // The client left: what it asked for is dropped (cancelling the
+        // backend call), as hyper does.
+        let Some(resp) = answer else {
+            return Ended::Closed;
+        };
         out.clear();
         let framing = write_head(&mut out, &resp, head, &mut close);
-        let written = send_body(&mut io, &mut out, resp.into_body(), framing).await;
+        let body = resp.into_body();
+        let written = send_body(&mut io, &mut buf, &mut out, body, framing, settings).await;
         if !matches!(written, Ok(true)) {
             return Ended::Closed;
         }
@@ -179,7 +201,7 @@ where
             out = Vec::with_capacity(1024);
         }
         if close || stop.has_changed().unwrap_or(true) {
-            let _ = io.shutdown().await;
+            let _ = tokio::time::timeout(settings.idle, io.shutdown()).await;
             return Ended::Closed;
         }
     }
@@ -221,7 +243,10 @@ fn parse(buf: &mut BytesMut, spans: &mut Vec<Span>, settings: Settings) -> Parse
         buf,
         fields,
     ) {
-        Ok(httparse::Status::Complete(len)) if len <= settings.max_head => len,
+        // (Offsets in the head must fit in a u32.)
+        Ok(httparse::Status::Complete(len)) if len <= settings.max_head.min(u32::MAX as usize) => {
+            len
+        }
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         _ => return Parsed::Other,
     };
@@ -231,10 +256,14 @@ fn parse(buf: &mut BytesMut, spans: &mut Vec<Span>, settings: Settings) -> Parse
     if !target.starts_with('/') {
         return Parsed::Other;
     }
+    // CONNECT is a tunnel: hyper's (it answers 2xx without framing and
+    // closes).
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Parsed::Other;
     };
-    // Offsets in the head (which is far smaller than 4 GiB: `max_head`).
+    if method == Method::CONNECT {
+        return Parsed::Other;
+    }
     let base = buf.as_ptr() as usize;
     let at = |s: &[u8]| {
         let start = s.as_ptr() as usize - base;
@@ -333,19 +362,14 @@ fn write_head<B: Body>(
         None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
     }
     out.extend_from_slice(b"\r\n");
-    let bodiless = head
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
     let mut length = None;
     let mut close_sent = false;
     for (name, value) in resp.headers() {
         if *name == header::CONTENT_LENGTH {
-            match std::str::from_utf8(value.as_bytes()).map(str::parse::<u64>) {
-                Ok(Ok(n)) => length = Some(n),
-                // Framed below from the body instead.
-                _ => continue,
-            }
+            // Written once below (a backend may repeat it; the proxy has
+            // refused differing values already).
+            length = length.or(decimal(value.as_bytes()));
+            continue;
         } else if *name == header::TRANSFER_ENCODING {
             // Framed below: chunked unless the length is known.
             continue;
@@ -361,23 +385,40 @@ fn write_head<B: Body>(
     if *close && !close_sent {
         field(out, b"connection", b"close");
     }
-    let framing = if bodiless {
-        Framing::None
-    } else if let Some(n) = length.or(resp.body().size_hint().exact()) {
-        if length.is_none() {
-            field(
-                out,
-                b"content-length",
-                itoa::Buffer::new().format(n).as_bytes(),
-            );
+    let no_content = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    // HEAD: the length the body would have, when known; never chunked.
+    let length = match length {
+        Some(n) => Some(n),
+        None if no_content => None,
+        None => resp.body().size_hint().exact().filter(|n| !head || *n > 0),
+    };
+    if let Some(n) = length {
+        field(
+            out,
+            b"content-length",
+            itoa::Buffer::new().format(n).as_bytes(),
+        );
+    }
+    let framing = match length {
+        _ if head || no_content => Framing::None,
+        Some(n) => Framing::Length(n),
+        None => {
+            field(out, b"transfer-encoding", b"chunked");
+            Framing::Chunked
         }
-        Framing::Length(n)
-    } else {
-        field(out, b"transfer-encoding", b"chunked");
-        Framing::Chunked
     };
     out.extend_from_slice(b"\r\n");
     framing
+}
+
+/// A length: decimal digits only (no sign, no spaces), as many as fit.
+fn decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -387,23 +428,50 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Reads ahead while an answer is prepared or waits for its body, as hyper
+/// does: `true` once the client closed or broke its connection. Bytes that
+/// come meanwhile (pipelined requests) stay in `buf`, up to `max`.
+fn gone<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    max: usize,
+    cx: &mut Context<'_>,
+) -> bool {
+    while buf.len() < max {
+        if buf.capacity() - buf.len() < READ_SIZE / 8 {
+            buf.reserve(READ_SIZE);
+        }
+        match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
+            Poll::Ready(Ok(n)) if n > 0 => {}
+            Poll::Ready(_) => return true,
+            Poll::Pending => return false,
+        }
+    }
+    false
+}
+
 /// What the body gave when asked.
 enum Next<B: Body> {
     Frame(Option<Result<http_body::Frame<B::Data>, B::Error>>),
     /// Nothing yet: write what is gathered before waiting.
     Flush,
+    /// The client left while the body had nothing to give.
+    Gone,
 }
 
 /// Writes `out` (the head) and the body. `Ok(false)`: the body failed or
-/// did not match its length, so the connection must close.
+/// did not match its length, or the client left, so the connection must
+/// close.
 async fn send_body<S, B>(
     io: &mut S,
+    buf: &mut BytesMut,
     out: &mut Vec<u8>,
     mut body: B,
     framing: Framing,
+    settings: Settings,
 ) -> io::Result<bool>
 where
-    S: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
     B: Body<Data = Bytes> + Unpin,
 {
     let mut sent = 0u64;
@@ -413,6 +481,7 @@ where
         }
         let next = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
             Poll::Pending if !out.is_empty() => Poll::Ready(Next::<B>::Flush),
+            Poll::Pending if gone(io, buf, settings.max_head, cx) => Poll::Ready(Next::Gone),
             Poll::Pending => Poll::Pending,
             Poll::Ready(frame) => Poll::Ready(Next::Frame(frame)),
         })
@@ -423,6 +492,7 @@ where
                 out.clear();
                 continue;
             }
+            Next::Gone => return Ok(false),
             Next::Frame(None) => break true,
             Next::Frame(Some(Err(_))) => break false,
             // Trailers are dropped, as hyper does for a client that did not
@@ -580,6 +650,14 @@ mod tests {
                 r
             }
             "/failing" => Response::new(frames(vec![data("part"), Err(io::Error::other("boom"))])),
+            "/twice" => {
+                let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(b"abc"))));
+                for _ in 0..2 {
+                    r.headers_mut()
+                        .append(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+                }
+                r
+            }
             // As the proxy answers HEAD: the backend's length, no body.
             "/h" => {
                 let mut r = Response::new(Either::Left(Full::new(Bytes::new())));
@@ -616,8 +694,14 @@ mod tests {
             let handler = |req: Request<ClientBody>| {
                 let target = req.uri().to_string();
                 assert_eq!(facts.next_verdict(req.method().as_str(), &target), None);
+                let never = req.uri().path() == "/never";
                 let resp = answer(&req);
-                async move { resp }
+                async move {
+                    if never {
+                        std::future::pending::<()>().await;
+                    }
+                    resp
+                }
             };
             match serve(io, SETTINGS, handler, &mut stop).await {
                 Ended::Closed => None,
@@ -704,6 +788,7 @@ mod tests {
             b"GET /p HTTP/1.1\r\nHo st: a\r\n\r\n",
             b"GET /p HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
             b"GET /p HTTP/1.1\r\nHost: a\r\nX: a\x7fb\r\n\r\n",
+            b"CONNECT /p HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
             let (mut client, _stop, task) = start();
             client.write_all(req).await.unwrap();
@@ -846,6 +931,35 @@ mod tests {
             .unwrap();
         let got = read_until_closed(&mut client).await;
         assert!(got.ends_with("GET /a None"), "{got}");
+        assert_eq!(task.await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_cancels_its_request() {
+        let (mut client, _stop, task) = start();
+        client
+            .write_all(b"GET /never HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::task::yield_now().await;
+        drop(client);
+        // The handler never answers: only noticing the close ends this.
+        assert_eq!(task.await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn lengths_are_written_once_and_head_answers_get_one() {
+        let (mut client, _stop, task) = start();
+        client
+            .write_all(b"GET /twice HTTP/1.1\r\nHost: a\r\n\r\nHEAD /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until_closed(&mut client).await;
+        let (first, second) = got.split_at(got.find("abcHTTP/1.1").unwrap() + 3);
+        assert_eq!(first.matches("content-length: 3\r\n").count(), 1, "{first}");
+        // The body HEAD would have had: "HEAD /x None", never sent.
+        assert!(second.contains("content-length: 12\r\n"), "{second}");
+        assert!(second.ends_with("\r\n\r\n"), "{second}");
         assert_eq!(task.await.unwrap(), None);
     }
 }
