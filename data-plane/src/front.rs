@@ -40,7 +40,7 @@
 //! requests it closes the connection, as hyper's HTTP/1 server refused it).
 
 use crate::body::ClientBody;
-use crate::validate::Scan;
+use crate::validate::{has_token, parse_decimal, Scan};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
@@ -328,13 +328,6 @@ fn rewound(buf: &mut BytesMut, head: &[u8]) -> Parsed {
     Parsed::Other
 }
 
-/// Whether a comma-separated header value lists `token`.
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
 /// How an answer's body goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
@@ -368,7 +361,7 @@ fn write_head<B: Body>(
         if *name == header::CONTENT_LENGTH {
             // Written once below (a backend may repeat it; the proxy has
             // refused differing values already).
-            length = length.or(decimal(value.as_bytes()));
+            length = length.or(parse_decimal(value.as_bytes()));
             continue;
         } else if *name == header::TRANSFER_ENCODING {
             // Framed below: chunked unless the length is known.
@@ -411,14 +404,6 @@ fn write_head<B: Body>(
     };
     out.extend_from_slice(b"\r\n");
     framing
-}
-
-/// A length: decimal digits only (no sign, no spaces), as many as fit.
-fn decimal(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

@@ -557,11 +557,18 @@ fn trim(mut v: &[u8]) -> &[u8] {
 }
 
 /// `1*DIGIT`, no sign, no spaces, no hex; `None` on overflow.
-fn parse_decimal(v: &[u8]) -> Option<u64> {
+pub(crate) fn parse_decimal(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
     std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Whether a comma-separated header value lists `token` (any case).
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Follows the HTTP/1 byte stream of one connection: request heads and the

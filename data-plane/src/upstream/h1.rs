@@ -22,6 +22,7 @@
 //! HTTP/1.0 answer is never followed by another request on its
 //! connection (`Connection: keep-alive` or not).
 
+use crate::validate::{has_token, parse_decimal};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Response, StatusCode, Version};
@@ -230,13 +231,6 @@ fn write_head(out: &mut Vec<u8>, req: &RequestHead<'_>) -> bool {
     close
 }
 
-/// Whether a comma-separated header value holds `token` (any case).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
 enum Head {
     /// A 1xx answer other than 101, consumed: the real one follows.
     Interim,
@@ -351,11 +345,7 @@ fn parse_head(
 }
 
 fn parse_length(v: &[u8]) -> Result<u64, Error> {
-    let invalid = Error::Invalid("invalid Content-Length");
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return Err(invalid);
-    }
-    Ok(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+    parse_decimal(v).ok_or(Error::Invalid("invalid Content-Length"))
 }
 
 /// How the response body is delimited.
