@@ -84,15 +84,17 @@ impl TrustedProxies {
                 || *n == FORWARDED
         };
         if !headers.keys().any(forwarding) {
-            headers.insert(X_FORWARDED_FOR.clone(), peer.xff.clone());
-            headers.insert(
+            // None there: appended, which skips looking for values to
+            // replace.
+            headers.append(X_FORWARDED_FOR.clone(), peer.xff.clone());
+            headers.append(
                 X_FORWARDED_PROTO.clone(),
                 HeaderValue::from_static(peer.proto),
             );
             if let Some(host) = host {
-                headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+                headers.append(X_FORWARDED_HOST.clone(), host.clone());
             }
-            headers.insert(FORWARDED.clone(), peer.forwarded_element(host));
+            headers.append(FORWARDED.clone(), peer.forwarded_element(host));
             return;
         }
         if !self.trusts(peer.ip) {

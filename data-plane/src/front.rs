@@ -298,7 +298,9 @@ fn parse(buf: &mut BytesMut, spans: &mut Vec<Span>, settings: Settings) -> Parse
     let Ok(uri) = Uri::from_maybe_shared(head.slice(range(target))) else {
         return rewound(buf, &head);
     };
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for what the proxy adds (request id, forwarding headers,
+    // traceparent): growing the map would rehash every field.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 8);
     for span in spans.iter() {
         let name = HeaderName::from_bytes(&head[range(span.name)]);
         match (

@@ -289,7 +289,8 @@ fn parse_head(
     }));
     let head = buf.split_to(len).freeze();
     let range = |(at, len): (u32, u32)| at as usize..(at + len) as usize;
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for the request id the proxy adds, without a rehash.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let mut close = version == Version::HTTP_10;
