@@ -440,15 +440,10 @@ impl Proxy {
         }
     }
 
-    pub async fn handle(&self, req: Request<ClientBody>, peer: Arc<Peer>) -> Response<ProxyBody> {
-        let http1 = req.version() <= Version::HTTP_11;
-        let mut resp = self.serve(req, peer).await;
-        let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if http1 && !upgraded && self.draining.load(Ordering::Relaxed) {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        resp
+    /// Whether an HTTP/1 answer should close its connection because the
+    /// data plane is draining (an upgraded one is no longer HTTP).
+    pub fn closes_for_drain(&self, resp: &Response<ProxyBody>) -> bool {
+        resp.status() != StatusCode::SWITCHING_PROTOCOLS && self.draining.load(Ordering::Relaxed)
     }
 
     /// The answer when `--max-requests` are in flight: 503 with
@@ -485,7 +480,14 @@ impl Proxy {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn serve(&self, mut req: Request<ClientBody>, peer: Arc<Peer>) -> Response<ProxyBody> {
+    /// Answers one request from a client at `peer`. (Awaited directly by
+    /// the server: every async level between them copies this future, a
+    /// few KiB, as it starts.)
+    pub async fn serve(
+        &self,
+        mut req: Request<ClientBody>,
+        peer: Arc<Peer>,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let request_id = request_id(req.headers());
         let client_ip = self
@@ -899,10 +901,18 @@ impl Proxy {
                 // Our own client borrows the head: nothing to copy for a
                 // retry. Its connection goes home with the response body
                 // (no lease to give back).
-                let call = pool
-                    .conns
-                    .send_own(index, &method, pq.as_str(), &parts.headers, host);
-                let result = until_response(call, timeouts.0, timeouts.1, None).await;
+                // Bodiless: the request timeout runs from now, on the
+                // connection's own timer.
+                let deadline = tokio::time::Instant::now() + timeouts.0;
+                let call = pool.conns.send_own(
+                    index,
+                    &method,
+                    pq.as_str(),
+                    &parts.headers,
+                    host,
+                    deadline,
+                );
+                let result = call.await;
                 result.map(|r| r.map(|resp| (resp, None)))
             } else {
                 // HTTP/1 requests carry the origin form (`/path?query`),

@@ -402,9 +402,11 @@ impl Conn {
                 || a.connections.available_permits() < a.max_connections / 5
                 || memory >= 1;
             let http1 = req.version() <= http::Version::HTTP_11;
-            let mut resp = this.proxy.handle(req, peer).await;
-            if pressure && http1 {
-                this.proxy.keepalive_shed();
+            let mut resp = this.proxy.serve(req, peer).await;
+            if http1 && (pressure || this.proxy.closes_for_drain(&resp)) {
+                if pressure {
+                    this.proxy.keepalive_shed();
+                }
                 resp.headers_mut().insert(
                     http::header::CONNECTION,
                     http::HeaderValue::from_static("close"),

@@ -29,6 +29,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
+use tokio::time::Instant;
 use tower_service::Service;
 
 /// How long an unused connection stays open.
@@ -141,9 +142,19 @@ impl Conns {
         if own_client_takes(req.method(), req.headers()) && req.body().is_empty() {
             let (parts, _) = req.into_parts();
             let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            let resp = self
-                .send_own(index, &parts.method, target, &parts.headers, None)
-                .await?;
+            // The caller keeps the deadline here.
+            let unbounded = Instant::now() + Duration::from_secs(365 * 86_400);
+            let sent = self.send_own(
+                index,
+                &parts.method,
+                target,
+                &parts.headers,
+                None,
+                unbounded,
+            );
+            let resp = sent
+                .await
+                .unwrap_or(Err(CallError::Own(h1::Error::TimedOut)))?;
             return Ok((resp, None));
         }
         loop {
@@ -173,7 +184,8 @@ impl Conns {
     /// any answer came (the target closed it while it was idle, in the
     /// same instant), a safe request (GET, HEAD, OPTIONS, TRACE) is sent
     /// once more on a new connection without counting a failure; anything
-    /// else is left to the proxy's counted retries.
+    /// else is left to the proxy's counted retries. `None` when no
+    /// response head came by `deadline` (the connection is dropped).
     pub async fn send_own(
         &self,
         index: u32,
@@ -181,9 +193,10 @@ impl Conns {
         target: &str,
         headers: &HeaderMap,
         host: Option<&HeaderValue>,
-    ) -> Result<Response<Upstream>, CallError> {
+        deadline: Instant,
+    ) -> Option<Result<Response<Upstream>, CallError>> {
         let Some(slot) = self.slots.get(index as usize) else {
-            return Err(CallError::Connect("no such target".into()));
+            return Some(Err(CallError::Connect("no such target".into())));
         };
         let head = h1::RequestHead {
             method,
@@ -196,7 +209,7 @@ impl Conns {
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
         );
         let result = match take_own(slot) {
-            Some(conn) => match conn.exchange(&head, &slot.own).await {
+            Some(conn) => match conn.exchange(&head, &slot.own, deadline).await {
                 Err(h1::Error::Closed(_)) if safe => None,
                 other => Some(other),
             },
@@ -205,13 +218,26 @@ impl Conns {
         let result = match result {
             Some(result) => result,
             None => {
-                let conn = Box::pin(self.open_own(slot)).await?;
-                conn.exchange(&head, &slot.own).await
+                // (A new connection's own timer takes over once it is open.)
+                let opened = tokio::time::timeout_at(deadline, Box::pin(self.open_own(slot)));
+                let conn = match opened.await {
+                    Ok(conn) => conn,
+                    Err(_) => return None,
+                };
+                match conn {
+                    Ok(conn) => conn.exchange(&head, &slot.own, deadline).await,
+                    Err(e) => return Some(Err(e)),
+                }
             }
         };
-        result
-            .map(|resp| resp.map(Upstream::Own))
-            .map_err(CallError::Own)
+        match result {
+            Err(h1::Error::TimedOut) => None,
+            result => Some(
+                result
+                    .map(|resp| resp.map(Upstream::Own))
+                    .map_err(CallError::Own),
+            ),
+        }
     }
 
     async fn open_own(&self, slot: &Slot) -> Result<Box<h1::Conn>, CallError> {
@@ -379,14 +405,26 @@ mod tests {
     use http::{HeaderMap, HeaderValue, Method};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+    use tokio::time::Instant;
+
+    /// What a test backend does after its answers on a connection.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Then {
+        /// Closes it at once.
+        Close,
+        /// Closes it when the next request comes.
+        CloseOnNext,
+        /// Reads what comes and never answers.
+        Stall,
+    }
 
     /// A backend that answers `answers[i]` requests on its i-th
-    /// connection (keep-alive, `ok` each time), then closes it without a
-    /// word: at once (`at_once`) or when the next request comes. It counts
-    /// the connections it accepted.
-    async fn backend(answers: Vec<usize>, at_once: bool) -> (u16, Arc<AtomicUsize>) {
+    /// connection (keep-alive, `ok` each time), then does `then`. It
+    /// counts the connections it accepted.
+    async fn backend(answers: Vec<usize>, then: Then) -> (u16, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -407,13 +445,16 @@ mod tests {
                         seen.extend_from_slice(&buf[..n]);
                         while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
                             seen.drain(..end + 4);
+                            if answered == answers && then == Then::Stall {
+                                continue;
+                            }
                             if answered == answers {
                                 return;
                             }
                             answered += 1;
                             let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
                             conn.write_all(ok).await.unwrap();
-                            if at_once && answered == answers {
+                            if then == Then::Close && answered == answers {
                                 return;
                             }
                         }
@@ -434,11 +475,21 @@ mod tests {
 
     /// One call through our own client; the body read to its end.
     async fn call(pool: &BackendPool, method: Method) -> Result<Vec<u8>, String> {
+        call_within(pool, method, Duration::from_secs(10)).await
+    }
+
+    async fn call_within(
+        pool: &BackendPool,
+        method: Method,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, String> {
         let host = HeaderValue::from_static("b.test");
+        let deadline = Instant::now() + timeout;
         let resp = pool
             .conns
-            .send_own(0, &method, "/", &HeaderMap::new(), Some(&host))
+            .send_own(0, &method, "/", &HeaderMap::new(), Some(&host), deadline)
             .await
+            .ok_or("timed out")?
             .map_err(|e| crate::proxy::error_chain(&e))?;
         let Upstream::Own(mut body) = resp.into_body() else {
             panic!("not our own client");
@@ -453,7 +504,7 @@ mod tests {
     #[tokio::test]
     async fn connections_are_reused_and_closed_ones_skipped() {
         // The first connection answers twice, then is closed while idle.
-        let (port, accepted) = backend(vec![2], true).await;
+        let (port, accepted) = backend(vec![2], Then::Close).await;
         let pool = pool(port);
         for _ in 0..2 {
             assert_eq!(call(&pool, Method::GET).await.unwrap(), b"ok");
@@ -469,7 +520,7 @@ mod tests {
     async fn a_connection_closed_under_a_request_is_retried_once_if_safe() {
         // Each connection answers once, then closes on the next request
         // (as a target that timed it out at that instant would).
-        let (port, accepted) = backend(vec![1, 1, 1, 1], false).await;
+        let (port, accepted) = backend(vec![1, 1, 1, 1], Then::CloseOnNext).await;
         let pool = pool(port);
         assert_eq!(call(&pool, Method::GET).await.unwrap(), b"ok");
         // Reused, found closed by the request: sent again on a new one.
@@ -479,5 +530,31 @@ mod tests {
         let err = call(&pool, Method::DELETE).await.unwrap_err();
         assert!(err.contains("closed before the response"), "{err}");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_response_late_for_its_deadline_drops_its_connection() {
+        // Each connection answers once, then never again.
+        let (port, accepted) = backend(vec![1, 1], Then::Stall).await;
+        let pool = pool(port);
+        let short = Duration::from_millis(200);
+        assert_eq!(call_within(&pool, Method::GET, short).await.unwrap(), b"ok");
+        // The connection's timer moves later: its earlier registration
+        // does not end the wait.
+        let started = Instant::now();
+        let later = Duration::from_millis(600);
+        assert_eq!(
+            call_within(&pool, Method::GET, later).await.unwrap_err(),
+            "timed out"
+        );
+        assert!(started.elapsed() >= later, "{:?}", started.elapsed());
+        // That connection is gone: the next request opens another...
+        assert_eq!(call(&pool, Method::GET).await.unwrap(), b"ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // ...whose timer moves earlier, and ends the wait.
+        assert_eq!(
+            call_within(&pool, Method::GET, short).await.unwrap_err(),
+            "timed out"
+        );
     }
 }

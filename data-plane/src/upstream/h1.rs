@@ -29,12 +29,15 @@ use http::{HeaderMap, Method, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
+use std::future::{poll_fn, Future};
 use std::io;
+use std::pin::pin;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 /// Most header fields in a response head.
 pub const MAX_HEADERS: usize = 100;
@@ -60,6 +63,13 @@ pub struct Conn {
     head: Vec<u8>,
     /// Where each header field of the last response head is.
     spans: Vec<Span>,
+    /// The deadline of the response head being awaited. One timer for the
+    /// connection's life, moved for each exchange: moving a registered
+    /// tokio timer later is an atomic update, where arming a new one per
+    /// request costs a trip through the timer wheel (a visible share of a
+    /// small request). When its old deadline passes, the driver sees the
+    /// new one and waits on.
+    timer: Pin<Box<Sleep>>,
 }
 
 /// Offsets of a header field's name and value in a response head.
@@ -93,6 +103,9 @@ pub enum Error {
     Closed(#[source] Option<io::Error>),
     #[error("invalid response from the backend: {0}")]
     Invalid(&'static str),
+    /// No response head before the deadline.
+    #[error("no response before the deadline")]
+    TimedOut,
 }
 
 impl Conn {
@@ -102,6 +115,8 @@ impl Conn {
             buf: BytesMut::new(),
             head: Vec::new(),
             spans: Vec::new(),
+            // Set before each exchange.
+            timer: Box::pin(tokio::time::sleep_until(Instant::now())),
         })
     }
 
@@ -128,15 +143,28 @@ impl Conn {
         mut self: Box<Self>,
         req: &RequestHead<'_>,
         home: &Home,
+        deadline: Instant,
     ) -> Result<Response<Body>, Error> {
         let method = req.method;
         self.head.clear();
         let close = write_head(&mut self.head, req);
-        let sent = match self.io.write_all(&self.head).await {
-            Ok(()) => self.io.flush().await,
-            Err(e) => Err(e),
-        };
-        sent.map_err(|e| Error::Closed(Some(e)))?;
+        self.timer.as_mut().reset(deadline);
+        let Conn {
+            io, head, timer, ..
+        } = &mut *self;
+        let mut write = pin!(async {
+            io.write_all(head).await?;
+            io.flush().await
+        });
+        let sent = poll_fn(|cx| match write.as_mut().poll(cx) {
+            Poll::Ready(sent) => Poll::Ready(sent.map_err(|e| Error::Closed(Some(e)))),
+            Poll::Pending if timer.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Err(Error::TimedOut))
+            }
+            Poll::Pending => Poll::Pending,
+        })
+        .await;
+        sent?;
         let mut received = false;
         loop {
             let conn = &mut *self;
@@ -161,26 +189,29 @@ impl Conn {
                 }
                 None => {}
             }
-            match read_more(&mut self.io, &mut self.buf).await {
-                Ok(0) if received => {
+            let Conn { io, buf, timer, .. } = &mut *self;
+            let read = poll_fn(|cx| match poll_read_more(io, buf, cx) {
+                Poll::Pending if timer.as_mut().poll(cx).is_ready() => Poll::Ready(None),
+                other => other.map(Some),
+            })
+            .await;
+            match read {
+                None => return Err(Error::TimedOut),
+                Some(Ok(0)) if received => {
                     return Err(Error::Invalid(
                         "the connection closed in the middle of the response head",
                     ))
                 }
-                Ok(0) => return Err(Error::Closed(None)),
-                Ok(_) => received = true,
-                Err(e) if received => return Err(e.into()),
-                Err(e) => return Err(Error::Closed(Some(e))),
+                Some(Ok(0)) => return Err(Error::Closed(None)),
+                Some(Ok(_)) => received = true,
+                Some(Err(e)) if received => return Err(e.into()),
+                Some(Err(e)) => return Err(Error::Closed(Some(e))),
             }
         }
     }
 }
 
 /// Reads what the socket has into `buf`; 0 at the end of the stream.
-async fn read_more(io: &mut Stream, buf: &mut BytesMut) -> io::Result<usize> {
-    std::future::poll_fn(|cx| poll_read_more(io, buf, cx)).await
-}
-
 fn poll_read_more(
     io: &mut Stream,
     buf: &mut BytesMut,
