@@ -556,12 +556,14 @@ fn trim(mut v: &[u8]) -> &[u8] {
     v
 }
 
-/// `1*DIGIT`, no sign, no spaces, no hex; `None` on overflow.
+/// `1*DIGIT`, no sign, no spaces, no hex; `None` past 19 digits (which
+/// always fit in a u64). Folded by hand: `str::parse` cost ten times as
+/// much, on every response.
 pub(crate) fn parse_decimal(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    Some(v.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
 }
 
 /// Whether a comma-separated header value lists `token` (any case).
@@ -919,6 +921,33 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Scan<S> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn decimals_are_digits_only() {
+        assert_eq!(parse_decimal(b"0"), Some(0));
+        assert_eq!(parse_decimal(b"00042"), Some(42));
+        assert_eq!(
+            parse_decimal(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b" 1",
+            b"1 ",
+            b"0x1",
+            b"1,2",
+            b"18446744073709551615",
+        ] {
+            assert_eq!(
+                parse_decimal(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     #[test]
     fn single_pass_judge_agrees_with_the_line_by_line_one() {
