@@ -12,6 +12,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use nio_proto::model::{canonical_ip as canonical, Cidr};
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::{Mutex, PoisonError};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -148,7 +149,12 @@ pub struct Peer {
     /// The address as text (this hop's `X-Forwarded-For` entry).
     xff: HeaderValue,
     /// `for=…;proto=…`, the start of this hop's `Forwarded` element.
-    element: Bytes,
+    element: HeaderValue,
+    /// The whole element for the last host named on this connection, and
+    /// that host (a copy: not the head it came in). A connection's
+    /// requests nearly always name the same host, so the element is built
+    /// once, not once per request.
+    last: Mutex<Option<(Box<[u8]>, HeaderValue)>>,
 }
 
 impl Peer {
@@ -173,7 +179,9 @@ impl Peer {
             proto,
             xff: HeaderValue::from_str(&text)
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-            element: Bytes::from(element),
+            element: HeaderValue::from_str(&element)
+                .unwrap_or_else(|_| HeaderValue::from_static("for=unknown")),
+            last: Mutex::new(None),
         }
     }
 
@@ -185,16 +193,23 @@ impl Peer {
                 .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
         });
         let Some(host) = host else {
-            return HeaderValue::from_maybe_shared(self.element.clone())
-                .unwrap_or_else(|_| HeaderValue::from_static(""));
+            return self.element.clone();
         };
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((seen, element)) = &*last {
+            if **seen == *host {
+                return element.clone();
+            }
+        }
         let mut out = Vec::with_capacity(self.element.len() + host.len() + 8);
-        out.extend_from_slice(&self.element);
+        out.extend_from_slice(self.element.as_bytes());
         out.extend_from_slice(b";host=\"");
         out.extend_from_slice(host);
         out.push(b'"');
-        HeaderValue::from_maybe_shared(Bytes::from(out))
-            .unwrap_or_else(|_| HeaderValue::from_static(""))
+        let element = HeaderValue::from_maybe_shared(Bytes::from(out))
+            .unwrap_or_else(|_| self.element.clone());
+        *last = Some((host.into(), element.clone()));
+        element
     }
 }
 
@@ -283,10 +298,20 @@ mod tests {
         let trusted: TrustedProxies = "10.0.0.0/8".parse().unwrap();
         for peer in ["192.0.2.1:5000", "10.1.1.1:5000", "[2001:db8::7]:443"] {
             let peer: SocketAddr = peer.parse().unwrap();
-            for host in [Some("api.test"), Some("bad\"host"), None] {
+            // One connection's requests, naming hosts in turn (its element
+            // is kept for the last host).
+            let conn = Peer::new(peer, "https");
+            let hosts = [
+                Some("api.test"),
+                Some("api.test"),
+                Some("b.test"),
+                Some("bad\"host"),
+                None,
+                Some("api.test"),
+            ];
+            for host in hosts {
                 let host = host.map(HeaderValue::from_static);
                 let host = host.as_ref();
-                let conn = Peer::new(peer, "https");
                 let mut fresh = headers(&[("accept", "*/*")]);
                 trusted.apply(&mut fresh, &conn, host);
                 // From an untrusted peer, forged headers take the general
@@ -304,9 +329,9 @@ mod tests {
                     IpAddr::V4(_) => ip.clone(),
                     IpAddr::V6(_) => format!("\"[{ip}]\""),
                 };
-                let host_part = match host.map(|h| h.as_bytes()) {
-                    Some(b"api.test") => ";host=\"api.test\"",
-                    _ => "",
+                let host_part = match host.map(|h| h.to_str().unwrap()) {
+                    Some(h) if !h.contains('"') => format!(";host=\"{h}\""),
+                    _ => String::new(),
                 };
                 assert_eq!(
                     fresh["forwarded"],

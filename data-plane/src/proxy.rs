@@ -32,7 +32,7 @@ use crate::upstream::conn::own_client_takes;
 use crate::upstream::health::{now_ms, Outcome};
 use crate::upstream::BackendPool;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -244,26 +244,29 @@ fn hex_into(out: &mut [u8], bytes: &[u8]) {
 fn traceparent(headers: &mut HeaderMap) -> TraceId {
     // 00-<trace id: 32>-<span id: 16>-<flags: 2>
     let mut value = *b"00-00000000000000000000000000000000-0000000000000000-01";
-    let incoming = headers
-        .get(&TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let mut parts = v.split('-');
-            let (version, trace, parent, flags) =
-                (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-            let hex = |s: &str, n: usize| {
-                s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-            };
-            let valid = hex(version, 2)
-                && version != "ff"
-                && (version != "00" || parts.next().is_none())
-                && hex(trace, 32)
-                && trace.bytes().any(|b| b != b'0')
-                && hex(parent, 16)
-                && parent.bytes().any(|b| b != b'0')
-                && hex(flags, 2);
-            valid.then_some((trace, flags))
-        });
+    // One lookup for reading and writing the field.
+    let entry = headers.entry(&TRACEPARENT);
+    let current = match &entry {
+        Entry::Occupied(e) => Some(e.get()),
+        Entry::Vacant(_) => None,
+    };
+    let incoming = current.and_then(|v| v.to_str().ok()).and_then(|v| {
+        let mut parts = v.split('-');
+        let (version, trace, parent, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex = |s: &str, n: usize| {
+            s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        };
+        let valid = hex(version, 2)
+            && version != "ff"
+            && (version != "00" || parts.next().is_none())
+            && hex(trace, 32)
+            && trace.bytes().any(|b| b != b'0')
+            && hex(parent, 16)
+            && parent.bytes().any(|b| b != b'0')
+            && hex(flags, 2);
+        valid.then_some((trace, flags))
+    });
     match incoming {
         Some((trace, flags)) => {
             value[3..35].copy_from_slice(trace.as_bytes());
@@ -278,7 +281,14 @@ fn traceparent(headers: &mut HeaderMap) -> TraceId {
     let mut trace = [0u8; 32];
     trace.copy_from_slice(&value[3..35]);
     if let Ok(v) = HeaderValue::from_bytes(&value) {
-        headers.insert(TRACEPARENT.clone(), v);
+        match entry {
+            Entry::Occupied(mut e) => {
+                e.insert(v);
+            }
+            Entry::Vacant(e) => {
+                e.insert(v);
+            }
+        }
     }
     TraceId(trace)
 }

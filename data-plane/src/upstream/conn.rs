@@ -221,13 +221,11 @@ impl Conns {
                 // (A new connection's own timer takes over once it is open.)
                 let opened = tokio::time::timeout_at(deadline, Box::pin(self.open_own(slot)));
                 let conn = match opened.await {
-                    Ok(conn) => conn,
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(e)) => return Some(Err(e)),
                     Err(_) => return None,
                 };
-                match conn {
-                    Ok(conn) => conn.exchange(&head, &slot.own, deadline).await,
-                    Err(e) => return Some(Err(e)),
-                }
+                conn.exchange(&head, &slot.own, deadline).await
             }
         };
         match result {

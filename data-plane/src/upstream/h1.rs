@@ -31,8 +31,7 @@ use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 use std::future::{poll_fn, Future};
 use std::io;
-use std::pin::pin;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWriteExt};
@@ -68,7 +67,8 @@ pub struct Conn {
     /// tokio timer later is an atomic update, where arming a new one per
     /// request costs a trip through the timer wheel (a visible share of a
     /// small request). When its old deadline passes, the driver sees the
-    /// new one and waits on.
+    /// new one and waits on. (Between exchanges it may still hold the
+    /// waker of the last request's task: one spurious wake-up at most.)
     timer: Pin<Box<Sleep>>,
 }
 
@@ -136,7 +136,9 @@ impl Conn {
             .is_ready()
     }
 
-    /// Sends a request without a body and reads the head of its answer.
+    /// Sends a request without a body and reads the head of its answer,
+    /// [`Error::TimedOut`] if it is not there by `deadline` (the connection
+    /// is then dropped: a late answer must not reach the next request).
     /// The answer's body reads from this connection, and puts it back
     /// `home` once read to its end, if it can be reused.
     pub async fn exchange(
