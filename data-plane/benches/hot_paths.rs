@@ -10,7 +10,6 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method, Uri};
-use nio_data_plane::metrics::Metrics;
 use nio_data_plane::plugins::{Chain, Ctx, Flow, State};
 use nio_data_plane::proxy::strip_hop_by_hop;
 use nio_data_plane::route::CompiledRoute;
@@ -83,7 +82,7 @@ fn setup() -> Setup {
     ]
     .into_iter()
     .collect();
-    let runtime = compile(&config, 1, "h", None, None, &Metrics::default()).expect("compiles");
+    let runtime = compile(&config, 1, "h", None, None).expect("compiles");
     let hs_key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
     let es_key = jsonwebtoken::EncodingKey::from_ec_pem(es_private.as_bytes()).expect("ES256 key");
     let hs256 = sign(jsonwebtoken::Algorithm::HS256, &hs_key, 0);

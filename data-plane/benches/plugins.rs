@@ -8,7 +8,6 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method, Uri};
-use nio_data_plane::metrics::Metrics;
 use nio_data_plane::plugins::{Chain, Ctx, Flow, State};
 use nio_data_plane::runtime::compile;
 use nio_proto::model::{credential_hash, AnyResource, Config};
@@ -42,7 +41,7 @@ fn setup() -> (Arc<nio_data_plane::runtime::Runtime>, HeaderMap) {
     ]
     .into_iter()
     .collect();
-    let runtime = compile(&config, 1, "h", None, None, &Metrics::default()).expect("compiles");
+    let runtime = compile(&config, 1, "h", None, None).expect("compiles");
     let claims = json!({"sub": "user", "iss": "bench", "exp": 4_102_444_800u64});
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),

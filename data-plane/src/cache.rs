@@ -5,7 +5,7 @@
 //! temporary file, fsync and rename: a crash leaves the old or the new file,
 //! never a torn one.
 
-use nio_proto::model::Config;
+use nio_proto::snapshot::Holding;
 use nio_proto::v1::Snapshot;
 use prost::Message;
 use std::io::BufWriter;
@@ -42,9 +42,9 @@ impl Cache {
         }
     }
 
-    /// Stores the snapshot of `config` at `revision`, encoded one resource
-    /// at a time (see [`nio_proto::snapshot::write_encoded`]).
-    pub fn store(&self, config: &Config, revision: u64) -> std::io::Result<()> {
+    /// Stores the snapshot of `holding` at `revision`, written one resource
+    /// at a time (see [`Holding::write`]).
+    pub fn store(&self, holding: &Holding, revision: u64) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         let tmp = self.dir.join(format!("{FILE}.tmp"));
         // Owner only: the snapshot holds certificate keys and verifier
@@ -56,7 +56,7 @@ impl Cache {
             .mode(0o600)
             .open(&tmp)?;
         let mut out = BufWriter::new(f);
-        nio_proto::snapshot::write_encoded(config, revision, &mut out)?;
+        holding.write(revision, &mut out)?;
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         std::fs::rename(&tmp, self.dir.join(FILE))?;
         // Make the rename itself durable.
@@ -72,7 +72,7 @@ mod tests {
     /// send for the same configuration: same resources, same hash.
     #[test]
     fn round_trip() {
-        use nio_proto::model::AnyResource;
+        use nio_proto::model::{AnyResource, Config};
         use serde_json::json;
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path()).unwrap();
@@ -86,10 +86,11 @@ mod tests {
         .into_iter()
         .map(|v| AnyResource::from_value(v).unwrap())
         .collect();
-        cache.store(&config, 7).unwrap();
+        let sent = nio_proto::snapshot::compress(nio_proto::snapshot::encode(&config, 7));
+        let holding = Holding::from_snapshot(&sent).unwrap();
+        cache.store(&holding, 7).unwrap();
         let loaded = cache.load().unwrap().unwrap();
-        assert_eq!(loaded.revision, 7);
-        assert_eq!(loaded.hash, nio_proto::snapshot::encode(&config, 7).hash);
+        assert_eq!(loaded, nio_proto::snapshot::encode(&config, 7));
         assert_eq!(nio_proto::snapshot::decode(&loaded).unwrap(), config);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join(FILE))

@@ -175,10 +175,10 @@ impl Counters {
     /// Per route (from the metrics), per API key and per backend target
     /// (from the runtime now serving).
     fn read(&self) -> DataPlaneMetrics {
-        let mut m = self.metrics.report();
         let Some(rt) = self.slot.load_full() else {
-            return m;
+            return self.metrics.report(std::iter::empty());
         };
+        let mut m = self.metrics.report(rt.route_stats());
         let now = crate::upstream::health::now_ms();
         m.api_keys = rt
             .api_keys

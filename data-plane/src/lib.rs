@@ -83,6 +83,7 @@ pub mod events;
 pub mod forwarded;
 pub mod front;
 pub mod identity;
+pub mod memory;
 pub mod metrics;
 pub mod plugins;
 pub mod proxy;

@@ -230,9 +230,9 @@ fn main() -> anyhow::Result<()> {
         runtime.worker_threads(args.worker_threads);
     }
     // A snapshot is decoded and compiled on a thread that leaves the worker
-    // pool for it (`block_in_place`) and then idles in the blocking pool;
-    // mimalloc returns that thread's freed pages (tens of MB after a large
-    // snapshot) when it exits. One second instead of Tokio's ten.
+    // pool for it (`block_in_place`) and then idles in the blocking pool
+    // with its stack; it gives back what the update freed at once (see
+    // `memory`), and leaves after one idle second instead of Tokio's ten.
     runtime.thread_keep_alive(Duration::from_secs(1));
     let runtime = runtime.enable_all().build()?;
     runtime.block_on(async {

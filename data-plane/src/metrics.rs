@@ -2,15 +2,14 @@
 //! listener. The request path only does relaxed atomic increments on
 //! counters it already holds (a route's [`RouteStats`] lives in its
 //! compiled route; its counters are allocated by the route's first
-//! request, so a large table of idle routes costs little); the registry's
-//! lock is taken when a snapshot is compiled or `/metrics` is scraped,
-//! never per request.
+//! request, so a large table of idle routes costs little). Reports and
+//! `/metrics` read the routes' counters from the runtime now serving; there
+//! is no registry of routes beside it.
 
 use crate::plugins::Reason;
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use nio_proto::LATENCY_BUCKETS_MS;
 
@@ -100,7 +99,6 @@ impl Counters {
 
 #[derive(Debug, Default)]
 pub struct Metrics {
-    routes: Mutex<BTreeMap<Arc<str>, Arc<RouteStats>>>,
     /// Requests that matched no route.
     pub unrouted: AtomicU64,
     /// Requests answered 502/504 because the backend failed.
@@ -131,29 +129,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The stats of `route`, shared with earlier compilations of it.
-    pub fn route(&self, route: &Arc<str>) -> Arc<RouteStats> {
-        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        routes.entry(route.clone()).or_default().clone()
-    }
-
-    pub fn route_count(&self) -> usize {
-        self.routes.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// Forgets routes that are no longer configured.
-    pub fn retain_routes(&self, keep: impl Fn(&str) -> bool) {
-        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        routes.retain(|name, _| keep(name));
-    }
-
-    /// The per-route counters for the control plane's fleet-wide view.
-    pub fn report(&self) -> nio_proto::v1::DataPlaneMetrics {
-        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+    /// The counters of `routes` (by name, in name order) for the control
+    /// plane's fleet-wide view.
+    pub fn report<'a>(
+        &self,
+        routes: impl Iterator<Item = (&'a str, &'a RouteStats)>,
+    ) -> nio_proto::v1::DataPlaneMetrics {
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
         nio_proto::v1::DataPlaneMetrics {
             routes: routes
-                .iter()
                 .filter(|(_, s)| s.active())
                 .map(|(name, s)| (name, s.read()))
                 .map(|(name, s)| nio_proto::v1::RouteMetrics {
@@ -169,8 +153,9 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text exposition format.
-    pub fn render(&self) -> String {
+    /// Prometheus text exposition format, with the counters of `routes`
+    /// (by name, in name order).
+    pub fn render<'a>(&self, routes: impl Iterator<Item = (&'a str, &'a RouteStats)>) -> String {
         let mut out = String::with_capacity(1024);
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
         let _ = writeln!(
@@ -178,14 +163,7 @@ impl Metrics {
             "# HELP nio_requests_total Requests served, by route and status class."
         );
         let _ = writeln!(out, "# TYPE nio_requests_total counter");
-        let routes: Vec<(Arc<str>, Arc<RouteStats>)> = self
-            .routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|(_, s)| s.active())
-            .map(|(name, s)| (name.clone(), s.clone()))
-            .collect();
+        let routes: Vec<(&str, &RouteStats)> = routes.filter(|(_, s)| s.active()).collect();
         for (name, stats) in &routes {
             for (i, c) in stats.read().by_class.iter().enumerate() {
                 let _ = writeln!(
@@ -369,22 +347,23 @@ mod tests {
     #[test]
     fn idle_routes_are_not_listed() {
         let metrics = Metrics::default();
-        let (busy, idle) = (metrics.route(&"busy".into()), metrics.route(&"idle".into()));
+        let (busy, idle) = (RouteStats::default(), RouteStats::default());
+        let routes = || [("busy", &busy), ("idle", &idle)].into_iter();
         busy.record(200, 1_500);
         let reported: Vec<_> = metrics
-            .report()
+            .report(routes())
             .routes
             .into_iter()
             .map(|r| r.route)
             .collect();
         assert_eq!(reported, ["busy"]);
-        let text = metrics.render();
+        let text = metrics.render(routes());
         assert!(
             text.contains("nio_requests_total{route=\"busy\",code=\"2xx\"} 1"),
             "{text}"
         );
         assert!(!text.contains("idle"), "{text}");
         idle.denied(Reason::ALL[0]);
-        assert_eq!(metrics.report().routes.len(), 2);
+        assert_eq!(metrics.report(routes()).routes.len(), 2);
     }
 }

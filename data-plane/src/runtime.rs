@@ -6,7 +6,7 @@
 //! atomically. A request loads the current `Arc<Runtime>` once and keeps it
 //! to the end, so a swap never changes the rules under a request in flight.
 
-use crate::metrics::Metrics;
+use crate::metrics::RouteStats;
 use crate::plugins::{Chain, CompiledKey, CompiledVerifier};
 use crate::route::CompiledRoute;
 use crate::router::{RouteEntry, Router};
@@ -42,6 +42,13 @@ pub struct Runtime {
     pub tls: Option<Arc<ServerTls>>,
 }
 
+impl Runtime {
+    /// Each route's counters, in name order.
+    pub fn route_stats(&self) -> impl Iterator<Item = (&str, &RouteStats)> {
+        self.routes.iter().map(|(name, r)| (&**name, &*r.stats))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot compile revision {revision}: {reason}")]
 pub struct CompileError {
@@ -63,7 +70,6 @@ pub fn compile(
     hash: &str,
     previous: Option<&Runtime>,
     changed: Option<&[(Kind, String)]>,
-    metrics: &Metrics,
 ) -> Result<Runtime, CompileError> {
     let err = |reason: String| CompileError { revision, reason };
     let empty = Runtime {
@@ -167,11 +173,7 @@ pub fn compile(
                 // and the router) and its counters.
                 let (name, stats) = match reuse_from.routes.get(name.as_str()) {
                     Some(old) => (old.name.clone(), old.stats.clone()),
-                    None => {
-                        let name: Arc<str> = name.as_str().into();
-                        let stats = metrics.route(&name);
-                        (name, stats)
-                    }
+                    None => (name.as_str().into(), Arc::default()),
                 };
                 let route = Arc::new(
                     CompiledRoute::new(r, name.clone(), backend, stats)

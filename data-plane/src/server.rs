@@ -586,8 +586,9 @@ fn ops_response(path: &str, health: &Health, metrics: &Metrics) -> Response<Full
             ),
         },
         "/metrics" => {
-            let mut text = metrics.render();
-            if let Some(rt) = health.applier.slot.load_full() {
+            let runtime = health.applier.slot.load_full();
+            let mut text = metrics.render(runtime.iter().flat_map(|rt| rt.route_stats()));
+            if let Some(rt) = &runtime {
                 crate::upstream::render_metrics(&rt.backends, &mut text);
             }
             (StatusCode::OK, "text/plain; version=0.0.4", text)

@@ -17,12 +17,12 @@ use crate::identity::{self, Identity};
 use crate::metrics::Metrics;
 use crate::runtime::{compile, Runtime, RuntimeSlot};
 use nio_proto::model::{Config, Kind};
-use nio_proto::snapshot::{Digests, ResourceSet, SnapshotError};
+use nio_proto::snapshot::{Holding, SnapshotError};
 use nio_proto::v1::config_sync_client::ConfigSyncClient;
 use nio_proto::v1::{control_plane_message, data_plane_message, DataPlaneMessage};
 use nio_proto::v1::{Ack, Goodbye, Heartbeat, Hello, Nack};
 use nio_proto::v1::{Delta, ResourceKey, Snapshot};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -57,17 +57,16 @@ pub struct SyncOptions {
     pub backoff_max: Duration,
 }
 
-/// What this data plane holds: each resource's version and digest (to
-/// check deltas and to say what it holds) and the decoded configuration (so
-/// a delta decodes only what changed). The encoded bodies are not kept: the
-/// cache is written by encoding the configuration again.
+/// What this data plane holds: the encoded resources with their versions
+/// and digests (to check deltas, to say what it holds and to write the
+/// cache). The decoded configuration is not kept: an update decodes what
+/// it needs (see [`Applier::apply_delta`]) and drops it once compiled.
 #[derive(Debug)]
 struct Held {
     revision: u64,
     /// The set's content hash (verified when it arrived).
     hash: String,
-    digests: Digests,
-    config: Config,
+    holding: Holding,
 }
 
 /// Why an update was refused, for the NACK.
@@ -95,10 +94,7 @@ impl Refusal {
 }
 
 fn write_cache(cache: &Cache, held: &Held) {
-    // The same model encodes the same bytes the control plane sent, so the
-    // hash is the one it knows; a data plane whose model differs writes a
-    // cache that is consistent in itself, and catches up on reconnect.
-    if let Err(e) = cache.store(&held.config, held.revision) {
+    if let Err(e) = cache.store(&held.holding, held.revision) {
         // Serving goes on; only a restart without the control plane would
         // miss this revision.
         tracing::warn!(error = %e, "cannot write the snapshot cache");
@@ -157,33 +153,34 @@ impl Applier {
     /// Revision, hash and inventory for the `Hello`.
     pub fn holding(&self) -> (u64, String, Vec<ResourceKey>) {
         match self.held() {
-            Some(h) => (h.revision, h.hash.clone(), h.digests.keys()),
+            Some(h) => (h.revision, h.hash.clone(), h.holding.keys()),
             None => (0, String::new(), Vec::new()),
         }
     }
 
     /// A full snapshot: verify, decode and validate everything, install.
     pub fn apply_snapshot(&self, snapshot: &Snapshot) -> Result<Arc<Runtime>, Refusal> {
-        let (digests, config) = {
-            let set = ResourceSet::from_snapshot(snapshot).map_err(Refusal::invalid)?;
-            let config = nio_proto::snapshot::decode_set(&set).map_err(Refusal::invalid)?;
-            (Digests::of(&set), config)
-            // The set's copy of the resources goes before compiling: a
-            // smaller peak (a gzip snapshot's whole expansion goes with it).
+        let holding = Holding::from_snapshot(snapshot).map_err(Refusal::invalid)?;
+        let config = holding.decode_all().map_err(Refusal::invalid)?;
+        let held = Held {
+            revision: snapshot.revision,
+            hash: snapshot.hash.clone(),
+            holding,
         };
-        self.install(
-            Held {
-                revision: snapshot.revision,
-                hash: snapshot.hash.clone(),
-                digests,
-                config,
-            },
-            None,
-        )
+        self.install(held, config, None)
     }
 
-    /// A delta: it must start from what we hold and end at its hash; only
-    /// the changed resources are decoded, then the whole is validated.
+    /// A delta: it must start from what we hold and end at its hash. What
+    /// it changed is decoded and validated, with what compiling and
+    /// checking it needs:
+    /// - every resource other than routes (backends, keys, verifiers,
+    ///   certificates: what routes refer to);
+    /// - the routes it upserts, and those on a backend it changes;
+    /// - every route when it removes what routes refer to (to name any
+    ///   route that still does) or changes a certificate (backends and
+    ///   routes refer to those).
+    ///
+    /// So a delta of a few routes decodes a few routes, at 10 or 100,000.
     pub fn apply_delta(&self, delta: &Delta) -> Result<Arc<Runtime>, Refusal> {
         let held = self
             .held()
@@ -194,49 +191,86 @@ impl Applier {
                 held: held.revision,
             }));
         }
-        let digests = held.digests.apply(delta).map_err(Refusal::diverged)?;
-        let config =
-            nio_proto::snapshot::apply_to_config(&held.config, delta).map_err(Refusal::invalid)?;
-        let changed: Vec<(Kind, String)> = delta
-            .upserts
+        let holding = held.holding.apply(delta).map_err(|e| match e {
+            SnapshotError::HashMismatch { .. } => Refusal::diverged(e),
+            _ => Refusal::invalid(e),
+        })?;
+        let changed = nio_proto::snapshot::changed_by(delta);
+        let previous = self.slot.load_full();
+        let all_routes = changed.iter().any(|(kind, _)| *kind == Kind::Certificate)
+            || delta.removals.iter().any(|k| {
+                matches!(
+                    Kind::from_kind_field(&k.kind),
+                    Some(Kind::Backend | Kind::JwtVerifier)
+                )
+            });
+        let mut routes: HashSet<&str> = changed
             .iter()
-            .map(|r| (&r.kind, &r.name))
-            .chain(delta.removals.iter().map(|k| (&k.kind, &k.name)))
-            .filter_map(|(kind, name)| Some((Kind::from_kind_field(kind)?, name.clone())))
+            .filter(|(kind, _)| *kind == Kind::Route)
+            .map(|(_, name)| name.as_str())
             .collect();
-        self.install(
-            Held {
-                revision: delta.revision,
-                hash: delta.hash.clone(),
-                digests,
-                config,
-            },
-            Some(&changed),
-        )
+        if let Some(previous) = previous.as_deref() {
+            let backends: HashSet<&str> = changed
+                .iter()
+                .filter(|(kind, _)| *kind == Kind::Backend)
+                .map(|(_, name)| name.as_str())
+                .collect();
+            routes.extend(
+                previous
+                    .routes
+                    .values()
+                    .filter(|r| backends.contains(r.backend.name.as_str()))
+                    .map(|r| &*r.name),
+            );
+        }
+        let config = holding
+            .decode_some(
+                |kind| kind != Kind::Route || all_routes,
+                routes.into_iter().map(|name| (Kind::Route, name)),
+            )
+            .map_err(Refusal::invalid)?;
+        nio_proto::snapshot::validate_delta(&config, &changed).map_err(Refusal::invalid)?;
+        let held = Held {
+            revision: delta.revision,
+            hash: delta.hash.clone(),
+            holding,
+        };
+        self.install(held, config, Some(&changed))
     }
 
-    /// `changed`: what a delta changed (None for a full snapshot).
+    /// Compiles `config` and swaps it in; `changed`: what a delta changed
+    /// (None for a full snapshot). The decoded configuration and whatever
+    /// the swap freed are given back to the system before this returns (a
+    /// one-route delta at 10,000 routes took 0.7–0.8 ms with or without).
     fn install(
         &self,
         held: Held,
+        config: Config,
+        changed: Option<&[(Kind, String)]>,
+    ) -> Result<Arc<Runtime>, Refusal> {
+        let installed = self.swap_in(held, &config, changed);
+        drop(config);
+        crate::memory::release_freed();
+        installed
+    }
+
+    fn swap_in(
+        &self,
+        held: Held,
+        config: &Config,
         changed: Option<&[(Kind, String)]>,
     ) -> Result<Arc<Runtime>, Refusal> {
         let previous = self.slot.load_full();
         let runtime = compile(
-            &held.config,
+            config,
             held.revision,
             &held.hash,
             previous.as_deref(),
             changed,
-            &self.metrics,
         )
         .map_err(Refusal::invalid)?;
         let runtime = Arc::new(runtime);
         self.slot.store(Some(runtime.clone()));
-        if self.metrics.route_count() != runtime.route_count {
-            self.metrics
-                .retain_routes(|name| runtime.routes.contains_key(name));
-        }
         self.metrics
             .revision
             .store(held.revision, Ordering::Relaxed);

@@ -1,5 +1,5 @@
-//! A data plane refuses (NACKs) a snapshot it cannot use and keeps serving
-//! the previous one. The control plane here is a scripted gRPC server, so
+//! A data plane refuses (NACKs) a snapshot or delta it cannot use and keeps
+//! serving the previous one; a good delta after them applies. The control plane here is a scripted gRPC server, so
 //! the test can send what a real control plane never would.
 
 #![allow(clippy::unwrap_used)]
@@ -86,23 +86,17 @@ async fn next_reply(rx: &mut mpsc::Receiver<DataPlaneMessage>) -> data_plane_mes
     }
 }
 
-async fn free_addr() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_snapshots_are_nacked_and_the_previous_one_keeps_serving() {
-    // A real backend.
+/// A real backend that answers every request with `body`; its URL.
+async fn serve(body: &'static str) -> String {
     let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend_url = format!("http://{}", backend.local_addr().unwrap());
+    let url = format!("http://{}", backend.local_addr().unwrap());
     tokio::spawn(async move {
         loop {
             let (s, _) = backend.accept().await.unwrap();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req| async {
+                let svc = hyper::service::service_fn(move |_req| async move {
                     Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                        http_body_util::Full::new(bytes::Bytes::from_static(b"from revision 1")),
+                        http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())),
                     ))
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -111,6 +105,17 @@ async fn bad_snapshots_are_nacked_and_the_previous_one_keeps_serving() {
             });
         }
     });
+    url
+}
+
+async fn free_addr() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_updates_are_nacked_and_the_previous_one_keeps_serving() {
+    let backend_url = serve("from revision 1").await;
 
     // The scripted control plane.
     let (to_dp, to_dp_rx) = mpsc::channel(8);
@@ -232,6 +237,41 @@ async fn bad_snapshots_are_nacked_and_the_previous_one_keeps_serving() {
         matches!(next_reply(&mut from_dp).await, data_plane_message::Msg::Nack(n) if n.revision == 4)
     );
 
+    // Revision 5: a delta removing the backend the route still uses.
+    let held = nio_proto::snapshot::ResourceSet::from_snapshot(&good).unwrap();
+    let delta_to = |s: &Snapshot| {
+        let to = nio_proto::snapshot::ResourceSet::from_snapshot(s).unwrap();
+        to.delta_from_set(&held, 1, s.revision)
+    };
+    let mut orphan = snapshot(5, &backend_url, "b");
+    orphan.resources.retain(|r| r.kind == "Route");
+    orphan.hash = nio_proto::snapshot::content_hash(&orphan.resources);
+    let delta = delta_to(&orphan);
+    assert_eq!(delta.removals.len(), 1);
+    let send_delta = |d: nio_proto::v1::Delta| {
+        let to_dp = to_dp.clone();
+        async move {
+            to_dp
+                .send(Ok(ControlPlaneMessage {
+                    msg: Some(control_plane_message::Msg::Delta(d)),
+                }))
+                .await
+                .unwrap()
+        }
+    };
+    send_delta(delta).await;
+    match next_reply(&mut from_dp).await {
+        data_plane_message::Msg::Nack(n) => {
+            assert_eq!(n.revision, 5);
+            assert!(
+                n.reason.contains("still used by route \"r\""),
+                "{}",
+                n.reason
+            );
+        }
+        other => panic!("expected Nack(5), got {other:?}"),
+    }
+
     // Still serving revision 1, and the cache holds revision 1.
     let r = get().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -252,6 +292,37 @@ async fn bad_snapshots_are_nacked_and_the_previous_one_keeps_serving() {
     assert_eq!(
         cached.revision, 1,
         "refused revisions never reach the cache"
+    );
+
+    // Revision 6: a delta moving the backend elsewhere. The route on it,
+    // not in the delta, follows; the cache catches up with the same hash.
+    let moved = snapshot(6, &serve("from revision 6").await, "b");
+    let delta = delta_to(&moved);
+    assert_eq!(delta.upserts.len(), 1);
+    send_delta(delta).await;
+    match next_reply(&mut from_dp).await {
+        data_plane_message::Msg::Ack(a) => {
+            assert_eq!((a.revision, a.hash), (6, moved.hash.clone()))
+        }
+        other => panic!("expected Ack(6), got {other:?}"),
+    }
+    assert_eq!(
+        get().await.unwrap().text().await.unwrap(),
+        "from revision 6"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while store.load().unwrap().map(|c| c.revision) != Some(6) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "revision 6 never reached the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cached = store.load().unwrap().unwrap();
+    assert_eq!(cached.hash, moved.hash);
+    assert_eq!(
+        nio_proto::snapshot::decode(&cached).unwrap(),
+        nio_proto::snapshot::decode(&moved).unwrap()
     );
 
     let _ = stop.send(());
