@@ -8,9 +8,8 @@ use nio_data_plane::proxy::ProxyOptions;
 use nio_data_plane::server::{self, Options};
 use nio_data_plane::sync::SyncOptions;
 use nio_proto::v1::config_sync_server::{ConfigSync, ConfigSyncServer};
-use nio_proto::v1::{
-    control_plane_message, data_plane_message, ControlPlaneMessage, DataPlaneMessage, Snapshot,
-};
+use nio_proto::v1::control_plane_message::Msg;
+use nio_proto::v1::{data_plane_message, ControlPlaneMessage, DataPlaneMessage, Snapshot};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -108,6 +107,17 @@ async fn serve(body: &'static str) -> String {
     url
 }
 
+/// The next reply must refuse `revision` for a reason containing `why`.
+async fn expect_nack(rx: &mut mpsc::Receiver<DataPlaneMessage>, revision: u64, why: &str) {
+    match next_reply(rx).await {
+        data_plane_message::Msg::Nack(n) => {
+            assert_eq!(n.revision, revision);
+            assert!(n.reason.contains(why), "{}", n.reason);
+        }
+        other => panic!("expected Nack({revision}), got {other:?}"),
+    }
+}
+
 async fn free_addr() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap()
@@ -174,20 +184,18 @@ async fn bad_updates_are_nacked_and_the_previous_one_keeps_serving() {
         }
         other => panic!("expected Hello, got {other:?}"),
     }
-    let send = |s: Snapshot| {
+    let send = |msg: Msg| {
         let to_dp = to_dp.clone();
         async move {
             to_dp
-                .send(Ok(ControlPlaneMessage {
-                    msg: Some(control_plane_message::Msg::Snapshot(s)),
-                }))
+                .send(Ok(ControlPlaneMessage { msg: Some(msg) }))
                 .await
                 .unwrap()
         }
     };
 
     let good = snapshot(1, &backend_url, "b");
-    send(good.clone()).await;
+    send(Msg::Snapshot(good.clone())).await;
     match next_reply(&mut from_dp).await {
         data_plane_message::Msg::Ack(a) => assert_eq!((a.revision, a.hash), (1, good.hash.clone())),
         other => panic!("expected Ack(1), got {other:?}"),
@@ -203,39 +211,21 @@ async fn bad_updates_are_nacked_and_the_previous_one_keeps_serving() {
     let mut dangling = snapshot(2, &backend_url, "b");
     dangling.resources.retain(|r| r.kind == "Route");
     dangling.hash = nio_proto::snapshot::content_hash(&dangling.resources);
-    send(dangling).await;
-    match next_reply(&mut from_dp).await {
-        data_plane_message::Msg::Nack(n) => {
-            assert_eq!(n.revision, 2);
-            assert!(
-                n.reason.contains("backend \"b\" does not exist"),
-                "{}",
-                n.reason
-            );
-        }
-        other => panic!("expected Nack(2), got {other:?}"),
-    }
+    send(Msg::Snapshot(dangling)).await;
+    expect_nack(&mut from_dp, 2, "backend \"b\" does not exist").await;
 
     // Revision 3: contents that do not match the announced hash.
     let mut tampered = snapshot(3, &backend_url, "b");
     tampered.hash = "00".repeat(32);
-    send(tampered).await;
-    match next_reply(&mut from_dp).await {
-        data_plane_message::Msg::Nack(n) => {
-            assert_eq!(n.revision, 3);
-            assert!(n.reason.contains("hash mismatch"), "{}", n.reason);
-        }
-        other => panic!("expected Nack(3), got {other:?}"),
-    }
+    send(Msg::Snapshot(tampered)).await;
+    expect_nack(&mut from_dp, 3, "hash mismatch").await;
 
     // Revision 4: bytes that are not a resource at all.
     let mut garbage = snapshot(4, &backend_url, "b");
     garbage.resources[0].json = bytes::Bytes::from_static(b"\xff\xfe not json");
     garbage.hash = nio_proto::snapshot::content_hash(&garbage.resources);
-    send(garbage).await;
-    assert!(
-        matches!(next_reply(&mut from_dp).await, data_plane_message::Msg::Nack(n) if n.revision == 4)
-    );
+    send(Msg::Snapshot(garbage)).await;
+    expect_nack(&mut from_dp, 4, "").await;
 
     // Revision 5: a delta removing the backend the route still uses.
     let held = nio_proto::snapshot::ResourceSet::from_snapshot(&good).unwrap();
@@ -248,29 +238,8 @@ async fn bad_updates_are_nacked_and_the_previous_one_keeps_serving() {
     orphan.hash = nio_proto::snapshot::content_hash(&orphan.resources);
     let delta = delta_to(&orphan);
     assert_eq!(delta.removals.len(), 1);
-    let send_delta = |d: nio_proto::v1::Delta| {
-        let to_dp = to_dp.clone();
-        async move {
-            to_dp
-                .send(Ok(ControlPlaneMessage {
-                    msg: Some(control_plane_message::Msg::Delta(d)),
-                }))
-                .await
-                .unwrap()
-        }
-    };
-    send_delta(delta).await;
-    match next_reply(&mut from_dp).await {
-        data_plane_message::Msg::Nack(n) => {
-            assert_eq!(n.revision, 5);
-            assert!(
-                n.reason.contains("still used by route \"r\""),
-                "{}",
-                n.reason
-            );
-        }
-        other => panic!("expected Nack(5), got {other:?}"),
-    }
+    send(Msg::Delta(delta)).await;
+    expect_nack(&mut from_dp, 5, "still used by route \"r\"").await;
 
     // Still serving revision 1, and the cache holds revision 1.
     let r = get().await.unwrap();
@@ -299,7 +268,7 @@ async fn bad_updates_are_nacked_and_the_previous_one_keeps_serving() {
     let moved = snapshot(6, &serve("from revision 6").await, "b");
     let delta = delta_to(&moved);
     assert_eq!(delta.upserts.len(), 1);
-    send_delta(delta).await;
+    send(Msg::Delta(delta)).await;
     match next_reply(&mut from_dp).await {
         data_plane_message::Msg::Ack(a) => {
             assert_eq!((a.revision, a.hash), (6, moved.hash.clone()))
