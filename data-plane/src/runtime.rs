@@ -182,8 +182,15 @@ pub fn compile(
                 routes.insert(name, route.clone());
                 added.push(route);
             }
-            _ => {
+            _ if changed.iter().any(|(k, n)| *k == Kind::Route && n == name) => {
                 routes.remove(name.as_str());
+            }
+            // On a changed backend but not in the configuration given: a
+            // delta must come with the routes on the backends it changes.
+            _ => {
+                return Err(err(format!(
+                    "route \"{name}\" uses a changed backend but was not decoded"
+                )))
             }
         }
     }
