@@ -172,8 +172,8 @@ struct Counters {
 }
 
 impl Counters {
-    /// Per route (from the metrics), per API key and per backend target
-    /// (from the runtime now serving).
+    /// Per route, per API key and per backend target, from the runtime
+    /// now serving.
     fn read(&self) -> DataPlaneMetrics {
         let Some(rt) = self.slot.load_full() else {
             return self.metrics.report(std::iter::empty());

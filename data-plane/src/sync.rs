@@ -204,17 +204,15 @@ impl Applier {
                     Some(Kind::Backend | Kind::JwtVerifier)
                 )
             });
-        let mut routes: HashSet<&str> = changed
-            .iter()
-            .filter(|(kind, _)| *kind == Kind::Route)
-            .map(|(_, name)| name.as_str())
-            .collect();
-        if let Some(previous) = previous.as_deref() {
-            let backends: HashSet<&str> = changed
+        let named = |of: Kind| {
+            changed
                 .iter()
-                .filter(|(kind, _)| *kind == Kind::Backend)
+                .filter(move |(kind, _)| *kind == of)
                 .map(|(_, name)| name.as_str())
-                .collect();
+        };
+        let mut routes: HashSet<&str> = named(Kind::Route).collect();
+        let backends: HashSet<&str> = named(Kind::Backend).collect();
+        if let Some(previous) = previous.as_deref().filter(|_| !backends.is_empty()) {
             routes.extend(
                 previous
                     .routes
