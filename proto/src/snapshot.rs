@@ -435,8 +435,8 @@ impl Holding {
             Cow::Borrowed(s) => s.resources.clone(),
         };
         // Inserted in a scattered order: a B-tree filled in key order (the
-        // snapshot's) leaves each node half empty; scattered, about two
-        // thirds full, which at 10,000 routes is 0.6 MB less.
+        // snapshot's) leaves each node half empty; scattered, its nodes are
+        // fuller (64 bytes less per route at 10,000 routes).
         let n = resources.len();
         let stride = [7919, 7927, 7933, 7937]
             .into_iter()
@@ -510,10 +510,16 @@ impl Holding {
         also: impl IntoIterator<Item = (Kind, &'a str)>,
     ) -> Result<Config, SnapshotError> {
         let mut config = Config::default();
+        // Errors number a resource by its place among those decoded: for
+        // a whole snapshot, its place in the snapshot the control plane
+        // sent (in (kind, name) order).
         let mut decode = |(kind, name): &(ByName, Box<str>), held: &Held| {
-            decode_body(0, kind.0.as_str(), name, &held.json).map(|r| config.insert(r))
+            let index = config.len();
+            decode_body(index, kind.0.as_str(), name, &held.json).map(|r| config.insert(r))
         };
-        for kind in Kind::ALL.into_iter().filter(|k| whole(*k)) {
+        let mut kinds = Kind::ALL;
+        kinds.sort_by_key(|k| k.as_str());
+        for kind in kinds.into_iter().filter(|k| whole(*k)) {
             let of_kind = self.entries.range((ByName(kind), Box::default())..);
             for (key, held) in of_kind.take_while(|((k, _), _)| k.0 == kind) {
                 decode(key, held)?;
