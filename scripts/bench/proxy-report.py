@@ -134,7 +134,7 @@ def table(meta, r):
             + " |"
         )
     add("")
-    add("| routes loaded | data-plane RSS | per route |")
+    add("| routes loaded | data-plane RSS (median of 3 starts) | per route |")
     add("| --- | --- | --- |")
     base = r.num("rss.0")
     for n in sorted(int(k.split(".")[1]) for k in r.rows if k.startswith("rss.")):
