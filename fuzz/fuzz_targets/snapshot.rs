@@ -1,11 +1,11 @@
 //! A snapshot as the data plane receives it from the control plane (or its
-//! cache): protobuf decode, resource decode and validation, then compile.
-//! Nothing in it may panic the data plane.
+//! cache): protobuf decode, the held resources, their decoding and
+//! validation, compile, and the cache written from what is held. Nothing
+//! in it may panic the data plane.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nio_data_plane::metrics::Metrics;
-use nio_proto::snapshot::{decode_set, ResourceSet};
+use nio_proto::snapshot::Holding;
 use prost::Message;
 use std::sync::OnceLock;
 
@@ -23,20 +23,15 @@ fuzz_target!(|data: &[u8]| {
     let Ok(snapshot) = nio_proto::v1::Snapshot::decode(data) else {
         return;
     };
-    let Ok(set) = ResourceSet::from_snapshot(&snapshot) else {
+    let Ok(holding) = Holding::from_snapshot(&snapshot) else {
         return;
     };
-    let Ok(config) = decode_set(&set) else {
+    let Ok(config) = holding.decode_all() else {
         return;
     };
     let _guard = runtime().enter();
-    let metrics = Metrics::default();
-    let _ = nio_data_plane::runtime::compile(
-        &config,
-        snapshot.revision,
-        &snapshot.hash,
-        None,
-        None,
-        &metrics,
-    );
+    let _ =
+        nio_data_plane::runtime::compile(&config, snapshot.revision, &snapshot.hash, None, None);
+    let mut cache = Vec::new();
+    let _ = holding.write(snapshot.revision, &mut cache);
 });
