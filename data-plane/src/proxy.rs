@@ -922,10 +922,9 @@ impl Proxy {
             {
                 // Our own client borrows the head: nothing to copy for a
                 // retry. Its connection goes home with the response body
-                // (no lease to give back).
-                // Bodiless: the request timeout runs from now, on the
-                // connection's own timer.
-                let deadline = tokio::time::Instant::now() + timeouts.0;
+                // (no lease to give back). Bodiless: the request timeout
+                // runs from now, on the connection's own timer.
+                let deadline = tokio::time::Instant::from_std(sent) + timeouts.0;
                 let call = pool.conns.send_own(
                     index,
                     &method,

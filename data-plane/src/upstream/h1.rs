@@ -154,19 +154,12 @@ impl Conn {
         let Conn {
             io, head, timer, ..
         } = &mut *self;
-        let mut write = pin!(async {
+        let write = async {
             io.write_all(head).await?;
             io.flush().await
-        });
-        let sent = poll_fn(|cx| match write.as_mut().poll(cx) {
-            Poll::Ready(sent) => Poll::Ready(sent.map_err(|e| Error::Closed(Some(e)))),
-            Poll::Pending if timer.as_mut().poll(cx).is_ready() => {
-                Poll::Ready(Err(Error::TimedOut))
-            }
-            Poll::Pending => Poll::Pending,
-        })
-        .await;
-        sent?;
+        };
+        let sent = before(timer, pin!(write)).await.ok_or(Error::TimedOut)?;
+        sent.map_err(|e| Error::Closed(Some(e)))?;
         let mut received = false;
         loop {
             let conn = &mut *self;
@@ -192,12 +185,8 @@ impl Conn {
                 None => {}
             }
             let Conn { io, buf, timer, .. } = &mut *self;
-            let read = poll_fn(|cx| match poll_read_more(io, buf, cx) {
-                Poll::Pending if timer.as_mut().poll(cx).is_ready() => Poll::Ready(None),
-                other => other.map(Some),
-            })
-            .await;
-            match read {
+            let read = poll_fn(|cx| poll_read_more(io, buf, cx));
+            match before(timer, pin!(read)).await {
                 None => return Err(Error::TimedOut),
                 Some(Ok(0)) if received => {
                     return Err(Error::Invalid(
@@ -211,6 +200,17 @@ impl Conn {
             }
         }
     }
+}
+
+/// `f`'s output, unless `timer` fires first (`None`).
+fn before<'a, T>(
+    timer: &'a mut Pin<Box<Sleep>>,
+    mut f: Pin<&'a mut impl Future<Output = T>>,
+) -> impl Future<Output = Option<T>> + 'a {
+    poll_fn(move |cx| match f.as_mut().poll(cx) {
+        Poll::Ready(out) => Poll::Ready(Some(out)),
+        Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+    })
 }
 
 /// Reads what the socket has into `buf`; 0 at the end of the stream.
