@@ -79,6 +79,30 @@ pub struct Settings {
     pub idle: Duration,
 }
 
+/// An answer's header fields as the lines they go out as (`name:
+/// value\r\n` each), written after the fields of the answer's map. The
+/// proxy passes a backend's fields on this way, as they came, instead of
+/// building a map of them only to write it out again.
+#[derive(Debug, Clone, Default)]
+pub struct Wire {
+    pub fields: Bytes,
+    /// A `date` is among them.
+    pub date: bool,
+    /// So is the one `content-length`, a number: the body's length (or,
+    /// for `HEAD`, the length it would have).
+    pub length: bool,
+    /// Written as `x-request-id` after them: the proxy's, which the
+    /// fields do not carry.
+    pub request_id: Option<HeaderValue>,
+}
+
+/// An answer's body, which may carry [`Wire`] fields.
+pub trait Answer: Body<Data = Bytes> + Unpin {
+    fn wire(&self) -> Option<&Wire> {
+        None
+    }
+}
+
 /// How a connection left this server.
 pub enum Ended<S> {
     /// Closed: by either side, after an error, idle, or stopped.
@@ -104,7 +128,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     H: FnMut(Request<ClientBody>) -> F,
     F: Future<Output = Response<B>>,
-    B: Body<Data = Bytes> + Unpin,
+    B: Answer,
 {
     io.pause();
     let mut buf = BytesMut::with_capacity(READ_SIZE);
@@ -342,7 +366,7 @@ enum Framing {
 /// Writes the status line and header fields into `out`, adding `date`,
 /// the framing and `connection: close` where needed; sets `close` if the
 /// answer says so.
-fn write_head<B: Body>(
+fn write_head<B: Answer>(
     out: &mut Vec<u8>,
     resp: &Response<B>,
     head: bool,
@@ -374,7 +398,19 @@ fn write_head<B: Body>(
         }
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    if !resp.headers().contains_key(header::DATE) {
+    let wire = resp.body().wire();
+    let mut date = false;
+    // A length among the wire fields is the body's: written already.
+    let mut length_sent = false;
+    if let Some(wire) = wire {
+        out.extend_from_slice(&wire.fields);
+        if let Some(id) = &wire.request_id {
+            field(out, b"x-request-id", id.as_bytes());
+        }
+        date = wire.date;
+        length_sent = wire.length && length.is_none();
+    }
+    if !date && !resp.headers().contains_key(header::DATE) {
         DATE.with_borrow_mut(|date| field(out, b"date", date.now()));
     }
     if *close && !close_sent {
@@ -386,10 +422,14 @@ fn write_head<B: Body>(
     // HEAD: the length the body would have, when known; never chunked.
     let length = match length {
         Some(n) => Some(n),
-        None if no_content => None,
-        None => resp.body().size_hint().exact().filter(|n| !head || *n > 0),
+        None if no_content && !length_sent => None,
+        None => resp
+            .body()
+            .size_hint()
+            .exact()
+            .filter(|n| length_sent || !head || *n > 0),
     };
-    if let Some(n) = length {
+    if let (Some(n), false) = (length, length_sent) {
         field(
             out,
             b"content-length",
@@ -618,6 +658,8 @@ mod tests {
     type Chunks = StreamBody<
         tokio_stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, io::Error>>>,
     >;
+
+    impl Answer for http_body_util::Either<Full<Bytes>, Chunks> {}
 
     /// What the test handler answers: the method, target and `x-a` in the
     /// body, except for `/chunked` (two frames of unknown total size),

@@ -19,8 +19,9 @@
 //! and an `X-Nio-Error` header naming the cause.
 
 use crate::access_log::{millis, AccessLog, Record, Sink};
-use crate::body::{BoxError, ClientBody, Counters, DownBody, Replay, UpBody};
+use crate::body::{BoxError, ClientBody, Counters, DownBody, Replay, UpBody, Upstream};
 use crate::forwarded::{Peer, TrustedProxies};
+use crate::front::{Answer, Wire};
 use crate::metrics::Metrics;
 use crate::plugins::{self, Chain, Denial, Flow};
 use crate::route::{CompiledRoute, HostRule};
@@ -29,6 +30,7 @@ use crate::runtime::RuntimeSlot;
 use crate::tls::TlsConn;
 use crate::upstream::balance::hash_key;
 use crate::upstream::conn::own_client_takes;
+use crate::upstream::h1::RequestHead;
 use crate::upstream::health::{now_ms, Outcome};
 use crate::upstream::BackendPool;
 use bytes::Bytes;
@@ -47,14 +49,26 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// What the proxy answers with.
+/// What the proxy answers with. (Its variants differ in size; boxing the
+/// large one would cost an allocation per proxied answer.)
+#[allow(clippy::large_enum_variant)]
 pub enum ProxyBody {
-    /// The backend's body, streamed.
-    Backend(DownBody<Exchange>),
+    /// The backend's body, streamed, and the backend's fields if they are
+    /// not in the answer's map.
+    Backend(DownBody<Exchange>, Option<Wire>),
     /// One the gateway wrote.
     Local(Full<Bytes>),
     /// The backend's body, transformed (compressed).
     Transformed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl Answer for ProxyBody {
+    fn wire(&self) -> Option<&Wire> {
+        match self {
+            ProxyBody::Backend(_, wire) => wire.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 /// A body the gateway wrote itself.
@@ -73,7 +87,7 @@ impl http_body::Body for ProxyBody {
         use std::pin::Pin;
         use std::task::Poll;
         match self.get_mut() {
-            ProxyBody::Backend(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Backend(b, _) => Pin::new(b).poll_frame(cx),
             ProxyBody::Local(b) => match Pin::new(b).poll_frame(cx) {
                 Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
                 Poll::Ready(_) => Poll::Ready(None),
@@ -85,7 +99,7 @@ impl http_body::Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Backend(b) => b.is_end_stream(),
+            ProxyBody::Backend(b, _) => b.is_end_stream(),
             ProxyBody::Local(b) => b.is_end_stream(),
             ProxyBody::Transformed(b) => b.is_end_stream(),
         }
@@ -93,7 +107,7 @@ impl http_body::Body for ProxyBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
-            ProxyBody::Backend(b) => b.size_hint(),
+            ProxyBody::Backend(b, _) => b.size_hint(),
             ProxyBody::Local(b) => b.size_hint(),
             ProxyBody::Transformed(b) => b.size_hint(),
         }
@@ -885,6 +899,13 @@ impl Proxy {
             }
         }
         route.request_headers.apply(headers);
+        // A client of our own server (the only one without a body here)
+        // can get the backend's fields as they came, when no plugin or
+        // header rule reads or changes them.
+        let wire = body.is_none()
+            && global.is_empty()
+            && route.plugins.is_empty()
+            && route.response_headers.is_empty();
 
         let has_body = body
             .as_ref()
@@ -925,15 +946,14 @@ impl Proxy {
                 // (no lease to give back). Bodiless: the request timeout
                 // runs from now, on the connection's own timer.
                 let deadline = tokio::time::Instant::from_std(sent) + timeouts.0;
-                let call = pool.conns.send_own(
-                    index,
-                    &method,
-                    pq.as_str(),
-                    &parts.headers,
+                let head = RequestHead {
+                    method: &method,
+                    target: pq.as_str(),
+                    headers: &parts.headers,
                     host,
-                    deadline,
-                );
-                let result = call.await;
+                    wire,
+                };
+                let result = pool.conns.send_own(index, &head, deadline).await;
                 result.map(|r| r.map(|resp| (resp, None)))
             } else {
                 // HTTP/1 requests carry the origin form (`/path?query`),
@@ -1063,21 +1083,31 @@ impl Proxy {
                             return Ok(Response::from_parts(parts, local(Bytes::new())));
                         }
                     }
-                    let (mut parts, body) = resp.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
-                    for plugin in Chain::merged(global, &route.plugins) {
-                        plugin.on_response(state, &mut parts);
+                    let (mut parts, mut body) = resp.into_parts();
+                    let mut wire = match &mut body {
+                        Upstream::Own(b) => b.take_wire(),
+                        Upstream::Hyper(_) => None,
+                    };
+                    // The wire form's fields are what the client gets; the
+                    // map is empty (and stays unallocated).
+                    if let Some(wire) = &mut wire {
+                        wire.request_id = Some(request_id.clone());
+                    } else {
+                        strip_hop_by_hop(&mut parts.headers);
+                        for plugin in Chain::merged(global, &route.plugins) {
+                            plugin.on_response(state, &mut parts);
+                        }
+                        route.response_headers.apply(&mut parts.headers);
+                        parts
+                            .headers
+                            .insert(X_REQUEST_ID.clone(), request_id.clone());
                     }
-                    route.response_headers.apply(&mut parts.headers);
-                    parts
-                        .headers
-                        .insert(X_REQUEST_ID.clone(), request_id.clone());
                     parts.version = Version::HTTP_11;
                     let counters = exchange.counters.clone();
                     let body = DownBody::response(body, exchange, spec.timeouts.idle, counters);
                     let body = match state.encoding {
                         Some(encoding) => ProxyBody::Transformed(plugins::compress(body, encoding)),
-                        None => ProxyBody::Backend(body),
+                        None => ProxyBody::Backend(body, wire),
                     };
                     return Ok(Response::from_parts(parts, body));
                 }

@@ -91,6 +91,10 @@ struct Rules {
 }
 
 impl CompiledRules {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
     fn new(rules: &HeaderRules) -> Result<CompiledRules, String> {
         let name = |n: &str| HeaderName::from_bytes(n.as_bytes()).map_err(|e| format!("{n}: {e}"));
         let pair = |(n, v): (&String, &String)| -> Result<_, String> {

@@ -281,3 +281,122 @@ async fn access_log_has_one_line_per_request() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A backend that answers each request on a kept-alive connection with
+/// the raw answer its path names.
+async fn raw_backend() -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match sock.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end + 4);
+                    let path = head.split(' ').nth(1).unwrap_or("");
+                    let answer: &[u8] = match path {
+                        "/hops" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Mixed-Case: a\r\n\
+                            Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT\r\n\
+                            Keep-Alive: timeout=5\r\nConnection: keep-alive\r\nProxy-Connection: keep-alive\r\n\
+                            X-Request-Id: from-backend\r\n\r\nok",
+                        "/named" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: x-secret\r\n\
+                            X-Secret: 1\r\nX-Kept: 1\r\n\r\nok",
+                        "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n\
+                            3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n",
+                        "/lf" => b"HTTP/1.1 200 OK\nContent-Length: 2\nX-A: 1\n\nok",
+                        "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-A: 1\r\n\r\n",
+                        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok",
+                    };
+                    if sock.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backend_fields_reach_the_client_as_sent() -> anyhow::Result<()> {
+    // The answer's fields pass through without the header map (a route
+    // without plugins or header rules): hop-by-hop ones still go, the
+    // request id is the gateway's, repeated fields stay repeated.
+    let gw = Gateway::start(&[]).await?;
+    let url = raw_backend().await?;
+    gw.apply(&[
+        backend("raw", &[url]),
+        route("raw", &["raw.test"], &["/"], "raw"),
+    ])
+    .await?;
+    let r = gw
+        .request(Method::GET, "raw.test", "/hops")
+        .header("x-request-id", "from-client")
+        .send()
+        .await?;
+    let h = r.headers().clone();
+    assert_eq!(r.text().await?, "ok");
+    assert_eq!(h["x-mixed-case"], "a");
+    let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    assert_eq!(
+        h["date"], "Tue, 01 Jan 2030 00:00:00 GMT",
+        "the backend's, once"
+    );
+    assert_eq!(h.get_all("date").iter().count(), 1);
+    assert_eq!(
+        h.get_all("x-request-id").iter().collect::<Vec<_>>(),
+        ["from-client"]
+    );
+    assert_eq!(h["content-length"], "2");
+    for hop in ["keep-alive", "proxy-connection", "connection"] {
+        assert!(h.get(hop).is_none(), "{hop} passed on: {h:?}");
+    }
+
+    // A field `Connection` names is hop-by-hop too.
+    let r = gw.request(Method::GET, "raw.test", "/named").send().await?;
+    assert!(r.headers().get("x-secret").is_none(), "{:?}", r.headers());
+    assert_eq!(r.headers()["x-kept"], "1");
+    assert!(r.headers().contains_key("x-request-id"));
+
+    // Chunked in, chunked out (re-framed by the gateway); a date added.
+    let r = gw
+        .request(Method::GET, "raw.test", "/chunked")
+        .send()
+        .await?;
+    assert_eq!(r.headers()["x-a"], "1");
+    assert!(r.headers().contains_key("date"));
+    assert!(r.headers().get("content-length").is_none());
+    assert_eq!(r.text().await?, "hello");
+
+    // Bare LF line ends from the backend: CRLF to the client.
+    let r = gw.request(Method::GET, "raw.test", "/lf").send().await?;
+    assert_eq!(r.headers()["x-a"], "1");
+    assert_eq!(r.text().await?, "ok");
+
+    // HEAD: the backend's length, no body.
+    let r = gw.request(Method::HEAD, "raw.test", "/head").send().await?;
+    assert_eq!(r.headers()["content-length"], "10");
+    assert_eq!(r.text().await?, "");
+
+    // The common case, several times over one kept-alive connection.
+    for _ in 0..3 {
+        let r = gw.request(Method::GET, "raw.test", "/").send().await?;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-a"], "1");
+        assert_eq!(r.headers().get_all("content-length").iter().count(), 1);
+        assert!(r.headers().contains_key("date"));
+        assert_eq!(r.text().await?, "ok");
+    }
+    Ok(())
+}

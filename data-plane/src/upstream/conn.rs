@@ -21,7 +21,7 @@ use crate::body::{BoxError, UpBody, Upstream};
 use crate::upstream::h1;
 use crate::upstream::health::now_ms;
 use http::uri::{Authority, Scheme, Uri};
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
+use http::{header, HeaderMap, Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
@@ -144,14 +144,14 @@ impl Conns {
             let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
             // The caller keeps the deadline here.
             let unbounded = Instant::now() + Duration::from_secs(365 * 86_400);
-            let sent = self.send_own(
-                index,
-                &parts.method,
+            let head = h1::RequestHead {
+                method: &parts.method,
                 target,
-                &parts.headers,
-                None,
-                unbounded,
-            );
+                headers: &parts.headers,
+                host: None,
+                wire: false,
+            };
+            let sent = self.send_own(index, &head, unbounded);
             let resp = sent
                 .await
                 .unwrap_or(Err(CallError::Own(h1::Error::TimedOut)))?;
@@ -189,27 +189,18 @@ impl Conns {
     pub async fn send_own(
         &self,
         index: u32,
-        method: &Method,
-        target: &str,
-        headers: &HeaderMap,
-        host: Option<&HeaderValue>,
+        head: &h1::RequestHead<'_>,
         deadline: Instant,
     ) -> Option<Result<Response<Upstream>, CallError>> {
         let Some(slot) = self.slots.get(index as usize) else {
             return Some(Err(CallError::Connect("no such target".into())));
         };
-        let head = h1::RequestHead {
-            method,
-            target,
-            headers,
-            host,
-        };
         let safe = matches!(
-            *method,
+            *head.method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
         );
         let result = match take_own(slot) {
-            Some(conn) => match conn.exchange(&head, &slot.own, deadline).await {
+            Some(conn) => match conn.exchange(head, &slot.own, deadline).await {
                 Err(h1::Error::Closed(_)) if safe => None,
                 other => Some(other),
             },
@@ -225,7 +216,7 @@ impl Conns {
                     Ok(Err(e)) => return Some(Err(e)),
                     Err(_) => return None,
                 };
-                conn.exchange(&head, &slot.own, deadline).await
+                conn.exchange(head, &slot.own, deadline).await
             }
         };
         match result {
@@ -483,9 +474,17 @@ mod tests {
     ) -> Result<Vec<u8>, String> {
         let host = HeaderValue::from_static("b.test");
         let deadline = Instant::now() + timeout;
+        let headers = HeaderMap::new();
+        let head = super::h1::RequestHead {
+            method: &method,
+            target: "/",
+            headers: &headers,
+            host: Some(&host),
+            wire: false,
+        };
         let resp = pool
             .conns
-            .send_own(0, &method, "/", &HeaderMap::new(), Some(&host), deadline)
+            .send_own(0, &head, deadline)
             .await
             .ok_or("timed out")?
             .map_err(|e| crate::proxy::error_chain(&e))?;

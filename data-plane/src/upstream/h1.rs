@@ -22,9 +22,10 @@
 //! HTTP/1.0 answer is never followed by another request on its
 //! connection (`Connection: keep-alive` or not).
 
+use crate::front::Wire;
 use crate::validate::{has_token, parse_decimal};
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use hyper_rustls::MaybeHttpsStream;
@@ -77,6 +78,18 @@ pub struct Conn {
 struct Span {
     name: (u32, u32),
     value: (u32, u32),
+}
+
+impl Span {
+    fn name(&self) -> std::ops::Range<usize> {
+        let (at, len) = self.name;
+        at as usize..(at + len) as usize
+    }
+
+    fn value(&self) -> std::ops::Range<usize> {
+        let (at, len) = self.value;
+        at as usize..(at + len) as usize
+    }
 }
 
 /// Where a connection goes back when its response has been read: its
@@ -167,16 +180,17 @@ impl Conn {
             let head = if conn.buf.is_empty() {
                 None
             } else {
-                parse_head(&mut conn.buf, &mut conn.spans, method)?
+                parse_head(&mut conn.buf, &mut conn.spans, method, req.wire)?
             };
             match head {
                 Some(Head::Interim) => continue,
-                Some(Head::Final(resp, framing, reuse)) => {
+                Some(Head::Final(resp, framing, reuse, wire)) => {
                     let mut body = Body {
                         conn: Some(self),
                         framing,
                         reuse: reuse && !close,
                         home: home.clone(),
+                        wire,
                     };
                     // An empty body: the connection can go home already.
                     body.check_done();
@@ -233,6 +247,10 @@ pub struct RequestHead<'a> {
     pub headers: &'a HeaderMap,
     /// Sent as `Host` instead of the one in `headers`.
     pub host: Option<&'a HeaderValue>,
+    /// The answer's fields may come as [`Wire`] fields (with an empty
+    /// map): for a client of our own server, when nothing (a plugin, a
+    /// header rule) reads or changes them on the way.
+    pub wire: bool,
 }
 
 /// The request line and header fields, in one buffer (one write). As
@@ -264,20 +282,27 @@ fn write_head(out: &mut Vec<u8>, req: &RequestHead<'_>) -> bool {
     close
 }
 
+// Returned once per head and matched at once: boxing the answer would
+// cost an allocation per exchange.
+#[allow(clippy::large_enum_variant)]
 enum Head {
     /// A 1xx answer other than 101, consumed: the real one follows.
     Interim,
-    /// The answer, how its body is framed, and whether the connection can
-    /// take another request afterwards.
-    Final(Response<()>, Framing, bool),
+    /// The answer, how its body is framed, whether the connection can
+    /// take another request afterwards, and its fields for the client if
+    /// they are not in the answer's map.
+    Final(Response<()>, Framing, bool, Option<Wire>),
 }
 
 /// Parses a response head from the front of `buf`, removing it: `None`
-/// while incomplete.
+/// while incomplete. With `wire`, the fields a client may get come back as
+/// [`Wire`] fields when they can (see [`wire_fields`]), and the map is
+/// empty.
 fn parse_head(
     buf: &mut BytesMut,
     spans: &mut Vec<Span>,
     method: &Method,
+    wire: bool,
 ) -> Result<Option<Head>, Error> {
     let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
@@ -321,42 +346,70 @@ fn parse_head(
         value: at(f.value),
     }));
     let head = buf.split_to(len).freeze();
-    let range = |(at, len): (u32, u32)| at as usize..(at + len) as usize;
-    // Room for the request id the proxy adds, without a rehash.
-    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
     let mut length: Option<u64> = None;
+    let mut lengths = 0;
     let mut chunked = None;
     let mut close = version == Version::HTTP_10;
+    // For the wire form: whether a field is left out, and whether one
+    // needs more than that.
+    let (mut date, mut dropped, mut naming) = (false, false, false);
     for span in spans.iter() {
-        let name = HeaderName::from_bytes(&head[range(span.name)])
-            .map_err(|_| Error::Invalid("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(range(span.value)))
-            .map_err(|_| Error::Invalid("invalid header value"))?;
-        if name == CONTENT_LENGTH {
-            // `5`, or a list of equal values (`5, 5`), over any number of
-            // fields.
-            for n in value.as_bytes().split(|&b| b == b',') {
-                let n = parse_length(n.trim_ascii())?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(Error::Invalid("conflicting Content-Length values"));
+        let value = &head[span.value()];
+        match role(&head[span.name()]) {
+            Role::Length => {
+                // `5`, or a list of equal values (`5, 5`), over any number
+                // of fields.
+                for n in value.split(|&b| b == b',') {
+                    let n = parse_length(n.trim_ascii())?;
+                    if length.is_some_and(|l| l != n) {
+                        return Err(Error::Invalid("conflicting Content-Length values"));
+                    }
+                    length = Some(n);
+                    lengths += 1;
                 }
-                length = Some(n);
             }
-        } else if name == TRANSFER_ENCODING {
-            if version == Version::HTTP_10 {
-                return Err(Error::Invalid("Transfer-Encoding in an HTTP/1.0 response"));
+            Role::Coding => {
+                if version == Version::HTTP_10 {
+                    return Err(Error::Invalid("Transfer-Encoding in an HTTP/1.0 response"));
+                }
+                // Only the last coding counts: chunked must come last.
+                let last = value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                dropped = true;
             }
-            // Only the last coding counts: chunked must come last.
-            let last = value
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .unwrap_or(b"");
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == CONNECTION {
-            close |= has_token(value.as_bytes(), b"close");
+            Role::Connection => {
+                close |= has_token(value, b"close");
+                naming |= wire && names_fields(value);
+                dropped = true;
+            }
+            Role::Dropped => dropped = true,
+            Role::Date => date = true,
+            Role::Other => {}
         }
-        headers.append(name, value);
+    }
+    // The wire form leaves fields out, nothing more: a `Connection`
+    // naming other fields, a length repeated or listed, or a length and a
+    // coding together (which the proxy refuses) take the map's way.
+    let wire =
+        (wire && !naming && lengths <= 1 && !(length.is_some() && chunked.is_some())).then(|| {
+            Wire {
+                fields: wire_fields(&head, spans, len, dropped),
+                date,
+                length: lengths == 1,
+                request_id: None,
+            }
+        });
+    let mut headers = HeaderMap::new();
+    if wire.is_none() {
+        // Room for the request id the proxy adds, without a rehash.
+        headers.reserve(spans.len() + 2);
+        for span in spans.iter() {
+            let name = HeaderName::from_bytes(&head[span.name()])
+                .map_err(|_| Error::Invalid("invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(span.value()))
+                .map_err(|_| Error::Invalid("invalid header value"))?;
+            headers.append(name, value);
+        }
     }
     let bodiless = *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -375,7 +428,86 @@ fn parse_head(
     *resp.status_mut() = status;
     *resp.version_mut() = version;
     *resp.headers_mut() = headers;
-    Ok(Some(Head::Final(resp, framing, reuse)))
+    Ok(Some(Head::Final(resp, framing, reuse, wire)))
+}
+
+/// What a response header field is to the exchange and to the client.
+#[derive(PartialEq)]
+enum Role {
+    Length,
+    Coding,
+    Connection,
+    /// Hop-by-hop (not the client's), or the request id (the proxy sets
+    /// its own).
+    Dropped,
+    Date,
+    Other,
+}
+
+/// A field's [`Role`] by its name, compared on the length first.
+fn role(name: &[u8]) -> Role {
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    match name.len() {
+        4 if is(b"date") => Role::Date,
+        10 if is(b"connection") => Role::Connection,
+        14 if is(b"content-length") => Role::Length,
+        17 if is(b"transfer-encoding") => Role::Coding,
+        2 if is(b"te") => Role::Dropped,
+        7 if is(b"trailer") || is(b"upgrade") => Role::Dropped,
+        10 if is(b"keep-alive") => Role::Dropped,
+        12 if is(b"x-request-id") => Role::Dropped,
+        16 if is(b"proxy-connection") => Role::Dropped,
+        18 if is(b"proxy-authenticate") => Role::Dropped,
+        19 if is(b"proxy-authorization") => Role::Dropped,
+        _ => Role::Other,
+    }
+}
+
+/// Whether a `Connection` value names fields other than `close` and
+/// `keep-alive` (which would then be hop-by-hop too).
+fn names_fields(value: &[u8]) -> bool {
+    value.split(|&b| b == b',').any(|t| {
+        let t = t.trim_ascii();
+        !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
+    })
+}
+
+/// The fields of a parsed head (`spans` in `head`, `len` bytes) that a
+/// client gets, as wire lines: hop-by-hop fields, the request id (the
+/// proxy sets its own) and `Transfer-Encoding` (the server frames the
+/// body itself) left out. httparse has checked the names (tokens) and
+/// values (no control characters but tab) as `http` would.
+///
+/// When none is `dropped` and every line ends right after its value with
+/// CRLF, they are the head's own bytes; otherwise each kept field is
+/// written as `name: value` into a buffer of its own.
+fn wire_fields(head: &Bytes, spans: &[Span], len: usize, dropped: bool) -> Bytes {
+    let (Some(first), Some(last)) = (spans.first(), spans.last()) else {
+        return Bytes::new();
+    };
+    // Each line ends right after its value, and the next begins there.
+    let tight = !dropped
+        && spans
+            .windows(2)
+            .all(|w| w[0].value().end + 2 == w[1].name().start)
+        && last.value().end + 4 == len
+        && spans
+            .iter()
+            .all(|s| !s.value().is_empty() && head.get(s.value().end) == Some(&b'\r'));
+    if tight {
+        return head.slice(first.name().start..last.value().end + 2);
+    }
+    let mut out = Vec::with_capacity(len);
+    for span in spans {
+        let name = &head[span.name()];
+        if matches!(role(name), Role::Other | Role::Length | Role::Date) {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&head[span.value()]);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    Bytes::from(out)
 }
 
 fn parse_length(v: &[u8]) -> Result<u64, Error> {
@@ -414,6 +546,8 @@ pub struct Body {
     framing: Framing,
     reuse: bool,
     home: Home,
+    /// The answer's fields for the client, when not in its map.
+    wire: Option<Wire>,
 }
 
 impl std::fmt::Debug for Body {
@@ -446,6 +580,11 @@ impl Body {
 
     pub fn is_end_stream(&self) -> bool {
         self.framing == Framing::Done
+    }
+
+    /// The answer's [`Wire`] fields, if they are not in its map.
+    pub fn take_wire(&mut self) -> Option<Wire> {
+        self.wire.take()
     }
 
     pub fn size_hint(&self) -> SizeHint {
@@ -667,14 +806,70 @@ mod tests {
     }
 
     fn head(wire: &[u8], method: &Method) -> Result<Option<Head>, Error> {
-        parse_head(&mut BytesMut::from(wire), &mut Vec::new(), method)
+        parse_head(&mut BytesMut::from(wire), &mut Vec::new(), method, false)
     }
 
     /// A final answer's head: the response, its framing, and reuse.
     fn final_head(wire: &[u8], method: &Method) -> (Response<()>, Framing, bool) {
         match head(wire, method) {
-            Ok(Some(Head::Final(resp, framing, reuse))) => (resp, framing, reuse),
+            Ok(Some(Head::Final(resp, framing, reuse, _))) => (resp, framing, reuse),
             _ => panic!("not a final head: {wire:?}"),
+        }
+    }
+
+    /// The wire fields of an answer, or `None` when it takes the map's way.
+    fn wire_of(head: &[u8]) -> Option<(String, bool, bool)> {
+        match parse_head(
+            &mut BytesMut::from(head),
+            &mut Vec::new(),
+            &Method::GET,
+            true,
+        ) {
+            Ok(Some(Head::Final(resp, _, _, wire))) => wire.map(|w| {
+                assert!(resp.headers().is_empty());
+                (
+                    String::from_utf8(w.fields.to_vec()).unwrap(),
+                    w.date,
+                    w.length,
+                )
+            }),
+            _ => panic!("not a final head: {head:?}"),
+        }
+    }
+
+    #[test]
+    fn wire_fields_leave_out_what_the_client_must_not_get() {
+        let of =
+            |h: &[u8]| wire_of(h).map(|(f, date, length)| (f.as_str().to_owned(), date, length));
+        // As they came (the head's own bytes), case and repeats kept.
+        assert_eq!(
+            of(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: x\r\nSet-Cookie: a\r\nset-cookie: b\r\n\r\nok"),
+            Some(("Content-Length: 2\r\nDate: x\r\nSet-Cookie: a\r\nset-cookie: b\r\n".into(), true, true))
+        );
+        // Hop-by-hop fields, the coding and the backend's request id out.
+        assert_eq!(
+            of(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nKeep-Alive: 5\r\nTransfer-Encoding: chunked\r\n\
+                 X-Request-Id: b\r\nUpgrade: h2c\r\nTrailer: x\r\nX-A:1\r\n\r\n0\r\n\r\n"),
+            Some(("X-A: 1\r\n".into(), false, false))
+        );
+        // Bare LF line ends: written again with CRLF.
+        assert_eq!(
+            of(b"HTTP/1.1 204 No Content\nX-A: 1\nX-B: \n\n"),
+            Some(("X-A: 1\r\nX-B: \r\n".into(), false, false))
+        );
+        assert_eq!(
+            of(b"HTTP/1.1 204 No Content\r\n\r\n"),
+            Some((String::new(), false, false))
+        );
+        // The map's way: fields named by Connection, lengths listed or
+        // repeated, a length with a coding.
+        for head in [
+            &b"HTTP/1.1 200 OK\r\nConnection: x-a\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1, 1\r\n\r\nx",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(of(head), None, "{head:?}");
         }
     }
 
@@ -741,6 +936,7 @@ mod tests {
             target: "/a?b=c",
             headers: &headers,
             host: None,
+            wire: false,
         };
         let mut out = Vec::new();
         write_head(&mut out, &head);
