@@ -78,24 +78,12 @@ impl TrustedProxies {
         // Most requests carry none of the four (clients that talk to the
         // gateway directly): one pass over the names is cheaper than the
         // eight hashed lookups below.
-        let forwarding = |n: &HeaderName| {
-            *n == X_FORWARDED_FOR
-                || *n == X_FORWARDED_PROTO
-                || *n == X_FORWARDED_HOST
-                || *n == FORWARDED
-        };
-        if !headers.keys().any(forwarding) {
+        if !carries_forwarding(headers) {
             // None there: appended, which skips looking for values to
             // replace.
-            headers.append(X_FORWARDED_FOR.clone(), peer.xff.clone());
-            headers.append(
-                X_FORWARDED_PROTO.clone(),
-                HeaderValue::from_static(peer.proto),
-            );
-            if let Some(host) = host {
-                headers.append(X_FORWARDED_HOST.clone(), host.clone());
+            for (name, value) in peer.fresh(host).fields() {
+                headers.append(name.clone(), value.clone());
             }
-            headers.append(FORWARDED.clone(), peer.forwarded_element(host));
             return;
         }
         if !self.trusts(peer.ip) {
@@ -134,6 +122,39 @@ impl TrustedProxies {
         if let Some(forwarded) = forwarded {
             headers.insert(FORWARDED.clone(), forwarded);
         }
+    }
+}
+
+/// Whether a request carries any of the four forwarding headers (most do
+/// not: clients that talk to the gateway directly). One pass over the
+/// names is cheaper than the hashed lookups of [`TrustedProxies::apply`].
+pub fn carries_forwarding(headers: &HeaderMap) -> bool {
+    headers.keys().any(|n| {
+        *n == X_FORWARDED_FOR
+            || *n == X_FORWARDED_PROTO
+            || *n == X_FORWARDED_HOST
+            || *n == FORWARDED
+    })
+}
+
+/// This hop's forwarding headers for a request that carries none.
+pub struct Fresh {
+    xff: HeaderValue,
+    proto: HeaderValue,
+    host: Option<HeaderValue>,
+    forwarded: HeaderValue,
+}
+
+impl Fresh {
+    pub fn fields(&self) -> impl Iterator<Item = (&'static HeaderName, &HeaderValue)> {
+        [
+            (&X_FORWARDED_FOR, Some(&self.xff)),
+            (&X_FORWARDED_PROTO, Some(&self.proto)),
+            (&X_FORWARDED_HOST, self.host.as_ref()),
+            (&FORWARDED, Some(&self.forwarded)),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
     }
 }
 
@@ -182,6 +203,18 @@ impl Peer {
             element: HeaderValue::from_str(&element)
                 .unwrap_or_else(|_| HeaderValue::from_static("for=unknown")),
             last: Mutex::new(None),
+        }
+    }
+
+    /// The forwarding headers of a request from this peer for `host` that
+    /// carries none: [`TrustedProxies::apply`] when
+    /// [`carries_forwarding`] is false, without the map.
+    pub fn fresh(&self, host: Option<&HeaderValue>) -> Fresh {
+        Fresh {
+            xff: self.xff.clone(),
+            proto: HeaderValue::from_static(self.proto),
+            host: host.cloned(),
+            forwarded: self.forwarded_element(host),
         }
     }
 

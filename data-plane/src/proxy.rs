@@ -256,14 +256,31 @@ fn hex_into(out: &mut [u8], bytes: &[u8]) {
 /// Returns the trace id. The header is written in place (no `format!`: it
 /// is on every request).
 fn traceparent(headers: &mut HeaderMap) -> TraceId {
-    // 00-<trace id: 32>-<span id: 16>-<flags: 2>
-    let mut value = *b"00-00000000000000000000000000000000-0000000000000000-01";
     // One lookup for reading and writing the field.
     let entry = headers.entry(&TRACEPARENT);
     let current = match &entry {
         Entry::Occupied(e) => Some(e.get()),
         Entry::Vacant(_) => None,
     };
+    let (value, trace) = trace_context(current);
+    if let Ok(v) = HeaderValue::from_bytes(&value) {
+        match entry {
+            Entry::Occupied(mut e) => {
+                e.insert(v);
+            }
+            Entry::Vacant(e) => {
+                e.insert(v);
+            }
+        }
+    }
+    trace
+}
+
+/// The `traceparent` a request goes on with, given the one it came with,
+/// and its trace id.
+fn trace_context(current: Option<&HeaderValue>) -> ([u8; 55], TraceId) {
+    // 00-<trace id: 32>-<span id: 16>-<flags: 2>
+    let mut value = *b"00-00000000000000000000000000000000-0000000000000000-01";
     let incoming = current.and_then(|v| v.to_str().ok()).and_then(|v| {
         let mut parts = v.split('-');
         let (version, trace, parent, flags) =
@@ -294,17 +311,7 @@ fn traceparent(headers: &mut HeaderMap) -> TraceId {
     );
     let mut trace = [0u8; 32];
     trace.copy_from_slice(&value[3..35]);
-    if let Ok(v) = HeaderValue::from_bytes(&value) {
-        match entry {
-            Entry::Occupied(mut e) => {
-                e.insert(v);
-            }
-            Entry::Vacant(e) => {
-                e.insert(v);
-            }
-        }
-    }
-    TraceId(trace)
+    (value, TraceId(trace))
 }
 
 /// An error and its sources, `outer: inner: innermost`.
@@ -875,18 +882,58 @@ impl Proxy {
         };
         let method = parts.method.clone();
         let headers = &mut parts.headers;
-        // Room for what is added below (request id, forwarding headers,
-        // traceparent): one growth instead of several.
-        headers.reserve(6);
         if pool.version == Version::HTTP_11 {
             join_cookies(headers);
         }
-        headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-        self.opts.trusted_proxies.apply(headers, &ctx.peer, host);
-        let trace_id = traceparent(headers);
+        // A request of our own server that our own client sends, with no
+        // header rule after this point: the fields the gateway adds where
+        // the client sent none (request id, forwarding headers,
+        // traceparent) are written into its head, not inserted into its
+        // map (each insertion hashed, and the map grown).
+        let direct = body.is_none()
+            && pool.version == Version::HTTP_11
+            && route.request_headers.is_empty()
+            && own_client_takes(&method, headers);
+        let id_added = direct && !headers.contains_key(&X_REQUEST_ID);
+        let fresh = (direct && !crate::forwarded::carries_forwarding(headers))
+            .then(|| ctx.peer.fresh(host));
+        let trace_added = direct && !headers.contains_key(&TRACEPARENT);
+        if !(id_added && fresh.is_some() && trace_added) {
+            // Room for what is inserted below: one growth, not several.
+            headers.reserve(6);
+        }
+        if !id_added {
+            headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+        }
+        if fresh.is_none() {
+            self.opts.trusted_proxies.apply(headers, &ctx.peer, host);
+        }
+        let (trace_value, trace_id) = if trace_added {
+            let (value, id) = trace_context(None);
+            (Some(value), id)
+        } else {
+            (None, traceparent(headers))
+        };
         if let Some(l) = log.as_mut() {
             l.record.trace_id = Some(trace_id.as_str().to_string());
         }
+        let mut added = [(&X_REQUEST_ID, &b""[..]); 6];
+        let mut n = 0;
+        let fields = id_added
+            .then(|| (&X_REQUEST_ID, request_id.as_bytes()))
+            .into_iter()
+            .chain(
+                fresh
+                    .iter()
+                    .flat_map(|f| f.fields())
+                    .map(|(name, v)| (name, v.as_bytes())),
+            )
+            .chain(trace_value.as_ref().map(|v| (&TRACEPARENT, &v[..])));
+        for field in fields {
+            added[n] = field;
+            n += 1;
+        }
+        let added = &added[..n];
         match route.host_rule() {
             HostRule::Target => {}
             HostRule::Preserve => {
@@ -950,12 +997,15 @@ impl Proxy {
                     method: &method,
                     target: pq.as_str(),
                     headers: &parts.headers,
+                    added,
                     host,
                     wire,
                 };
                 let result = pool.conns.send_own(index, &head, deadline).await;
                 result.map(|r| r.map(|resp| (resp, None)))
             } else {
+                // (A direct request always takes the branch above.)
+                debug_assert!(added.is_empty());
                 // HTTP/1 requests carry the origin form (`/path?query`),
                 // HTTP/2 ones the scheme and authority too.
                 let uri = if pool.version == Version::HTTP_2 {

@@ -207,6 +207,26 @@ async fn forwarding_headers_and_request_ids() -> anyhow::Result<()> {
     assert_eq!(id.len(), 32);
     let body: Value = serde_json::from_str(&r.text().await?)?;
     assert_eq!(body["headers"]["x-request-id"], id.as_str());
+    // A trace started (written into the head, not the map: the same).
+    let started = body["headers"]["traceparent"].as_str().unwrap_or_default();
+    assert_eq!(
+        (started.len(), &started[..3], &started[52..]),
+        (55, "00-", "-01"),
+        "{started}"
+    );
+
+    // A trace joined: its id kept, the gateway's own span as the parent.
+    let theirs = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = gw
+        .request(Method::GET, "f.test", "/x")
+        .header("traceparent", theirs)
+        .send()
+        .await?;
+    let body: Value = serde_json::from_str(&r.text().await?)?;
+    let joined = body["headers"]["traceparent"].as_str().unwrap_or_default();
+    assert_eq!(joined.len(), 55);
+    assert_eq!(joined[..36], theirs[..36], "{joined}");
+    assert_ne!(joined, theirs);
 
     // Behind a trusted proxy (here: loopback), the chain is kept.
     let trusting = Gateway::start(&["--trusted-proxies", "127.0.0.0/8"]).await?;

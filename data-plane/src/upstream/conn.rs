@@ -148,6 +148,7 @@ impl Conns {
                 method: &parts.method,
                 target,
                 headers: &parts.headers,
+                added: &[],
                 host: None,
                 wire: false,
             };
@@ -479,6 +480,7 @@ mod tests {
             method: &method,
             target: "/",
             headers: &headers,
+            added: &[],
             host: Some(&host),
             wire: false,
         };

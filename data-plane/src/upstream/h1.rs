@@ -245,6 +245,9 @@ pub struct RequestHead<'a> {
     /// The origin form: path and query.
     pub target: &'a str,
     pub headers: &'a HeaderMap,
+    /// Fields written after those of `headers`: what the proxy adds,
+    /// without inserting it into the map.
+    pub added: &'a [(&'a HeaderName, &'a [u8])],
     /// Sent as `Host` instead of the one in `headers`.
     pub host: Option<&'a HeaderValue>,
     /// The answer's fields may come as [`Wire`] fields (with an empty
@@ -273,13 +276,20 @@ fn write_head(out: &mut Vec<u8>, req: &RequestHead<'_>) -> bool {
             continue;
         }
         close |= name == CONNECTION && has_token(value.as_bytes(), b"close");
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        field(out, name, value.as_bytes());
+    }
+    for (name, value) in req.added {
+        field(out, name, value);
     }
     out.extend_from_slice(b"\r\n");
     close
+}
+
+fn field(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 // Returned once per head and matched at once: boxing the answer would
@@ -935,6 +945,7 @@ mod tests {
             method: &Method::GET,
             target: "/a?b=c",
             headers: &headers,
+            added: &[],
             host: None,
             wire: false,
         };
