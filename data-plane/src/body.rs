@@ -83,7 +83,9 @@ impl Replay {
 pub struct Streamed<B> {
     inner: B,
     idle: Duration,
-    last: Instant,
+    /// When the body started waiting for data: read from the clock at the
+    /// first wait after progress (`None` until then), not on every frame.
+    waiting_since: Option<Instant>,
     /// Armed the first time the body has to wait for data.
     timer: Option<Pin<Box<Sleep>>>,
     counters: Option<Arc<Counters>>,
@@ -102,7 +104,7 @@ impl<B> Streamed<B> {
         Streamed {
             inner,
             idle,
-            last: Instant::now(),
+            waiting_since: None,
             timer: None,
             counters,
             up,
@@ -316,7 +318,7 @@ impl<B: Frames + Unpin> Body for Streamed<B> {
         let this = self.get_mut();
         match this.inner.poll_next(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.last = Instant::now();
+                this.waiting_since = None;
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                 this.seen += len;
                 if let Some(c) = &this.counters {
@@ -348,15 +350,18 @@ impl<B: Frames + Unpin> Body for Streamed<B> {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Pending => {
-                // The timer is only moved when it fires: a busy stream costs
-                // a clock read per frame, not a timer update.
-                let deadline = this.last + this.idle;
+                // The idle time counts from the first wait after the last
+                // frame. The timer is only moved when it fires: a busy
+                // stream costs a clock read per wait, not a timer update.
+                let since = *this.waiting_since.get_or_insert_with(Instant::now);
+                let deadline = since + this.idle;
                 let timer = this
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 loop {
                     ready!(timer.as_mut().poll(cx));
-                    let deadline = this.last + this.idle;
+                    let since = *this.waiting_since.get_or_insert_with(Instant::now);
+                    let deadline = since + this.idle;
                     if deadline <= Instant::now() {
                         this.client_failed();
                         return Poll::Ready(Some(Err(Box::new(IdleTimeout(this.idle)))));

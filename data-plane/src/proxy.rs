@@ -31,7 +31,7 @@ use crate::tls::TlsConn;
 use crate::upstream::balance::hash_key;
 use crate::upstream::conn::own_client_takes;
 use crate::upstream::h1::RequestHead;
-use crate::upstream::health::{now_ms, Outcome};
+use crate::upstream::health::{ms_at, now_ms, Outcome};
 use crate::upstream::BackendPool;
 use bytes::Bytes;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
@@ -456,6 +456,9 @@ struct Ctx {
     tls: Option<Arc<TlsConn>>,
     /// The access-log record, until it is handed to the response body.
     log: Option<LogStart>,
+    /// When the backend's answer came (a clock reading shared by the
+    /// target's health, the log and the route's latency).
+    answered: Option<Instant>,
 }
 
 /// What the log needs to know about a request, taken before its parts are
@@ -555,6 +558,7 @@ impl Proxy {
             host: host_value.clone(),
             tls,
             log: None,
+            answered: None,
         };
         if let Err(r) = crate::validate::check(&mut req, &self.opts.limits) {
             self.metrics
@@ -613,7 +617,7 @@ impl Proxy {
         }
         let resp = self
             .forward(
-                parts,
+                &mut parts,
                 body,
                 &route,
                 &runtime.global,
@@ -623,19 +627,22 @@ impl Proxy {
                 &mut state,
             )
             .await;
-        let resp = match resp {
-            Ok(resp) => resp,
+        let (resp, done) = match resp {
+            Ok(resp) => (resp, ctx.answered),
             Err(e) => {
                 self.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
                 if e != ProxyError::BadRequest {
                     tracing::warn!(route = %route.name, backend = %route.backend.name, error = e.code(), request_id = ?ctx.request_id, "backend call failed");
                 }
-                self.fail(e, ctx)
+                (self.fail(e, ctx), None)
             }
         };
+        let took = done
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(started);
         route
             .stats
-            .record(resp.status().as_u16(), started.elapsed().as_micros() as u64);
+            .record(resp.status().as_u16(), took.as_micros() as u64);
         resp
     }
 
@@ -846,7 +853,7 @@ impl Proxy {
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
-        mut parts: http::request::Parts,
+        parts: &mut http::request::Parts,
         body: ClientBody,
         route: &CompiledRoute,
         global: &Chain,
@@ -968,7 +975,8 @@ impl Proxy {
         let mut tried = [0u32; 12];
         let mut attempts = 0usize;
         loop {
-            let Some(index) = pool.pick(key, &tried[..attempts]) else {
+            let sent = Instant::now();
+            let Some(index) = pool.pick(key, &tried[..attempts], ms_at(sent)) else {
                 return Err(ProxyError::NoHealthyTarget);
             };
             tried[attempts.min(tried.len() - 1)] = index;
@@ -982,7 +990,6 @@ impl Proxy {
                 || (pool.version != Version::HTTP_2 && !parts.headers.contains_key(header::HOST)))
             .then_some(&target.host_header);
             let mut exchange = Exchange::new(pool.clone(), index);
-            let sent = Instant::now();
             let timeouts = (spec.timeouts.request, spec.timeouts.idle);
             let result = if pool.version == Version::HTTP_11
                 && bodyless
@@ -1052,7 +1059,7 @@ impl Proxy {
             };
             let err = match result {
                 None => {
-                    pool.record(index, Outcome::Failed);
+                    pool.record(index, Outcome::Failed, now_ms());
                     ProxyError::Timeout
                 }
                 Some(Err(e)) => {
@@ -1066,7 +1073,7 @@ impl Proxy {
                             return Err(ProxyError::RequestBody);
                         }
                     }
-                    pool.record(index, Outcome::Failed);
+                    pool.record(index, Outcome::Failed, now_ms());
                     if e.is_connect() {
                         // Refused, unresolvable, or a TLS handshake that
                         // failed (e.g. "invalid peer certificate:
@@ -1096,14 +1103,16 @@ impl Proxy {
                 // Transfer-Encoding) cannot be passed on safely: 502, and
                 // the connection is not reused (its body is never read).
                 Some(Ok((resp, _))) if ambiguous_framing(resp.headers()) => {
-                    pool.record(index, Outcome::Failed);
+                    pool.record(index, Outcome::Failed, now_ms());
                     tracing::warn!(target = %target.url, "backend response framed by both Content-Length and Transfer-Encoding; answered 502");
                     ProxyError::Unreachable
                 }
                 Some(Ok((mut resp, conn))) => {
                     exchange.conn = conn;
                     let status = resp.status().as_u16();
-                    pool.record(index, Outcome::Answered(status));
+                    let answered = Instant::now();
+                    ctx.answered = Some(answered);
+                    pool.record(index, Outcome::Answered(status), ms_at(answered));
                     if spec.retries.statuses.contains(&status) && bodyless && idempotent(&method) {
                         if let Some((b, r)) = next_body(&replay) {
                             drop(resp);
@@ -1117,7 +1126,7 @@ impl Proxy {
                         record.target = Some(target.url.clone());
                         record.status = status;
                         record.attempts = attempts as u32;
-                        record.upstream_ms = Some(millis(sent.elapsed()));
+                        record.upstream_ms = Some(millis(answered - sent));
                         exchange.log = Some((record, l.sink));
                         exchange.counters = Some(l.counters);
                         exchange.stats = Some(route.stats.clone());

@@ -159,12 +159,9 @@ impl BackendPool {
     /// A target for this request: the primaries by the Backend's policy,
     /// and only when none is available the backups. Targets in `tried` are
     /// avoided while another is available. `None`: nothing available (all
-    /// down, ejected or with an open breaker).
-    pub fn pick(&self, key: u64, tried: &[u32]) -> Option<u32> {
-        let view = View {
-            pool: self,
-            now: now_ms(),
-        };
+    /// down, ejected or with an open breaker) at `now` ([`now_ms`]).
+    pub fn pick(&self, key: u64, tried: &[u32], now: u64) -> Option<u32> {
+        let view = View { pool: self, now };
         for balancer in [&self.primaries, &self.backups] {
             if balancer.is_empty() {
                 continue;
@@ -182,12 +179,12 @@ impl BackendPool {
         None
     }
 
-    /// Records how a request to `target` ended, and logs a change of state.
-    pub fn record(&self, target: u32, outcome: Outcome) {
+    /// Records how a request to `target` ended at `now` ([`now_ms`]), and
+    /// logs a change of state.
+    pub fn record(&self, target: u32, outcome: Outcome, now: u64) {
         let Some(t) = self.targets.get(target as usize) else {
             return;
         };
-        let now = now_ms();
         let may_eject = || {
             let cap = self
                 .spec
@@ -420,9 +417,9 @@ mod tests {
             BackendTlsSources::default(),
         )
         .unwrap();
-        assert!((0..10).all(|_| pool.pick(0, &[]) == Some(0)));
-        pool.record(0, Outcome::Failed);
-        assert!((0..10).all(|_| pool.pick(0, &[]) == Some(1)));
+        assert!((0..10).all(|_| pool.pick(0, &[], now_ms()) == Some(0)));
+        pool.record(0, Outcome::Failed, now_ms());
+        assert!((0..10).all(|_| pool.pick(0, &[], now_ms()) == Some(1)));
         assert_eq!(pool.target(1).unwrap().host_header, "127.0.0.1:2");
     }
 }
