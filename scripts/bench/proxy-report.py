@@ -60,6 +60,8 @@ def table(meta, r):
     rounds, dur = meta["rounds"], meta["duration"]
     a = {p: r.median(f"a.{p}", "rps") for p in PROXIES}
     cpu = {p: r.median(f"a.{p}", "cpu") for p in PROXIES}
+    user = {p: r.median(f"a.{p}", "user") for p in PROXIES}
+    kernel = {p: r.median(f"a.{p}", "kernel") for p in PROXIES}
     p50 = {p: r.median(f"a.{p}", "p50") for p in PROXIES}
     p99 = {p: r.median(f"a.{p}", "p99") for p in PROXIES}
     c = {p: r.median(f"c.{p}", "rps") for p in PROXIES}
@@ -98,6 +100,8 @@ def table(meta, r):
 
     row("(a) small GET, req/s", a)
     row("(a) proxy CPU per request, µs (lower is better)", cpu, 1, skip=("direct",))
+    row("(a) of which in user space, µs", user, 1, skip=("direct",))
+    row("(a) of which in the kernel, µs", kernel, 1, skip=("direct",))
     row("(a) p50 at saturation, ms (wrk)", p50, 2)
     row("(a) p99 at saturation, ms (wrk)", p99, 2)
     for q in ("p50", "p90", "p99", "p99.9"):
