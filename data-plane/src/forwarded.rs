@@ -129,28 +129,28 @@ impl TrustedProxies {
 /// not: clients that talk to the gateway directly). One pass over the
 /// names is cheaper than the hashed lookups of [`TrustedProxies::apply`].
 pub fn carries_forwarding(headers: &HeaderMap) -> bool {
-    headers.keys().any(|n| {
-        *n == X_FORWARDED_FOR
-            || *n == X_FORWARDED_PROTO
-            || *n == X_FORWARDED_HOST
-            || *n == FORWARDED
-    })
+    headers.keys().any(is_forwarding)
+}
+
+/// One of the four forwarding headers.
+pub fn is_forwarding(n: &HeaderName) -> bool {
+    *n == X_FORWARDED_FOR || *n == X_FORWARDED_PROTO || *n == X_FORWARDED_HOST || *n == FORWARDED
 }
 
 /// This hop's forwarding headers for a request that carries none.
-pub struct Fresh {
-    xff: HeaderValue,
+pub struct Fresh<'a> {
+    xff: &'a HeaderValue,
     proto: HeaderValue,
-    host: Option<HeaderValue>,
+    host: Option<&'a HeaderValue>,
     forwarded: HeaderValue,
 }
 
-impl Fresh {
+impl Fresh<'_> {
     pub fn fields(&self) -> impl Iterator<Item = (&'static HeaderName, &HeaderValue)> {
         [
-            (&X_FORWARDED_FOR, Some(&self.xff)),
+            (&X_FORWARDED_FOR, Some(self.xff)),
             (&X_FORWARDED_PROTO, Some(&self.proto)),
-            (&X_FORWARDED_HOST, self.host.as_ref()),
+            (&X_FORWARDED_HOST, self.host),
             (&FORWARDED, Some(&self.forwarded)),
         ]
         .into_iter()
@@ -209,11 +209,11 @@ impl Peer {
     /// The forwarding headers of a request from this peer for `host` that
     /// carries none: [`TrustedProxies::apply`] when
     /// [`carries_forwarding`] is false, without the map.
-    pub fn fresh(&self, host: Option<&HeaderValue>) -> Fresh {
+    pub fn fresh<'a>(&'a self, host: Option<&'a HeaderValue>) -> Fresh<'a> {
         Fresh {
-            xff: self.xff.clone(),
+            xff: &self.xff,
             proto: HeaderValue::from_static(self.proto),
-            host: host.cloned(),
+            host,
             forwarded: self.forwarded_element(host),
         }
     }

@@ -900,11 +900,23 @@ impl Proxy {
         let direct = body.is_none()
             && pool.version == Version::HTTP_11
             && route.request_headers.is_empty()
-            && own_client_takes(&method, headers);
-        let id_added = direct && !headers.contains_key(&X_REQUEST_ID);
-        let fresh = (direct && !crate::forwarded::carries_forwarding(headers))
-            .then(|| ctx.peer.fresh(host));
-        let trace_added = direct && !headers.contains_key(&TRACEPARENT);
+            && method != Method::CONNECT;
+        // One pass over the names instead of a hashed lookup for each.
+        let mut carries = [false; 4];
+        if direct {
+            for name in headers.keys() {
+                carries[0] |= *name == X_REQUEST_ID;
+                carries[1] |= *name == TRACEPARENT;
+                carries[2] |= crate::forwarded::is_forwarding(name);
+                // What our own client does not send (see `own_client_takes`).
+                carries[3] |= *name == header::UPGRADE || *name == header::TE;
+            }
+        }
+        let [has_id, has_trace, has_forwarding, not_ours] = carries;
+        let direct = direct && !not_ours;
+        let id_added = direct && !has_id;
+        let fresh = (direct && !has_forwarding).then(|| ctx.peer.fresh(host));
+        let trace_added = direct && !has_trace;
         if !(id_added && fresh.is_some() && trace_added) {
             // Room for what is inserted below: one growth, not several.
             headers.reserve(6);
@@ -991,9 +1003,10 @@ impl Proxy {
             .then_some(&target.host_header);
             let mut exchange = Exchange::new(pool.clone(), index);
             let timeouts = (spec.timeouts.request, spec.timeouts.idle);
-            let result = if pool.version == Version::HTTP_11
-                && bodyless
-                && own_client_takes(&method, &parts.headers)
+            let result = if direct
+                || (pool.version == Version::HTTP_11
+                    && bodyless
+                    && own_client_takes(&method, &parts.headers))
             {
                 // Our own client borrows the head: nothing to copy for a
                 // retry. Its connection goes home with the response body
