@@ -936,8 +936,8 @@ impl Proxy {
         if let Some(l) = log.as_mut() {
             l.record.trace_id = Some(trace_id.as_str().to_string());
         }
+        // At most six: the request id, four forwarding fields, traceparent.
         let mut added = [(&X_REQUEST_ID, &b""[..]); 6];
-        let mut n = 0;
         let fields = id_added
             .then(|| (&X_REQUEST_ID, request_id.as_bytes()))
             .into_iter()
@@ -948,10 +948,11 @@ impl Proxy {
                     .map(|(name, v)| (name, v.as_bytes())),
             )
             .chain(trace_value.as_ref().map(|v| (&TRACEPARENT, &v[..])));
-        for field in fields {
-            added[n] = field;
-            n += 1;
-        }
+        let n = added
+            .iter_mut()
+            .zip(fields)
+            .map(|(slot, f)| *slot = f)
+            .count();
         let added = &added[..n];
         match route.host_rule() {
             HostRule::Target => {}
