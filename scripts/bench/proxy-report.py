@@ -83,8 +83,9 @@ def table(meta, r):
     add(
         f"Each proxy: one worker on CPU 0 (`taskset`); wrk/oha/h2load and the backend "
         f"(`nio-bench-backend`, one thread) on CPU 1. {meta['connections']} keep-alive "
-        f"connections; saturation figures are the median of {rounds} rounds of {dur} s, the "
-        f"proxies alternating within each round. Request: `GET /api/orders/42`, 13-byte answer."
+        f"connections; saturation figures are the median of {rounds} rounds of {dur} s, and "
+        f"(b)'s of {rounds} rounds of {meta['rate_duration']} s, the proxies alternating "
+        f"within each round. Request: `GET /api/orders/42`, 13-byte answer."
     )
     add("")
     add("| scenario | direct | Nio | nginx | HAProxy | Nio/nginx | Nio/HAProxy |")
@@ -105,7 +106,7 @@ def table(meta, r):
     row("(a) p50 at saturation, ms (wrk)", p50, 2)
     row("(a) p99 at saturation, ms (wrk)", p99, 2)
     for q in ("p50", "p90", "p99", "p99.9"):
-        vals = {p: r.num(f"b.{p}.{q}") for p in PROXIES}
+        vals = {p: r.median(f"b.{p}", q) for p in PROXIES}
         row(f"(b) {q} at {fmt(rate)} req/s, ms (oha, CO-corrected; lower is better)", vals, 3)
     row("(c) 100 KiB answers, req/s", c)
     row("(c) 100 KiB answers, MiB/s", {p: v * 100 / 1024 if v else None for p, v in c.items()}, 0)
@@ -138,7 +139,7 @@ def table(meta, r):
             + " |"
         )
     add("")
-    add("| routes loaded | data-plane RSS (median of 3 starts) | per route |")
+    add("| routes loaded | data-plane RSS (median of 5 starts) | per route |")
     add("| --- | --- | --- |")
     base = r.num("rss.0")
     for n in sorted(int(k.split(".")[1]) for k in r.rows if k.startswith("rss.")):
@@ -157,7 +158,7 @@ def table(meta, r):
 
     target("(a) Nio ≥ 1.1 × nginx", a["nio"] / a["nginx"] if a["nginx"] else None, 1.1)
     target("(a) Nio ≥ 1.0 × HAProxy", a["nio"] / a["haproxy"] if a["haproxy"] else None, 1.0)
-    bn, bg = r.num("b.nio.p99"), r.num("b.nginx.p99")
+    bn, bg = r.median("b.nio", "p99"), r.median("b.nginx", "p99")
     target("(b) Nio p99 ≤ nginx p99 (nginx p99 ÷ Nio p99 ≥ 1)", bg / bn if bn and bg else None, 1.0)
     target("(d) ≥ 0.95 × (a)", big / a["nio"] if big and a["nio"] else None, 0.95)
     target("(e) ≥ 0.85 × (a)", plugins / a["nio"] if plugins and a["nio"] else None, 0.85)
@@ -214,7 +215,7 @@ def latency_svg(r, meta):
           ("p99.9", 0.999), ("p99.99", 0.9999)]
     series = {}
     for p in PROXIES:
-        pts = [(math.log10(1 / (1 - q)), r.num(f"b.{p}.{k}")) for k, q in qs]
+        pts = [(math.log10(1 / (1 - q)), r.median(f"b.{p}", k)) for k, q in qs]
         pts = [(x, v) for x, v in pts if v is not None]
         if pts:
             series[p] = pts
