@@ -24,7 +24,8 @@
 //! its verdicts reach the proxy for every request hyper serves.
 //!
 //! What this server does as hyper's did: header names are lowercased on
-//! the way in and written as they are on the way out; a `date` is added
+//! the way in and written as they are on the way out (an answer's
+//! [`Wire`] fields, a backend's as they came, after its map's); a `date` is added
 //! when the answer has none (formatted once a second per thread); an
 //! answer without `Content-Length` gets one when its body's size is known
 //! and is chunked otherwise; `HEAD`, `204` and `304` answers have no body;

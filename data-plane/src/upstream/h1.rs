@@ -21,6 +21,12 @@
 //! (`100 Continue`, `103 Early Hints`) are skipped. Unlike hyper, an
 //! HTTP/1.0 answer is never followed by another request on its
 //! connection (`Connection: keep-alive` or not).
+//!
+//! For a request with nothing after it that reads or changes header
+//! fields, the proxy asks for less: the fields it adds come as
+//! [`RequestHead::added`] lines, written after the map's, and the answer's
+//! fields come back as [`Wire`] lines for our own server to write as they
+//! are (see `docs/data-path.md`).
 
 use crate::front::Wire;
 use crate::validate::{has_token, parse_decimal};
