@@ -25,8 +25,8 @@
 //!
 //! What this server does as hyper's did: header names are lowercased on
 //! the way in and written as they are on the way out (an answer's
-//! [`Wire`] fields, a backend's as they came, after its map's); a `date` is added
-//! when the answer has none (formatted once a second per thread); an
+//! [`Wire`] fields, a backend's as they came, after its map's); a `date`
+//! is added when the answer has none (formatted once a second per thread); an
 //! answer without `Content-Length` gets one when its body's size is known
 //! and is chunked otherwise; `HEAD`, `204` and `304` answers have no body;
 //! `Connection: close` from either side ends the connection after the

@@ -448,7 +448,6 @@ fn parse_head(
 }
 
 /// What a response header field is to the exchange and to the client.
-#[derive(PartialEq)]
 enum Role {
     Length,
     Coding,
@@ -850,6 +849,20 @@ mod tests {
                 )
             }),
             _ => panic!("not a final head: {head:?}"),
+        }
+    }
+
+    #[test]
+    fn the_wire_form_leaves_out_every_hop_by_hop_field_the_map_does() {
+        let names = crate::proxy::HOP_BY_HOP
+            .iter()
+            .chain([&http::header::TRANSFER_ENCODING]);
+        for name in names {
+            let upper = name.as_str().to_ascii_uppercase();
+            for n in [name.as_str(), upper.as_str()] {
+                let kept = matches!(role(n.as_bytes()), Role::Other | Role::Length | Role::Date);
+                assert!(!kept, "{n} would reach the client");
+            }
         }
     }
 
