@@ -449,7 +449,8 @@ fn write_head<B: Answer>(
     framing
 }
 
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// One header field line, `name: value` and CRLF.
+pub(crate) fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

@@ -28,7 +28,7 @@
 //! fields come back as [`Wire`] lines for our own server to write as they
 //! are (see `docs/data-path.md`).
 
-use crate::front::Wire;
+use crate::front::{field, Wire};
 use crate::validate::{has_token, parse_decimal};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TRANSFER_ENCODING};
@@ -282,20 +282,13 @@ fn write_head(out: &mut Vec<u8>, req: &RequestHead<'_>) -> bool {
             continue;
         }
         close |= name == CONNECTION && has_token(value.as_bytes(), b"close");
-        field(out, name, value.as_bytes());
+        field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     for (name, value) in req.added {
-        field(out, name, value);
+        field(out, name.as_str().as_bytes(), value);
     }
     out.extend_from_slice(b"\r\n");
     close
-}
-
-fn field(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
-    out.extend_from_slice(name.as_str().as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 // Returned once per head and matched at once: boxing the answer would
@@ -516,10 +509,7 @@ fn wire_fields(head: &Bytes, spans: &[Span], len: usize, dropped: bool) -> Bytes
     for span in spans {
         let name = &head[span.name()];
         if matches!(role(name), Role::Other | Role::Length | Role::Date) {
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(&head[span.value()]);
-            out.extend_from_slice(b"\r\n");
+            field(&mut out, name, &head[span.value()]);
         }
     }
     Bytes::from(out)
