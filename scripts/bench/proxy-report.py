@@ -118,6 +118,8 @@ def table(meta, r):
     row(f"(g) new TLS connection per request, req/s (oha, 16 connections){tls_note}", g_row,
         skip=("direct",))
     add("")
+    add(floor(r, a, cpu, user, kernel))
+    add("")
     add("| Nio, same rounds as (a) | req/s | of (a) | CPU per request |")
     add("| --- | --- | --- | --- |")
     add(f"| (a) one route | {fmt(a['nio'])} | 1.00 | {fmt(cpu['nio'], 1)} µs |")
@@ -165,6 +167,36 @@ def table(meta, r):
     add("")
     add("![throughput](bench/throughput.svg) ![latency](bench/latency.svg)")
     return "\n".join(lines), {"a": a, "c": c, "f": f, "g": g}
+
+
+def floor(r, a, cpu, user, kernel):
+    """(a) against nio-bench-relay, a TCP relay that does no HTTP: what each
+    proxy's HTTP work costs above the kernel's and the runtime's floor, and
+    what 1.1 × nginx's throughput asks of a proxy's CPU time."""
+    relay = {k: r.median("a.relay", k) for k in ("rps", "cpu", "user", "kernel")}
+    if not relay["cpu"]:
+        return "(the relay was not measured)"
+    names = ("nio", "nginx", "haproxy")
+    lines = [
+        "| (a) proxy CPU per request, µs | relay (no HTTP) | Nio | nginx | HAProxy |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, vals, key in (("total", cpu, "cpu"), ("user space", user, "user"), ("kernel", kernel, "kernel")):
+        lines.append(f"| {name} | {fmt(relay[key], 1)} | " + " | ".join(fmt(vals[p], 1) for p in names) + " |")
+    above = {p: cpu[p] - relay["cpu"] if cpu[p] else None for p in names}
+    lines.append("| above the relay (the proxy's own work) | – | " + " | ".join(fmt(above[p], 1) for p in names) + " |")
+    lines.append(f"| req/s | {fmt(relay['rps'])} | " + " | ".join(fmt(a[p]) for p in names) + " |")
+    if cpu["nginx"]:
+        need = cpu["nginx"] / 1.1
+        lines.append("")
+        lines.append(
+            f"1.1 × nginx's throughput on the same CPU asks for at most {need:.1f} µs per request: "
+            f"{need - relay['cpu']:.1f} µs above the relay, against nginx's {fmt(above['nginx'], 1)} "
+            f"and Nio's {fmt(above['nio'], 1)}. No proxy outruns the relay, so no proxy's (a) can "
+            f"exceed {ratio(relay['rps'], a['nginx'])} nginx's in this run (the relay's req/s over "
+            f"nginx's)."
+        )
+    return "\n".join(lines)
 
 
 def esc(s):
