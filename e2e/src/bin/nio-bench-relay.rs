@@ -4,8 +4,8 @@
 //! the same four system calls per request as a proxy with a kept-alive
 //! upstream connection (read the request, write it on, read the answer,
 //! write it back) and nothing else, so its CPU time per request is what
-//! the kernel and the runtime cost before any proxy does any work: no
-//! HTTP proxy on this machine can be cheaper.
+//! the kernel costs, plus Tokio's loop, before a proxy does any work of
+//! its own.
 //!
 //! `nio-bench-relay LISTEN BACKEND`
 
