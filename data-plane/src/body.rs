@@ -360,8 +360,6 @@ impl<B: Frames + Unpin> Body for Streamed<B> {
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 loop {
                     ready!(timer.as_mut().poll(cx));
-                    let since = *this.waiting_since.get_or_insert_with(Instant::now);
-                    let deadline = since + this.idle;
                     if deadline <= Instant::now() {
                         this.client_failed();
                         return Poll::Ready(Some(Err(Box::new(IdleTimeout(this.idle)))));

@@ -29,7 +29,7 @@ use crate::runtime::Runtime;
 use crate::runtime::RuntimeSlot;
 use crate::tls::TlsConn;
 use crate::upstream::balance::hash_key;
-use crate::upstream::conn::own_client_takes;
+use crate::upstream::conn::{own_client_takes, NOT_OWN_CLIENTS};
 use crate::upstream::h1::RequestHead;
 use crate::upstream::health::{ms_at, now_ms, Outcome};
 use crate::upstream::BackendPool;
@@ -908,8 +908,8 @@ impl Proxy {
                 carries[0] |= *name == X_REQUEST_ID;
                 carries[1] |= *name == TRACEPARENT;
                 carries[2] |= crate::forwarded::is_forwarding(name);
-                // What our own client does not send (see `own_client_takes`).
-                carries[3] |= *name == header::UPGRADE || *name == header::TE;
+                // `own_client_takes`, in the same pass.
+                carries[3] |= NOT_OWN_CLIENTS.contains(name);
             }
         }
         let [has_id, has_trace, has_forwarding, not_ours] = carries;

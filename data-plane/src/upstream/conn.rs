@@ -337,10 +337,11 @@ impl Conns {
 /// Whether our own client takes an HTTP/1 request without a body: not an
 /// upgrade, not asking for trailers (hyper's client handles those).
 pub fn own_client_takes(method: &Method, headers: &HeaderMap) -> bool {
-    method != Method::CONNECT
-        && !headers.contains_key(header::UPGRADE)
-        && !headers.contains_key(header::TE)
+    method != Method::CONNECT && !NOT_OWN_CLIENTS.iter().any(|n| headers.contains_key(n))
 }
+
+/// The request fields that leave a request to hyper's client.
+pub static NOT_OWN_CLIENTS: [header::HeaderName; 2] = [header::UPGRADE, header::TE];
 
 /// The most recently returned idle connection of our own client that is
 /// still open.
