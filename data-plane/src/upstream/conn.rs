@@ -341,7 +341,7 @@ pub fn own_client_takes(method: &Method, headers: &HeaderMap) -> bool {
 }
 
 /// The request fields that leave a request to hyper's client.
-pub static NOT_OWN_CLIENTS: [header::HeaderName; 2] = [header::UPGRADE, header::TE];
+pub const NOT_OWN_CLIENTS: [header::HeaderName; 2] = [header::UPGRADE, header::TE];
 
 /// The most recently returned idle connection of our own client that is
 /// still open.
